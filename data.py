@@ -1,0 +1,192 @@
+"""Where images come from: CIFAR-10 cats and dogs (torchvision download) or a local folder of images.
+
+Every loader returns uint8 tensors `x` of shape (N, 3, 32, 32) and int64 labels `y` of shape (N,),
+with 0 = cat and 1 = dog.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from errors import UserInputError
+
+log = logging.getLogger(__name__)
+
+CLASS_NAMES = ("cat", "dog")
+CIFAR_LABELS = (3, 5)  # CIFAR-10 indices of cat and dog, in CLASS_NAMES order
+IMAGE_SIZE = 32
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+@dataclass
+class Split:
+    """Images and labels of one split, kept as uint8 tensors."""
+
+    x: torch.Tensor  # (N, 3, 32, 32) uint8
+    y: torch.Tensor  # (N,) int64
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def subset(self, idx: torch.Tensor) -> "Split":
+        """Return the rows `idx` as a new split."""
+        return Split(self.x[idx], self.y[idx])
+
+
+def class_index(name_or_index: int | str) -> int:
+    """Map 'cat'/'dog' (any case) or 0/1 to a class index; anything else is a UserInputError."""
+    if isinstance(name_or_index, str):
+        key = name_or_index.strip().lower()
+        if key.isdigit():
+            return class_index(int(key))
+        if key not in CLASS_NAMES:
+            raise UserInputError(f"unknown class {name_or_index!r}: use one of {', '.join(CLASS_NAMES)} or 0-{len(CLASS_NAMES) - 1}")
+        return CLASS_NAMES.index(key)
+    if isinstance(name_or_index, bool) or not isinstance(name_or_index, (int, np.integer)):
+        raise UserInputError(f"class must be an int or a name, got {type(name_or_index).__name__}")
+    if not 0 <= int(name_or_index) < len(CLASS_NAMES):
+        raise UserInputError(f"class index {name_or_index} out of range: use 0 (cat) or 1 (dog)")
+    return int(name_or_index)
+
+
+def load_cifar_catdog(root: str | Path, *, train: bool = True, download: bool = True) -> Split:
+    """Download (if needed) CIFAR-10 through torchvision and keep cats and dogs, relabelled 0/1."""
+    import torchvision  # imported here: only this loader needs it
+
+    try:
+        ds = torchvision.datasets.CIFAR10(str(root), train=train, download=download)
+    except (OSError, RuntimeError) as err:  # URLError is an OSError; a missing offline copy is a RuntimeError
+        raise UserInputError(
+            f"could not download CIFAR-10 to {root} ({err.__class__.__name__}: {err}); "
+            "offline, pass --data-dir DIR with cat/ and dog/ image folders"
+        ) from None
+    labels = torch.as_tensor(ds.targets)
+    keep = (labels == CIFAR_LABELS[0]) | (labels == CIFAR_LABELS[1])
+    x = torch.from_numpy(ds.data).permute(0, 3, 1, 2)[keep].contiguous()  # (N, 3, 32, 32)
+    y = (labels[keep] == CIFAR_LABELS[1]).long()
+    return Split(x, y)
+
+
+def _read_image(path: Path) -> np.ndarray | None:
+    """Read one image as (32, 32, 3) uint8, converting mode and size; None if it cannot be decoded."""
+    try:
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+            if img.size != (IMAGE_SIZE, IMAGE_SIZE):
+                img = img.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BICUBIC)
+            return np.asarray(img, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError):
+        return None
+
+
+def _read_class_folder(folder: Path) -> tuple[list[np.ndarray], int]:
+    """Read every image file in `folder`; return the arrays and the number of unreadable files."""
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    images = [_read_image(p) for p in files]
+    good = [img for img in images if img is not None]
+    return good, len(images) - len(good)
+
+
+def _load_split_folder(root: Path) -> Split:
+    """Load `root/cat` and `root/dog` into one split; corrupt files are skipped and counted."""
+    xs, ys = [], []
+    for label, name in enumerate(CLASS_NAMES):
+        images, bad = _read_class_folder(root / name)
+        if bad:
+            log.warning("skipped %d unreadable image file(s) in %s", bad, root / name)
+        if not images:
+            raise UserInputError(f"class folder {root / name} has no readable images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        xs.append(torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2))
+        ys.append(torch.full((len(images),), label, dtype=torch.long))
+    return Split(torch.cat(xs).contiguous(), torch.cat(ys))
+
+
+def _has_class_folders(root: Path) -> bool:
+    return all((root / name).is_dir() for name in CLASS_NAMES)
+
+
+def load_image_folder(root: str | Path) -> tuple[Split, Split | None]:
+    """Load a local folder: `root/{cat,dog}` or `root/train/{cat,dog}` with optional `root/test/{cat,dog}`.
+
+    Images of any size or mode are converted to RGB and resized to 32x32. Returns (train, test or None).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise UserInputError(f"data dir {root} does not exist")
+    if _has_class_folders(root):
+        return _load_split_folder(root), None
+    if _has_class_folders(root / "train"):
+        test = _load_split_folder(root / "test") if _has_class_folders(root / "test") else None
+        return _load_split_folder(root / "train"), test
+    raise UserInputError(f"data dir {root} has no class folders: expected {root}/cat and {root}/dog (or {root}/train/cat and {root}/train/dog)")
+
+
+def split_holdout(data: Split, fraction: float, generator: torch.Generator) -> tuple[Split, Split]:
+    """Split off a random, class-stratified `fraction` of `data` for validation."""
+    if not 0.0 < fraction < 1.0:
+        raise UserInputError(f"holdout fraction must be in (0, 1), got {fraction}")
+    train_idx, held_idx = [], []
+    for label in range(len(CLASS_NAMES)):
+        idx = torch.nonzero(data.y == label).flatten()
+        idx = idx[torch.randperm(len(idx), generator=generator)]
+        n_held = max(1, round(fraction * len(idx)))
+        held_idx.append(idx[:n_held])
+        train_idx.append(idx[n_held:])
+    return data.subset(torch.cat(train_idx).sort().values), data.subset(torch.cat(held_idx).sort().values)
+
+
+def limit_per_class(data: Split, max_images: int, generator: torch.Generator) -> Split:
+    """Keep at most `max_images` images in total, half of each class, chosen at random."""
+    per_class = max(1, max_images // len(CLASS_NAMES))
+    keep = []
+    for label in range(len(CLASS_NAMES)):
+        idx = torch.nonzero(data.y == label).flatten()
+        keep.append(idx[torch.randperm(len(idx), generator=generator)[:per_class]])
+    return data.subset(torch.cat(keep).sort().values)
+
+
+def load_dataset(data_dir: str | Path | None, *, download_root: str | Path, holdout_fraction: float,
+                 max_images: int | None, generator: torch.Generator) -> tuple[Split, Split]:
+    """Return (train, held-out) splits from a local folder or CIFAR-10, as the run options say."""
+    if data_dir is None:
+        train, test = load_cifar_catdog(download_root, train=True), load_cifar_catdog(download_root, train=False)
+    else:
+        train, test = load_image_folder(data_dir)
+    if max_images is not None:
+        train = limit_per_class(train, max_images, generator)
+        test = None if test is None else limit_per_class(test, max(2, int(max_images * holdout_fraction)), generator)
+    if test is None:
+        train, test = split_holdout(train, holdout_fraction, generator)
+    log.info("%d training and %d held-out images", len(train), len(test))
+    return train, test
+
+
+def to_model_range(x: torch.Tensor) -> torch.Tensor:
+    """uint8 images in [0, 255] -> float images in [-1, 1], the range the VAE works in."""
+    return x.float().div(127.5).sub(1.0)
+
+
+def to_unit_range(x: torch.Tensor) -> torch.Tensor:
+    """Model-range images in [-1, 1] -> float images clamped to [0, 1], the range users get."""
+    return x.add(1.0).div(2.0).clamp(0.0, 1.0)
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, max_shift: int = 2) -> torch.Tensor:
+    """Random horizontal flips and small translations (reflect padding), on x's device, per image."""
+    n = x.shape[0]
+    flip = torch.rand(n, device=x.device, generator=generator) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    if max_shift == 0:
+        return x
+    padded = torch.nn.functional.pad(x, (max_shift,) * 4, mode="reflect")
+    shifts = torch.randint(0, 2 * max_shift + 1, (2, n), device=x.device, generator=generator)
+    rows = (torch.arange(IMAGE_SIZE, device=x.device)[None, :] + shifts[0][:, None])  # (N, 32)
+    cols = (torch.arange(IMAGE_SIZE, device=x.device)[None, :] + shifts[1][:, None])  # (N, 32)
+    batch = torch.arange(n, device=x.device)[:, None, None]
+    out = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]  # (N, 32, 32, C)
+    return out.permute(0, 3, 1, 2).contiguous()

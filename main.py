@@ -1,0 +1,132 @@
+"""Train the class-conditional latent diffusion model of CIFAR-10 cats and dogs, or sample from a trained one.
+
+    python main.py                      # train (VAE, then diffusion; finished stages are skipped) and draw samples
+    python main.py --preset cpu         # a run sized for a 2-core CPU
+    python main.py sample --class dog --num-samples 64 --seed 0
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import torch
+
+from data import CLASS_NAMES, class_index, load_dataset
+from errors import UserInputError
+from models import ConditionalDenoiseDiffusion, ConditionalUNet, SimpleAutoencoder, generate_class_samples
+from training.common import AUTOENCODER_FILE, DIFFUSION_FILE, load_weights
+from training.config import PRESETS, add_config_args, explicit_flags, resolve_configs
+from training.diffusion import train_diffusion
+from training.run import load_pipeline, make_context, setup_logging, write_config
+from training.vae import train_vae
+from visualization import generate_samples_grid, save_image_grid, save_samples
+
+log = logging.getLogger("main")
+SAMPLE_ONLY = {"target_class", "save_npz"}
+TRAIN_ONLY = {"retrain_vae", "retrain_diffusion", "resume", "data_dir", "max_images", "holdout_fraction", "compile"}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", nargs="?", default="train", choices=("train", "sample"),
+                        help="train (default): run the pipeline; sample: draw images from trained checkpoints")
+    parser.add_argument("--preset", default="default", choices=tuple(PRESETS),
+                        help="default: full run for a GPU; cpu: ~15 min on 2 cores; smoke: a 1-minute end-to-end check")
+    add_config_args(parser)
+    return parser.parse_args(argv)
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    """Refuse flags that do not apply to the chosen command."""
+    given = explicit_flags(args, "sample") | explicit_flags(args, "run")
+    wrong = given & (SAMPLE_ONLY if args.command == "train" else TRAIN_ONLY) | (
+        explicit_flags(args, "vae") | explicit_flags(args, "diffusion") if args.command == "sample" else set())
+    if wrong:
+        flags = ", ".join(sorted("--" + w.replace("_", "-") for w in wrong))
+        raise UserInputError(f"{flags} cannot be used with the {args.command} command")
+
+
+def train(cfg: dict) -> None:
+    """Run the stages in order: data, VAE (unless done), diffusion (unless done), samples."""
+    ctx = make_context(cfg["run"])
+    setup_logging(ctx.out_dir, ctx.is_main)
+    run = cfg["run"]
+    data_gen = torch.Generator().manual_seed(run.seed)
+    train_set, held = load_dataset(run.data_dir, download_root=run.download_dir, holdout_fraction=run.holdout_fraction,
+                                   max_images=run.max_images, generator=data_gen)
+    stage_gen = lambda offset: torch.Generator(ctx.device).manual_seed(run.seed + offset + 7919 * ctx.rank)  # noqa: E731
+    torch.manual_seed(run.seed)  # model initialisation only; identical on every rank
+    autoencoder = SimpleAutoencoder().to(ctx.device)
+    unet = ConditionalUNet().to(ctx.device)
+    vae_done = (ctx.out_dir / AUTOENCODER_FILE).is_file() and not run.retrain_vae
+    if vae_done:
+        log.info("VAE checkpoint found, skipping VAE training (--retrain-vae to train it again)")
+        load_weights(autoencoder, ctx.out_dir / AUTOENCODER_FILE, ctx.device)
+    else:
+        write_config(cfg, ctx)
+        train_vae(autoencoder, train_set, held, cfg["vae"], ctx, stage_gen(1))
+        ctx.resume = False  # a new VAE makes any earlier diffusion state stale
+    write_config(cfg, ctx)
+    diffusion_done = vae_done and (ctx.out_dir / DIFFUSION_FILE).is_file() and not run.retrain_diffusion
+    if diffusion_done:
+        log.info("diffusion checkpoint found, skipping diffusion training (--retrain-diffusion to train it again)")
+        load_weights(unet, ctx.out_dir / DIFFUSION_FILE, ctx.device)
+    else:
+        train_diffusion(unet, autoencoder, train_set, cfg["diffusion"], ctx, stage_gen(2))
+    if ctx.is_main:
+        write_samples(autoencoder, unet, cfg, ctx)
+
+
+def write_samples(autoencoder, unet, cfg: dict, ctx) -> None:
+    """Sample grids of the trained models under output_dir/samples."""
+    s, d = cfg["sample"], cfg["diffusion"]
+    diffusion = ConditionalDenoiseDiffusion(unet.eval(), d.n_steps, ctx.device, schedule=d.schedule)
+    gen = torch.Generator(ctx.device).manual_seed(s.sample_seed if s.sample_seed is not None else cfg["run"].seed)
+    kw = dict(sampler=s.sampler, steps=s.sample_steps, eta=s.eta, guidance_scale=s.guidance_scale)
+    path = generate_samples_grid(autoencoder.eval(), diffusion, ctx.out_dir / "samples" / "samples_grid.png",
+                                 num_per_class=10, generator=gen, **kw)
+    log.info("wrote %s", path)
+    for label, name in enumerate(CLASS_NAMES):
+        images = generate_class_samples(autoencoder, diffusion, label, s.num_samples, generator=gen, **kw)
+        log.info("wrote %s", save_image_grid(images, ctx.out_dir / "samples" / f"sample_class_{name}.png"))
+
+
+def sample(cfg: dict) -> None:
+    """Draw images of the chosen class(es) from trained checkpoints; trains nothing."""
+    run, s = cfg["run"], cfg["sample"]
+    ctx = make_context(run)
+    setup_logging(None, True)
+    labels = list(range(len(CLASS_NAMES))) if s.target_class == "both" else [class_index(s.target_class)]
+    autoencoder, diffusion = load_pipeline(ctx.out_dir, ctx.device)
+    seed = s.sample_seed if s.sample_seed is not None else run.seed
+    gen = torch.Generator(ctx.device).manual_seed(seed)
+    for label in labels:
+        images = generate_class_samples(autoencoder, diffusion, label, s.num_samples, sampler=s.sampler,
+                                        steps=s.sample_steps, eta=s.eta, guidance_scale=s.guidance_scale, generator=gen)
+        folder = ctx.out_dir / "samples" / f"{CLASS_NAMES[label]}_seed{seed}"
+        save_samples(images, folder, CLASS_NAMES[label], npz=s.save_npz)
+        grid = save_image_grid(images, folder.with_suffix(".png"))
+        print(f"{CLASS_NAMES[label]}: {len(images)} images in {folder}/, grid {grid}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        check_flags(args)
+        cfg = resolve_configs(args, args.preset)
+        train(cfg) if args.command == "train" else sample(cfg)
+    except UserInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except FloatingPointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print("\ninterrupted: training state saved; run the same command again to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

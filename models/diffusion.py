@@ -1,0 +1,102 @@
+"""Gaussian diffusion in the (normalised) latent space: schedule, forward noising, loss, sampling.
+
+Schedule: cosine (Nichol & Dhariwal 2021). Loss: eps-prediction MSE (Ho et al. 2020) with class
+dropout for classifier-free guidance (Ho & Salimans 2022).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from errors import UserInputError
+from models.samplers import SAMPLERS, Callback
+
+
+def cosine_alphas_cumprod(n_steps: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
+    """alpha-bar_t of the cosine schedule, with betas clipped at max_beta; float64, shape (n_steps,)."""
+    steps = torch.arange(n_steps + 1, dtype=torch.float64) / n_steps
+    f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
+    betas = (1 - f[1:] / f[:-1]).clamp(max=max_beta)
+    return torch.cumprod(1 - betas, dim=0)
+
+
+def linear_alphas_cumprod(n_steps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
+    """alpha-bar_t of DDPM's linear schedule (Ho et al. 2020), scaled to n_steps; float64, shape (n_steps,)."""
+    scale = 1000 / n_steps
+    betas = torch.linspace(scale * beta_start, scale * beta_end, n_steps, dtype=torch.float64)
+    return torch.cumprod(1 - betas, dim=0)
+
+
+SCHEDULES = {"cosine": cosine_alphas_cumprod, "linear": linear_alphas_cumprod}
+
+
+def spaced_timesteps(n_steps: int, steps: int) -> list[int]:
+    """`steps` evenly spaced timesteps from n_steps-1 down to 0 (inclusive), without repeats."""
+    return sorted({round(i * (n_steps - 1) / max(steps - 1, 1)) for i in range(steps)}, reverse=True)
+
+
+class ConditionalDenoiseDiffusion:
+    """The diffusion process around a noise predictor `model(z_t, t, y)`."""
+
+    def __init__(self, model: nn.Module, n_steps: int = 1000, device: torch.device | str | None = None, *,
+                 schedule: str = "cosine", class_dropout: float = 0.1):
+        if schedule not in SCHEDULES:
+            raise UserInputError(f"unknown schedule {schedule!r}: use one of {', '.join(SCHEDULES)}")
+        if n_steps < 2:
+            raise UserInputError(f"n_steps must be at least 2, got {n_steps}")
+        self.model, self.n_steps, self.class_dropout = model, n_steps, class_dropout
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.alphas_cumprod = SCHEDULES[schedule](n_steps).float().to(self.device)  # (T,)
+
+    def q_sample(self, z0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """Forward noising q(z_t | z_0) = N(sqrt(a_t) z_0, (1 - a_t) I)."""
+        a = self.alphas_cumprod[t][:, None]
+        return a.sqrt() * z0 + (1 - a).sqrt() * eps
+
+    def loss(self, z0: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None,
+             model: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Eps-prediction MSE with class dropout; returns (mean loss, timesteps (N,), per-sample loss (N,)).
+
+        `model` overrides the wrapped network (e.g. its DistributedDataParallel or compiled wrapper)."""
+        n = z0.shape[0]
+        t = torch.randint(0, self.n_steps, (n,), device=z0.device, generator=generator)
+        eps = torch.randn(z0.shape, device=z0.device, dtype=z0.dtype, generator=generator)
+        drop = torch.rand(n, device=z0.device, generator=generator) < self.class_dropout
+        y = torch.where(drop, torch.full_like(y, self.model.null_class), y)
+        eps_hat = (model or self.model)(self.q_sample(z0, t, eps), t, y)
+        per_sample = F.mse_loss(eps_hat.float(), eps, reduction="none").mean(dim=1)  # (N,)
+        return per_sample.mean(), t, per_sample
+
+    def predict_eps(self, z_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor, guidance_scale: float = 1.0) -> torch.Tensor:
+        """Noise prediction with classifier-free guidance: eps_u + s * (eps_c - eps_u); s = 1 is plain conditional."""
+        if guidance_scale == 1.0:
+            return self.model(z_t, t, y)
+        null = torch.full_like(y, self.model.null_class)
+        eps_c, eps_u = self.model(torch.cat([z_t, z_t]), torch.cat([t, t]), torch.cat([y, null])).chunk(2)
+        return eps_u + guidance_scale * (eps_c - eps_u)
+
+    @torch.no_grad()
+    def sample(self, y: torch.Tensor, *, sampler: str = "ddim", steps: int = 50, eta: float = 0.0,
+               guidance_scale: float = 1.0, generator: torch.Generator | None = None,
+               callback: Callback = None) -> torch.Tensor:
+        """Draw latents (N, D) for labels y (N,) by running the reverse process from pure noise."""
+        check_sampler_options(sampler, steps, eta, guidance_scale, self.n_steps)
+        z_T = torch.randn((len(y), self.model.latent_dim), device=self.device, generator=generator)
+        eps_fn = lambda z, t: self.predict_eps(z, t, y, guidance_scale)  # noqa: E731
+        timesteps = spaced_timesteps(self.n_steps, steps)
+        return SAMPLERS[sampler](eps_fn, z_T, self.alphas_cumprod, timesteps, generator=generator, eta=eta, callback=callback)
+
+
+def check_sampler_options(sampler: str, steps: int, eta: float, guidance_scale: float, n_steps: int) -> None:
+    """Reject sampler options out of range with a message that says the allowed range."""
+    if sampler not in SAMPLERS:
+        raise UserInputError(f"unknown sampler {sampler!r}: use one of {', '.join(SAMPLERS)}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= n_steps:
+        raise UserInputError(f"steps must be an integer in [1, {n_steps}], got {steps!r}")
+    if not 0.0 <= eta <= 1.0:
+        raise UserInputError(f"eta must be in [0, 1], got {eta}")
+    if not math.isfinite(guidance_scale) or guidance_scale < 0.0:
+        raise UserInputError(f"guidance_scale must be finite and >= 0 (1.0 = no guidance), got {guidance_scale}")

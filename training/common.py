@@ -1,0 +1,241 @@
+"""What the training stages share: run context, checkpoints, EMA, learning-rate schedule, metric logs."""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import pickle
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from errors import UserInputError
+
+log = logging.getLogger(__name__)
+
+AUTOENCODER_FILE = "cifar_cat_dog_autoencoder.pt"
+DIFFUSION_FILE = "conditional_diffusion_final.pt"
+VAE_STATE_FILE = "vae_train_state.pt"
+DIFFUSION_STATE_FILE = "diffusion_train_state.pt"
+
+
+@dataclass
+class RunContext:
+    """Where a stage runs and writes: device, output folder, precision, logging cadence, process rank."""
+
+    device: torch.device
+    out_dir: Path
+    amp: bool = False
+    compile: bool = False
+    log_every: int = 100
+    checkpoint_every: int = 1000
+    resume: bool = True
+    rank: int = 0
+    world_size: int = 1
+    extra: dict = field(default_factory=dict)  # run facts recorded with the config (e.g. perceptual loss availability)
+
+    @property
+    def is_main(self) -> bool:
+        """Only rank 0 writes files and shows progress bars."""
+        return self.rank == 0
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """DistributedDataParallel around `model` under torchrun (world_size > 1), else the model itself."""
+        if self.world_size == 1:
+            return model
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+    def shard(self, n: int) -> torch.Tensor:
+        """Indices of the n training examples this process draws its batches from (all of them without DDP)."""
+        return torch.arange(self.rank, n, self.world_size, device=self.device)
+
+    def autocast(self):
+        """bf16 autocast on CUDA when amp is on; a no-op context elsewhere."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp and self.device.type == "cuda")
+
+
+def atomic_save(obj, path: Path) -> None:
+    """torch.save to a temporary file in the same folder, fsync, then rename: a kill leaves the old file intact."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; checkpoints are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_file(path: str | Path, map_location: str | torch.device = "cpu"):
+    """torch.load with weights_only=True (a checkpoint never runs code), with one-line errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise UserInputError(f"refused to load {path}: it is not a plain weights file ({str(err).splitlines()[0]})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise UserInputError(f"cannot read checkpoint {path} (truncated or not a torch file): {str(err).splitlines()[0]}") from None
+
+
+def load_weights(model: nn.Module, path: str | Path, map_location: str | torch.device = "cpu") -> None:
+    """Load a plain state dict into `model`; a mismatch names the file and the keys/shapes that differ."""
+    state = load_file(path, map_location)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserInputError(f"{path} is not a state dict of tensors (is it a training-state file?)")
+    check_state_dict(model, state, path)
+    model.load_state_dict(state)
+
+
+def check_state_dict(model: nn.Module, state: dict, path: str | Path) -> None:
+    """Raise UserInputError naming `path` and what differs if `state` does not fit `model`."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        parts = [f"{len(missing)} missing key(s), e.g. {missing[:3]}" if missing else "",
+                 f"{len(unexpected)} unexpected key(s), e.g. {unexpected[:3]}" if unexpected else "",
+                 f"{len(shapes)} shape mismatch(es), e.g. {shapes[:2]}" if shapes else ""]
+        raise UserInputError(f"{path} does not match {type(model).__name__}: " + "; ".join(p for p in parts if p)
+                             + " (another architecture, latent size or file?)")
+
+
+class EMA:
+    """Exponential moving average of a model's weights, with the usual warm-up of the decay."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay, self.updates = decay, 0
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """ema <- d * ema + (1 - d) * model, with d = min(decay, (1 + n) / (10 + n))."""
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        ema_params = list(self.model.parameters()) + list(self.model.buffers())
+        params = list(model.parameters()) + list(model.buffers())
+        torch._foreach_lerp_([e for e in ema_params if e.is_floating_point()],
+                             [p.detach() for p in params if p.is_floating_point()], 1 - d)
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.updates = state["updates"]
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up to the peak LR, then cosine annealing to zero (Loshchilov & Hutter 2017)."""
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:
+    """AdamW, fused on CUDA."""
+    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.99),
+                             fused=device.type == "cuda")
+
+
+def maybe_compile(model: nn.Module, enabled: bool) -> nn.Module:
+    """torch.compile the model if asked; where compilation is unavailable, warn and return it unchanged."""
+    if not enabled:
+        return model
+    try:
+        return torch.compile(model)
+    except Exception as err:  # noqa: BLE001 - any backend failure falls back to eager
+        log.warning("torch.compile unavailable (%s); training without it", err)
+        return model
+
+
+class MetricsLog:
+    """Appends one JSON object per line to a file (only on the main process)."""
+
+    def __init__(self, path: Path, enabled: bool = True):
+        self.path, self.enabled = Path(path), enabled
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """All records of a metrics file (none if it does not exist)."""
+    if not Path(path).is_file():
+        return []
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def check_finite(losses: dict[str, float], step: int, stage: str) -> None:
+    """Stop the stage with a clear message on a NaN or inf loss (the last saved state stays intact)."""
+    bad = [k for k, v in losses.items() if not math.isfinite(v)]
+    if bad:
+        raise FloatingPointError(f"{stage}: non-finite loss ({', '.join(bad)}) at step {step}; the last good training "
+                                 f"state is kept. Lower the learning rate (--{stage}-lr) and run again to resume.")
+
+
+def save_train_state(path: Path, *, step: int, generator: torch.Generator, done: bool = False, **parts) -> None:
+    """Write everything needed to resume a stage: each part's state_dict (or the value itself), step and RNG."""
+    state = {name: part.state_dict() if hasattr(part, "state_dict") else part for name, part in parts.items()}
+    atomic_save({**state, "step": step, "generator": generator.get_state(), "done": done}, path)
+
+
+def resume_train_state(path: Path, ctx: RunContext, generator: torch.Generator, **parts) -> int:
+    """Load a stage's training state into `parts` and `generator` if resuming is on and it exists; return its step."""
+    if not (ctx.resume and Path(path).is_file()):
+        return 0
+    state = load_file(path, ctx.device)
+    if state.get("done"):
+        return 0  # a finished stage is retrained from scratch, never continued
+    for name, part in parts.items():
+        if name == "model":
+            check_state_dict(part, state[name], path)
+        part.load_state_dict(state[name])
+    generator.set_state(state["generator"].to(generator.get_state().device))
+    log.info("resuming from step %d of %s", state["step"], path)
+    return state["step"]
+
+
+def run_steps(name: str, step: int, total: int, step_fn, checkpoint_fn, metrics: MetricsLog, ctx: RunContext,
+              describe=lambda step: {}) -> int:
+    """Call `step_fn(step) -> {name: loss tensor}` until `total` steps; every log_every steps sync, check for
+    NaN/inf and log; every checkpoint_every steps call `checkpoint_fn(step)`; on Ctrl-C checkpoint, then re-raise."""
+    bar = tqdm(total=total, initial=step, desc=name, disable=not ctx.is_main, dynamic_ncols=True)
+    try:
+        while step < total:
+            losses = step_fn(step)
+            step += 1
+            bar.update(1)
+            if step % ctx.log_every == 0 or step % ctx.checkpoint_every == 0 or step == total:
+                record = {k: v.item() if v.numel() == 1 else v.tolist() for k, v in losses.items()}
+                check_finite({k: v for k, v in record.items() if isinstance(v, float)}, step, name.lower())
+                record.update(step=step, **describe(step))
+                metrics.write(record)
+                bar.set_postfix(loss=f"{record['total']:.4f}")
+            if step % ctx.checkpoint_every == 0 and step < total:
+                checkpoint_fn(step)
+    except KeyboardInterrupt:
+        checkpoint_fn(step)
+        raise
+    finally:
+        bar.close()
+    return step

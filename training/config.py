@@ -1,0 +1,149 @@
+"""Run and stage configuration: one dataclass per stage, presets, and CLI flags derived from them."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+
+from errors import UserInputError
+
+
+def opt(default, help: str, **kw):
+    """A dataclass field whose help text becomes its CLI flag's help."""
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class RunConfig:
+    """Options of the whole run (not of a stage)."""
+
+    data_dir: str | None = opt(None, "local folder with cat/ and dog/ (or train/{cat,dog}, test/{cat,dog}); default: download CIFAR-10")
+    output_dir: str = opt("./cifar_cat_dog_conditional_improved", "folder for checkpoints, samples, plots and logs")
+    download_dir: str = opt("./data", "where torchvision downloads CIFAR-10")
+    device: str = opt("auto", "cpu, cuda, cuda:N or auto (cuda when available)")
+    seed: int = opt(0, "seed of the run's torch.Generator (data split, batches, noise)")
+    holdout_fraction: float = opt(0.1, "share of the training images held out for validation when no test/ split exists")
+    max_images: int | None = opt(None, "use at most this many training images (half per class); for quick runs")
+    threads: int | None = opt(None, "CPU threads for torch (default: torch's choice)")
+    amp: bool = opt(True, "bf16 autocast on CUDA (ignored on the CPU)")
+    compile: bool = opt(False, "torch.compile the networks for training (falls back with a warning where unavailable)")
+    log_every: int = opt(100, "steps between metric logs (host syncs happen only then)")
+    checkpoint_every: int = opt(1000, "steps between resumable training-state checkpoints")
+    resume: bool = opt(True, "continue an interrupted stage from its training state (--no-resume starts it afresh)")
+    retrain_vae: bool = opt(False, "train the VAE even if its checkpoint exists (implies retraining the diffusion model)")
+    retrain_diffusion: bool = opt(False, "train the diffusion model even if its checkpoint exists")
+    visualize_every: int = opt(0, "also write visualisations every N steps of each stage (0: only at the end of a stage)")
+
+
+@dataclass
+class VAEConfig:
+    """Progressive VAE training. Phase boundaries are fractions of `steps`."""
+
+    steps: int = opt(20000, "optimizer steps")
+    batch_size: int = opt(128, "images per step (per process under torchrun)")
+    lr: float = opt(1e-3, "peak AdamW learning rate (cosine-annealed after warm-up)")
+    warmup_steps: int = opt(200, "linear learning-rate warm-up steps")
+    weight_decay: float = opt(0.0, "AdamW weight decay")
+    grad_clip: float = opt(1.0, "gradient-norm clip")
+    augment_shift: int = opt(2, "max random translation in pixels (with random flips)")
+    kl_start: float = opt(0.1, "phase 2 (KL ramps in) starts at this fraction of steps; before it: reconstruction only")
+    kl_ramp: float = opt(0.2, "fraction of steps over which the KL weight ramps from 0 to kl_weight")
+    cls_start: float = opt(0.4, "phase 3 (classifier and center loss ramp in) starts at this fraction of steps")
+    finetune_start: float = opt(0.7, "phase 4 (fine-tuning with every term at full weight) starts at this fraction")
+    pixel_weight: float = opt(1.0, "weight of the pixel MSE")
+    perceptual_weight: float = opt(0.1, "weight of the VGG16 perceptual loss (0 disables it; off if weights are unavailable)")
+    kl_weight: float = opt(1e-5, "final KL weight (KL summed over latent dims, pixel loss averaged over pixels)")
+    cls_weight: float = opt(0.01, "final weight of the latent classifier's cross-entropy")
+    center_weight: float = opt(0.01, "final weight of the center loss (mean squared distance of mu to its class center)")
+
+
+@dataclass
+class DiffusionConfig:
+    """Latent diffusion training on cached, normalised VAE latents."""
+
+    steps: int = opt(50000, "optimizer steps")
+    batch_size: int = opt(256, "latents per step (per process under torchrun)")
+    lr: float = opt(3e-4, "peak AdamW learning rate (cosine-annealed after warm-up)")
+    warmup_steps: int = opt(500, "linear learning-rate warm-up steps")
+    weight_decay: float = opt(0.0, "AdamW weight decay")
+    grad_clip: float = opt(1.0, "gradient-norm clip")
+    ema_decay: float = opt(0.999, "EMA decay of the weights used for sampling")
+    n_steps: int = opt(1000, "diffusion timesteps")
+    schedule: str = opt("cosine", "noise schedule", choices=("cosine", "linear"))
+    class_dropout: float = opt(0.1, "probability of replacing the label by the null class (classifier-free guidance)")
+
+
+@dataclass
+class SampleConfig:
+    """How images are drawn: for the run's sample grids and for the `sample` command."""
+
+    sampler: str = opt("ddim", "reverse-process sampler", choices=("ddim", "ddpm"))
+    sample_steps: int = opt(50, "sampler steps (1000 with ddpm = the full ancestral chain)")
+    eta: float = opt(0.0, "DDIM stochasticity: 0 deterministic, 1 DDPM-like")
+    guidance_scale: float = opt(2.0, "classifier-free guidance scale (1.0 = off)")
+    num_samples: int = opt(64, "images per class (sample command) or in total (sample grids)")
+    target_class: str = opt("both", "sample command: cat, dog, 0, 1 or both", flag="--class")
+    sample_seed: int | None = opt(None, "seed for sampling (default: the run's --seed)")
+    save_npz: bool = opt(False, "sample command: also write the images as uint8 arrays in an .npz")
+
+
+SECTIONS = {"run": (RunConfig, ""), "vae": (VAEConfig, "vae-"), "diffusion": (DiffusionConfig, "diffusion-"),
+            "sample": (SampleConfig, "")}
+
+# Presets override stage defaults; explicit CLI flags override presets.
+PRESETS: dict[str, dict[str, dict]] = {
+    "default": {},
+    "cpu": {
+        "run": {"log_every": 50, "checkpoint_every": 500},
+        "vae": {"steps": 2400, "batch_size": 64, "lr": 2e-3, "perceptual_weight": 0.0},
+        "diffusion": {"steps": 3000, "batch_size": 128, "lr": 5e-4, "warmup_steps": 200, "ema_decay": 0.998},
+    },
+    "smoke": {
+        "run": {"max_images": 600, "log_every": 10, "checkpoint_every": 20},
+        "vae": {"steps": 30, "batch_size": 32, "warmup_steps": 5, "perceptual_weight": 0.0},
+        "diffusion": {"steps": 30, "batch_size": 64, "warmup_steps": 5, "ema_decay": 0.9},
+        "sample": {"sample_steps": 10, "num_samples": 16},
+    },
+}
+
+
+def _flag(f: dataclasses.Field, prefix: str) -> str:
+    return f.metadata.get("flag") or "--" + prefix + f.name.replace("_", "-")
+
+
+def add_config_args(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per config field (defaults None, so the preset's values show through)."""
+    for section, (cls, prefix) in SECTIONS.items():
+        group = parser.add_argument_group(f"{section} options ({cls.__doc__.strip()})")
+        for f in dataclasses.fields(cls):
+            kw = {"dest": f"{section}.{f.name}", "default": None, "help": f"{f.metadata['help']} (default: {f.default})"}
+            if f.metadata.get("choices"):
+                kw["choices"] = f.metadata["choices"]
+            if f.type in ("bool", bool):
+                group.add_argument(_flag(f, prefix), action=argparse.BooleanOptionalAction, **kw)
+            else:
+                group.add_argument(_flag(f, prefix), type=_parse_type(f), metavar=f.name.upper(), **kw)
+
+
+def _parse_type(f: dataclasses.Field):
+    text = str(f.type)
+    return int if text.startswith("int") else float if text.startswith("float") else str
+
+
+def resolve_configs(args: argparse.Namespace, preset: str) -> dict:
+    """Build each section's dataclass from its defaults, the preset, and the flags given on the command line."""
+    if preset not in PRESETS:
+        raise UserInputError(f"unknown preset {preset!r}: use one of {', '.join(PRESETS)}")
+    out = {}
+    for section, (cls, _) in SECTIONS.items():
+        values = dict(PRESETS[preset].get(section, {}))
+        values.update({f.name: getattr(args, f"{section}.{f.name}") for f in dataclasses.fields(cls)
+                       if getattr(args, f"{section}.{f.name}") is not None})
+        out[section] = cls(**values)
+    return out
+
+
+def explicit_flags(args: argparse.Namespace, section: str) -> set[str]:
+    """Names of the fields of `section` that were given on the command line."""
+    cls = SECTIONS[section][0]
+    return {f.name for f in dataclasses.fields(cls) if getattr(args, f"{section}.{f.name}") is not None}

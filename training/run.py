@@ -1,0 +1,118 @@
+"""Setting a run up: device, threads, torchrun process group, output folder, logging, config JSON, model loading."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+from errors import UserInputError
+from models import ConditionalDenoiseDiffusion, ConditionalUNet, SimpleAutoencoder
+from training.common import (AUTOENCODER_FILE, DIFFUSION_FILE, DIFFUSION_STATE_FILE, VAE_STATE_FILE, RunContext,
+                             load_file, load_weights)
+from training.config import DiffusionConfig, RunConfig
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """'auto' -> cuda:local_rank when CUDA is available, else cpu; an unavailable device is a UserInputError."""
+    if name == "auto":
+        name = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserInputError(f"unknown device {name!r}: use cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserInputError(f"device {name} requested but CUDA is not available here; use --device cpu")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)
+    return device
+
+
+def init_distributed(device_name: str) -> tuple[int, int, torch.device]:
+    """Join the torchrun process group if WORLD_SIZE > 1 (NCCL on CUDA, gloo on the CPU): (rank, world, device)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_name, local_rank)
+    if world > 1:
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        return torch.distributed.get_rank(), world, device
+    return 0, 1, device
+
+
+def prepare_output_dir(path: str | Path) -> Path:
+    """Create the output folder and check that it is writable."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write_test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise UserInputError(f"output dir {path} is not writable ({err.strerror}); pick another with --output-dir") from None
+    return path
+
+
+def setup_logging(out_dir: Path | None, is_main: bool) -> None:
+    """Log INFO to stderr (rank 0 only) and to out_dir/log.txt."""
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)] if is_main else []
+    if out_dir is not None and is_main:
+        handlers.append(logging.FileHandler(out_dir / "log.txt"))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        handlers=handlers or [logging.NullHandler()], force=True)
+
+
+def make_context(run: RunConfig) -> RunContext:
+    """Threads, process group, device and output folder of a run, as one RunContext."""
+    if run.threads is not None:
+        torch.set_num_threads(run.threads)
+    rank, world, device = init_distributed(run.device)
+    out_dir = prepare_output_dir(run.output_dir) if rank == 0 else Path(run.output_dir)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return RunContext(device=device, out_dir=out_dir, amp=run.amp and device.type == "cuda", compile=run.compile,
+                      log_every=run.log_every, checkpoint_every=run.checkpoint_every, resume=run.resume,
+                      rank=rank, world_size=world)
+
+
+def write_config(configs: dict, ctx: RunContext, name: str = "config.json") -> None:
+    """Save the resolved configuration and the facts of this run as JSON in the output folder."""
+    if not ctx.is_main:
+        return
+    record = {k: dataclasses.asdict(v) for k, v in configs.items()}
+    record["run_facts"] = {"device": str(ctx.device), "world_size": ctx.world_size, "torch": torch.__version__,
+                           "python": platform.python_version(), **ctx.extra}
+    tmp = ctx.out_dir / f".{name}.tmp"
+    tmp.write_text(json.dumps(record, indent=2))
+    os.replace(tmp, ctx.out_dir / name)
+
+
+def _model_config(out_dir: Path, state_file: str) -> dict:
+    """Constructor arguments recorded in a training-state file, or {} (public defaults) when there is none."""
+    path = out_dir / state_file
+    return load_file(path).get("model_config", {}) if path.is_file() else {}
+
+
+def load_pipeline(out_dir: str | Path, device: torch.device | str = "cpu") -> tuple[SimpleAutoencoder, ConditionalDenoiseDiffusion]:
+    """Rebuild the trained VAE and diffusion model from a run folder (public files + recorded architecture)."""
+    out_dir, device = Path(out_dir), torch.device(device)
+    autoencoder = SimpleAutoencoder(**_model_config(out_dir, VAE_STATE_FILE)).to(device)
+    load_weights(autoencoder, out_dir / AUTOENCODER_FILE, device)
+    unet = ConditionalUNet(**_model_config(out_dir, DIFFUSION_STATE_FILE)).to(device)
+    load_weights(unet, out_dir / DIFFUSION_FILE, device)
+    cfg = DiffusionConfig()
+    config_path = out_dir / "config.json"
+    if config_path.is_file():
+        cfg = DiffusionConfig(**json.loads(config_path.read_text()).get("diffusion", {}))
+    diffusion = ConditionalDenoiseDiffusion(unet.eval(), cfg.n_steps, device, schedule=cfg.schedule)
+    return autoencoder.eval(), diffusion
+

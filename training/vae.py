@@ -1,0 +1,138 @@
+"""Progressive VAE training: reconstruction, then KL ramps in, then classifier and center loss, then all."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import torch
+import torch.nn.functional as F
+
+from data import Split, augment, to_model_range
+from models.generate import eval_mode
+from models.vae import SimpleAutoencoder
+from training.common import (AUTOENCODER_FILE, VAE_STATE_FILE, MetricsLog, RunContext, atomic_save, make_optimizer,
+                             maybe_compile, resume_train_state, run_steps, save_train_state, warmup_cosine)
+from training.config import VAEConfig
+from training.perceptual import VGGPerceptualLoss, load_perceptual_loss
+
+log = logging.getLogger(__name__)
+
+PHASES = ("reconstruction", "kl", "classifier", "finetune")
+
+
+def phase_of(step: int, cfg: VAEConfig) -> int:
+    """Index into PHASES of the phase that `step` belongs to."""
+    frac = step / cfg.steps
+    return sum(frac >= b for b in (cfg.kl_start, cfg.cls_start, cfg.finetune_start))
+
+
+def _ramp(frac: float, start: float, length: float) -> float:
+    return min(1.0, max(0.0, (frac - start) / length)) if length > 0 else float(frac >= start)
+
+
+def loss_weights(step: int, cfg: VAEConfig) -> dict[str, float]:
+    """The weight of every loss term at `step`: the progressive schedule of the config."""
+    frac = step / cfg.steps
+    cls_ramp = _ramp(frac, cfg.cls_start, cfg.finetune_start - cfg.cls_start)
+    return {"pixel": cfg.pixel_weight, "perceptual": cfg.perceptual_weight,
+            "kl": cfg.kl_weight * _ramp(frac, cfg.kl_start, cfg.kl_ramp),
+            "cls": cfg.cls_weight * cls_ramp, "center": cfg.center_weight * cls_ramp}
+
+
+def vae_losses(model, x: torch.Tensor, y: torch.Tensor, perceptual: VGGPerceptualLoss | None,
+               generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+    """Every loss term, unweighted: pixel MSE, perceptual, KL (summed over dims), cross-entropy, center."""
+    x_hat, mu, logvar, _ = model(x, generator)
+    ae = model.module if hasattr(model, "module") else model
+    losses = {
+        "pixel": F.mse_loss(x_hat.float(), x),
+        "kl": (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp())).sum(dim=1).mean(),
+        "cls": F.cross_entropy(ae.classify(mu).float(), y),  # logits (N, 2) against labels (N,)
+        "center": (mu - ae.class_centers[y]).pow(2).mean(),
+    }
+    if perceptual is not None:
+        losses["perceptual"] = perceptual(x_hat.float(), x)
+    return losses
+
+
+def train_step(model, optimizer, scheduler, x, y, weights, perceptual, cfg, ctx, generator) -> dict[str, torch.Tensor]:
+    """One optimizer step on a batch; returns the unweighted losses and the total (tensors, no host sync)."""
+    with ctx.autocast():
+        losses = vae_losses(model, x, y, perceptual, generator)
+    # Terms of weight 0 stay in the sum: every parameter gets a gradient, as DistributedDataParallel expects.
+    losses["total"] = sum(weights[k] * v for k, v in losses.items())
+    optimizer.zero_grad(set_to_none=True)
+    losses["total"].backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    optimizer.step()
+    scheduler.step()
+    return {k: v.detach() for k, v in losses.items()}
+
+
+@torch.no_grad()
+def evaluate(model: SimpleAutoencoder, data: Split, device: torch.device, batch_size: int = 500) -> dict[str, float]:
+    """Reconstruction PSNR (dB, images in [0, 1], decoding mu) and latent-classifier accuracy on `data`."""
+    mse, correct = [], 0
+    with eval_mode(model):
+        for start in range(0, len(data), batch_size):
+            x = to_model_range(data.x[start:start + batch_size].to(device))
+            mu, _ = model.encode(x)
+            x_hat = model.decode(mu).clamp(-1, 1)
+            mse.append(((x_hat - x) / 2).pow(2).mean(dim=(1, 2, 3)).cpu())
+            correct += (model.classify(mu).argmax(1).cpu() == data.y[start:start + batch_size]).sum().item()
+    mse = torch.cat(mse)
+    return {"psnr": (-10 * torch.log10(mse.clamp(min=1e-10))).mean().item(), "latent_acc": correct / len(data)}
+
+
+@torch.no_grad()
+def fit_latent_normalization(model: SimpleAutoencoder, data: Split, device: torch.device, batch_size: int = 500) -> None:
+    """Set latent_shift/latent_scale to the per-dimension mean and std of q(z|x) over `data` (mixture moments)."""
+    mus, variances = [], []
+    with eval_mode(model):
+        for start in range(0, len(data), batch_size):
+            mu, logvar = model.encode(to_model_range(data.x[start:start + batch_size].to(device)))
+            mus.append(mu.double())
+            variances.append(logvar.double().exp())
+    mu, var = torch.cat(mus), torch.cat(variances)
+    model.latent_shift.copy_(mu.mean(0))
+    model.latent_scale.copy_((mu.var(0, unbiased=False) + var.mean(0)).sqrt().clamp(min=1e-4))
+
+
+def train_vae(model: SimpleAutoencoder, train: Split, held: Split, cfg: VAEConfig, ctx: RunContext,
+              generator: torch.Generator) -> SimpleAutoencoder:
+    """Train the VAE for cfg.steps, fit its latent normalisation, and write its public state dict."""
+    perceptual = load_perceptual_loss(ctx.device) if cfg.perceptual_weight > 0 else None
+    ctx.extra["perceptual_loss"] = perceptual is not None
+    if perceptual is None:
+        cfg = dataclasses.replace(cfg, perceptual_weight=0.0)
+    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, ctx.device)
+    scheduler = warmup_cosine(optimizer, cfg.warmup_steps, cfg.steps)
+    state_path = ctx.out_dir / VAE_STATE_FILE
+    parts = dict(model=model, optimizer=optimizer, scheduler=scheduler)
+    step = resume_train_state(state_path, ctx, generator, **parts)
+    net = maybe_compile(ctx.wrap(model), ctx.compile)
+    x_all, y_all = train.x.to(ctx.device), train.y.to(ctx.device)  # the whole data set lives on the device
+    shard = ctx.shard(len(y_all))
+
+    def step_fn(step: int) -> dict[str, torch.Tensor]:
+        idx = shard[torch.randint(0, len(shard), (cfg.batch_size,), device=ctx.device, generator=generator)]
+        x = augment(to_model_range(x_all[idx]), generator, cfg.augment_shift)
+        return train_step(net, optimizer, scheduler, x, y_all[idx], loss_weights(step, cfg), perceptual, cfg, ctx, generator)
+
+    def checkpoint(step: int, done: bool = False) -> None:
+        if ctx.is_main:
+            save_train_state(state_path, step=step, generator=generator, done=done, config=dataclasses.asdict(cfg),
+                             model_config=model.config, **parts)
+
+    model.train()
+    metrics = MetricsLog(ctx.out_dir / "metrics_vae.jsonl", ctx.is_main)
+    describe = lambda step: {"phase": PHASES[phase_of(step - 1, cfg)], "lr": scheduler.get_last_lr()[0]}  # noqa: E731
+    step = run_steps("VAE", step, cfg.steps, step_fn, checkpoint, metrics, ctx, describe)
+    fit_latent_normalization(model, train, ctx.device)
+    scores = evaluate(model, held, ctx.device)
+    metrics.write({"step": step, "eval": scores})
+    log.info("VAE: held-out PSNR %.2f dB, latent-classifier accuracy %.3f", scores["psnr"], scores["latent_acc"])
+    if ctx.is_main:
+        atomic_save(model.state_dict(), ctx.out_dir / AUTOENCODER_FILE)
+    checkpoint(step, done=True)
+    return model

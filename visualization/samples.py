@@ -1,0 +1,74 @@
+"""Sample grids and sample files."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from PIL import Image
+
+from data import CLASS_NAMES
+from models.generate import generate_class_samples
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """Images (N, 3, H, W) in [0, 1] -> uint8 array (N, H, W, 3)."""
+    return (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def tile(images: torch.Tensor, nrow: int, pad: int = 2) -> np.ndarray:
+    """Tile images (N, 3, H, W) in [0, 1] into one uint8 (rows*(H+pad), nrow*(W+pad), 3) array, white gaps."""
+    arr = to_uint8(images)
+    n, h, w, _ = arr.shape
+    rows = -(-n // nrow)
+    canvas = np.full((rows * (h + pad) + pad, nrow * (w + pad) + pad, 3), 255, dtype=np.uint8)
+    for i, img in enumerate(arr):
+        r, c = divmod(i, nrow)
+        canvas[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = img
+    return canvas
+
+
+def save_image_grid(images: torch.Tensor, path: str | Path, nrow: int = 8, scale: int = 2) -> Path:
+    """Write images (N, 3, H, W) in [0, 1] as one PNG grid, each pixel enlarged `scale` times."""
+    grid = Image.fromarray(tile(images, nrow))
+    grid = grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(path)
+    return path
+
+
+def save_samples(images: torch.Tensor, out_dir: str | Path, prefix: str, npz: bool = False) -> list[Path]:
+    """Write every image as its own PNG (`prefix_0000.png`, ...) and optionally all of them in `prefix.npz`."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    arr = to_uint8(images)
+    paths = []
+    for i, img in enumerate(arr):
+        paths.append(out_dir / f"{prefix}_{i:04d}.png")
+        Image.fromarray(img).save(paths[-1])
+    if npz:
+        np.savez_compressed(out_dir / f"{prefix}.npz", images=arr)
+    return paths
+
+
+def generate_samples_grid(autoencoder, diffusion, path: str | Path, num_per_class: int = 10,
+                          generator: torch.Generator | None = None, title: str = "Generated samples",
+                          **sample_kwargs) -> Path:
+    """Draw `num_per_class` samples of every class and save one labelled row per class."""
+    fig, axes = plt.subplots(len(CLASS_NAMES), 1, figsize=(max(4.0, 0.75 * num_per_class), 1.1 * len(CLASS_NAMES) + 0.6),
+                             squeeze=False)
+    for label, (ax, name) in enumerate(zip(axes[:, 0], CLASS_NAMES)):
+        images = generate_class_samples(autoencoder, diffusion, label, num_per_class, generator=generator, **sample_kwargs)
+        ax.imshow(tile(images, num_per_class), interpolation="nearest")
+        ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=12)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title, fontsize=12)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
