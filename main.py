@@ -20,7 +20,7 @@ from training.config import PRESETS, add_config_args, explicit_flags, resolve_co
 from training.diffusion import train_diffusion
 from training.run import load_pipeline, make_context, setup_logging, write_config
 from training.vae import train_vae
-from visualization import generate_samples_grid, save_image_grid, save_samples
+from visualization import save_image_grid, save_samples, write_diffusion_figures, write_loss_curves, write_vae_figures
 
 log = logging.getLogger("main")
 SAMPLE_ONLY = {"target_class", "save_npz"}
@@ -48,48 +48,41 @@ def check_flags(args: argparse.Namespace) -> None:
 
 
 def train(cfg: dict) -> None:
-    """Run the stages in order: data, VAE (unless done), diffusion (unless done), samples."""
-    ctx = make_context(cfg["run"])
+    """Run the stages in order: data, VAE (unless done), diffusion (unless done), figures."""
+    run, smp = cfg["run"], cfg["sample"]
+    ctx = make_context(run)
     setup_logging(ctx.out_dir, ctx.is_main)
-    run = cfg["run"]
-    data_gen = torch.Generator().manual_seed(run.seed)
     train_set, held = load_dataset(run.data_dir, download_root=run.download_dir, holdout_fraction=run.holdout_fraction,
-                                   max_images=run.max_images, generator=data_gen)
+                                   max_images=run.max_images, generator=torch.Generator().manual_seed(run.seed))
     stage_gen = lambda offset: torch.Generator(ctx.device).manual_seed(run.seed + offset + 7919 * ctx.rank)  # noqa: E731
     torch.manual_seed(run.seed)  # model initialisation only; identical on every rank
-    autoencoder = SimpleAutoencoder().to(ctx.device)
-    unet = ConditionalUNet().to(ctx.device)
+    autoencoder, unet = SimpleAutoencoder().to(ctx.device), ConditionalUNet().to(ctx.device)
+    sample_kw = dict(sampler=smp.sampler, steps=smp.sample_steps, eta=smp.eta, guidance_scale=smp.guidance_scale)
+    seed = smp.sample_seed if smp.sample_seed is not None else run.seed
     vae_done = (ctx.out_dir / AUTOENCODER_FILE).is_file() and not run.retrain_vae
     if vae_done:
         log.info("VAE checkpoint found, skipping VAE training (--retrain-vae to train it again)")
         load_weights(autoencoder, ctx.out_dir / AUTOENCODER_FILE, ctx.device)
     else:
         write_config(cfg, ctx)
-        train_vae(autoencoder, train_set, held, cfg["vae"], ctx, stage_gen(1))
+        train_vae(autoencoder, train_set, held, cfg["vae"], ctx, stage_gen(1),
+                  lambda step, ae: write_vae_figures(ae, held, ctx.out_dir, f"step_{step}"))
         ctx.resume = False  # a new VAE makes any earlier diffusion state stale
+        if ctx.is_main:
+            write_vae_figures(autoencoder, held, ctx.out_dir, "final")
     write_config(cfg, ctx)
-    diffusion_done = vae_done and (ctx.out_dir / DIFFUSION_FILE).is_file() and not run.retrain_diffusion
-    if diffusion_done:
+    if vae_done and (ctx.out_dir / DIFFUSION_FILE).is_file() and not run.retrain_diffusion:
         log.info("diffusion checkpoint found, skipping diffusion training (--retrain-diffusion to train it again)")
         load_weights(unet, ctx.out_dir / DIFFUSION_FILE, ctx.device)
     else:
-        train_diffusion(unet, autoencoder, train_set, cfg["diffusion"], ctx, stage_gen(2))
+        train_diffusion(unet, autoencoder, train_set, cfg["diffusion"], ctx, stage_gen(2),
+                        lambda step, diff: write_diffusion_figures(autoencoder, diff, held, ctx.out_dir, f"step_{step}",
+                                                                   sample_kw, seed, smp.num_samples, animations=False))
     if ctx.is_main:
-        write_samples(autoencoder, unet, cfg, ctx)
-
-
-def write_samples(autoencoder, unet, cfg: dict, ctx) -> None:
-    """Sample grids of the trained models under output_dir/samples."""
-    s, d = cfg["sample"], cfg["diffusion"]
-    diffusion = ConditionalDenoiseDiffusion(unet.eval(), d.n_steps, ctx.device, schedule=d.schedule)
-    gen = torch.Generator(ctx.device).manual_seed(s.sample_seed if s.sample_seed is not None else cfg["run"].seed)
-    kw = dict(sampler=s.sampler, steps=s.sample_steps, eta=s.eta, guidance_scale=s.guidance_scale)
-    path = generate_samples_grid(autoencoder.eval(), diffusion, ctx.out_dir / "samples" / "samples_grid.png",
-                                 num_per_class=10, generator=gen, **kw)
-    log.info("wrote %s", path)
-    for label, name in enumerate(CLASS_NAMES):
-        images = generate_class_samples(autoencoder, diffusion, label, s.num_samples, generator=gen, **kw)
-        log.info("wrote %s", save_image_grid(images, ctx.out_dir / "samples" / f"sample_class_{name}.png"))
+        d = cfg["diffusion"]
+        diffusion = ConditionalDenoiseDiffusion(unet.eval(), d.n_steps, ctx.device, schedule=d.schedule)
+        write_diffusion_figures(autoencoder.eval(), diffusion, held, ctx.out_dir, "final", sample_kw, seed, smp.num_samples)
+        write_loss_curves(ctx.out_dir)
 
 
 def sample(cfg: dict) -> None:

@@ -15,12 +15,13 @@ from errors import UserInputError
 from models.samplers import SAMPLERS, Callback
 
 
-def cosine_alphas_cumprod(n_steps: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
-    """alpha-bar_t of the cosine schedule, with betas clipped at max_beta; float64, shape (n_steps,)."""
-    steps = torch.arange(n_steps + 1, dtype=torch.float64) / n_steps
-    f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
-    betas = (1 - f[1:] / f[:-1]).clamp(max=max_beta)
-    return torch.cumprod(1 - betas, dim=0)
+def cosine_alphas_cumprod(n_steps: int, s: float = 0.008, min_alpha_bar: float = 4e-5) -> torch.Tensor:
+    """alpha-bar_t of the cosine schedule (Nichol & Dhariwal 2021), float64, shape (n_steps,), rescaled to end at
+    `min_alpha_bar` (DDPM's terminal value) instead of ~1e-9: with alpha-bar that small, the first reverse step
+    divides the noise-prediction error by sqrt(alpha-bar) and flings the latent thousands of units away."""
+    steps = torch.arange(1, n_steps + 1, dtype=torch.float64) / n_steps
+    f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2 / math.cos(s / (1 + s) * math.pi / 2) ** 2
+    return min_alpha_bar + (1 - min_alpha_bar) * f
 
 
 def linear_alphas_cumprod(n_steps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
@@ -81,10 +82,11 @@ class ConditionalDenoiseDiffusion:
     @torch.no_grad()
     def sample(self, y: torch.Tensor, *, sampler: str = "ddim", steps: int = 50, eta: float = 0.0,
                guidance_scale: float = 1.0, generator: torch.Generator | None = None,
-               callback: Callback = None) -> torch.Tensor:
-        """Draw latents (N, D) for labels y (N,) by running the reverse process from pure noise."""
+               callback: Callback = None, z_T: torch.Tensor | None = None) -> torch.Tensor:
+        """Draw latents (N, D) for labels y (N,) by running the reverse process from pure noise (or from `z_T`)."""
         check_sampler_options(sampler, steps, eta, guidance_scale, self.n_steps)
-        z_T = torch.randn((len(y), self.model.latent_dim), device=self.device, generator=generator)
+        if z_T is None:
+            z_T = torch.randn((len(y), self.model.latent_dim), device=self.device, generator=generator)
         eps_fn = lambda z, t: self.predict_eps(z, t, y, guidance_scale)  # noqa: E731
         timesteps = spaced_timesteps(self.n_steps, steps)
         return SAMPLERS[sampler](eps_fn, z_T, self.alphas_cumprod, timesteps, generator=generator, eta=eta, callback=callback)

@@ -92,7 +92,7 @@ class ConditionalUNet(nn.Module):
 
     def __init__(self, latent_dim: int = 256, hidden_dims: list[int] | tuple[int, ...] = (256, 512, 1024, 512, 256),
                  time_emb_dim: int = 256, num_classes: int = 2, *, latent_channels: int = 4, patch_size: int = 2,
-                 blocks_per_level: int = 2, attention_min_tokens: int = 4):
+                 blocks_per_level: int = 1, attention_min_tokens: int = 4):
         super().__init__()
         hidden_dims = list(hidden_dims)
         self.config = dict(latent_dim=latent_dim, hidden_dims=hidden_dims, time_emb_dim=time_emb_dim, num_classes=num_classes,

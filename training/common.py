@@ -36,6 +36,7 @@ class RunContext:
     log_every: int = 100
     checkpoint_every: int = 1000
     resume: bool = True
+    visualize_every: int = 0
     rank: int = 0
     world_size: int = 1
     extra: dict = field(default_factory=dict)  # run facts recorded with the config (e.g. perceptual loss availability)
@@ -75,6 +76,11 @@ def atomic_save(obj, path: Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def save_weights(model: nn.Module, path: Path) -> None:
+    """Write a public checkpoint: a plain state dict of CPU tensors, loadable by torch.load on any machine."""
+    atomic_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)
 
 
 def load_file(path: str | Path, map_location: str | torch.device = "cpu"):
@@ -216,9 +222,10 @@ def resume_train_state(path: Path, ctx: RunContext, generator: torch.Generator, 
 
 
 def run_steps(name: str, step: int, total: int, step_fn, checkpoint_fn, metrics: MetricsLog, ctx: RunContext,
-              describe=lambda step: {}) -> int:
+              describe=lambda step: {}, visualize=None) -> int:
     """Call `step_fn(step) -> {name: loss tensor}` until `total` steps; every log_every steps sync, check for
-    NaN/inf and log; every checkpoint_every steps call `checkpoint_fn(step)`; on Ctrl-C checkpoint, then re-raise."""
+    NaN/inf and log; every checkpoint_every steps call `checkpoint_fn(step)`; every visualize_every steps call
+    `visualize(step)` on the main process; on Ctrl-C checkpoint, then re-raise."""
     bar = tqdm(total=total, initial=step, desc=name, disable=not ctx.is_main, dynamic_ncols=True)
     try:
         while step < total:
@@ -233,6 +240,8 @@ def run_steps(name: str, step: int, total: int, step_fn, checkpoint_fn, metrics:
                 bar.set_postfix(loss=f"{record['total']:.4f}")
             if step % ctx.checkpoint_every == 0 and step < total:
                 checkpoint_fn(step)
+            if visualize and ctx.visualize_every and step % ctx.visualize_every == 0 and step < total and ctx.is_main:
+                visualize(step)
     except KeyboardInterrupt:
         checkpoint_fn(step)
         raise

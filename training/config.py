@@ -92,11 +92,11 @@ SECTIONS = {"run": (RunConfig, ""), "vae": (VAEConfig, "vae-"), "diffusion": (Di
 
 # Presets override stage defaults; explicit CLI flags override presets.
 PRESETS: dict[str, dict[str, dict]] = {
-    "default": {},
+    "default": {"run": {"visualize_every": 5000}},
     "cpu": {
         "run": {"log_every": 50, "checkpoint_every": 500},
-        "vae": {"steps": 2400, "batch_size": 64, "lr": 2e-3, "perceptual_weight": 0.0},
-        "diffusion": {"steps": 3000, "batch_size": 128, "lr": 5e-4, "warmup_steps": 200, "ema_decay": 0.998},
+        "vae": {"steps": 1000, "batch_size": 64, "lr": 2e-3, "warmup_steps": 50, "perceptual_weight": 0.0},
+        "diffusion": {"steps": 1300, "batch_size": 128, "lr": 5e-4, "warmup_steps": 100, "ema_decay": 0.995},
     },
     "smoke": {
         "run": {"max_images": 600, "log_every": 10, "checkpoint_every": 20},

@@ -11,8 +11,8 @@ from models.diffusion import ConditionalDenoiseDiffusion
 from models.generate import eval_mode
 from models.unet import ConditionalUNet
 from models.vae import SimpleAutoencoder
-from training.common import (DIFFUSION_FILE, DIFFUSION_STATE_FILE, EMA, MetricsLog, RunContext, atomic_save,
-                             make_optimizer, maybe_compile, resume_train_state, run_steps, save_train_state,
+from training.common import (DIFFUSION_FILE, DIFFUSION_STATE_FILE, EMA, MetricsLog, RunContext,
+                             make_optimizer, maybe_compile, resume_train_state, run_steps, save_train_state, save_weights,
                              warmup_cosine)
 from training.config import DiffusionConfig
 
@@ -60,8 +60,9 @@ def train_step(net, diffusion, optimizer, scheduler, ema, z0, y, cfg, ctx, gener
 
 
 def train_diffusion(unet: ConditionalUNet, autoencoder: SimpleAutoencoder, train: Split, cfg: DiffusionConfig,
-                    ctx: RunContext, generator: torch.Generator) -> ConditionalUNet:
-    """Train the denoiser for cfg.steps on cached latents; write the EMA weights as the public state dict."""
+                    ctx: RunContext, generator: torch.Generator, visualize=None) -> ConditionalUNet:
+    """Train the denoiser for cfg.steps on cached latents; write the EMA weights as the public state dict.
+    `visualize(step, diffusion)` is called every ctx.visualize_every steps with a diffusion around the EMA model."""
     diffusion = ConditionalDenoiseDiffusion(unet, cfg.n_steps, ctx.device, schedule=cfg.schedule,
                                             class_dropout=cfg.class_dropout)
     mu, logvar, y_all = encode_dataset(autoencoder, train, ctx.device)
@@ -87,10 +88,11 @@ def train_diffusion(unet: ConditionalUNet, autoencoder: SimpleAutoencoder, train
 
     unet.train()
     metrics = MetricsLog(ctx.out_dir / "metrics_diffusion.jsonl", ctx.is_main)
+    ema_diffusion = ConditionalDenoiseDiffusion(ema.model, cfg.n_steps, ctx.device, schedule=cfg.schedule)
     step = run_steps("Diffusion", step, cfg.steps, step_fn, checkpoint, metrics, ctx,
-                     lambda step: {"lr": scheduler.get_last_lr()[0]})
+                     lambda step: {"lr": scheduler.get_last_lr()[0]}, visualize and (lambda step: visualize(step, ema_diffusion)))
     checkpoint(step, done=True)
     unet.load_state_dict(ema.model.state_dict())  # from here on the model is the EMA model, as in the public file
     if ctx.is_main:
-        atomic_save(unet.state_dict(), ctx.out_dir / DIFFUSION_FILE)
+        save_weights(unet, ctx.out_dir / DIFFUSION_FILE)
     return unet.eval()

@@ -81,6 +81,7 @@ def make_context(run: RunConfig) -> RunContext:
         torch.backends.cudnn.allow_tf32 = True
     return RunContext(device=device, out_dir=out_dir, amp=run.amp and device.type == "cuda", compile=run.compile,
                       log_every=run.log_every, checkpoint_every=run.checkpoint_every, resume=run.resume,
+                      visualize_every=run.visualize_every,
                       rank=rank, world_size=world)
 
 

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from data import Split, augment, to_model_range
 from models.generate import eval_mode
 from models.vae import SimpleAutoencoder
-from training.common import (AUTOENCODER_FILE, VAE_STATE_FILE, MetricsLog, RunContext, atomic_save, make_optimizer,
-                             maybe_compile, resume_train_state, run_steps, save_train_state, warmup_cosine)
+from training.common import (AUTOENCODER_FILE, VAE_STATE_FILE, MetricsLog, RunContext, make_optimizer,
+                             maybe_compile, resume_train_state, run_steps, save_train_state, save_weights, warmup_cosine)
 from training.config import VAEConfig
 from training.perceptual import VGGPerceptualLoss, load_perceptual_loss
 
@@ -99,8 +99,9 @@ def fit_latent_normalization(model: SimpleAutoencoder, data: Split, device: torc
 
 
 def train_vae(model: SimpleAutoencoder, train: Split, held: Split, cfg: VAEConfig, ctx: RunContext,
-              generator: torch.Generator) -> SimpleAutoencoder:
-    """Train the VAE for cfg.steps, fit its latent normalisation, and write its public state dict."""
+              generator: torch.Generator, visualize=None) -> SimpleAutoencoder:
+    """Train the VAE for cfg.steps, fit its latent normalisation, and write its public state dict.
+    `visualize(step, model)` is called every ctx.visualize_every steps."""
     perceptual = load_perceptual_loss(ctx.device) if cfg.perceptual_weight > 0 else None
     ctx.extra["perceptual_loss"] = perceptual is not None
     if perceptual is None:
@@ -127,12 +128,13 @@ def train_vae(model: SimpleAutoencoder, train: Split, held: Split, cfg: VAEConfi
     model.train()
     metrics = MetricsLog(ctx.out_dir / "metrics_vae.jsonl", ctx.is_main)
     describe = lambda step: {"phase": PHASES[phase_of(step - 1, cfg)], "lr": scheduler.get_last_lr()[0]}  # noqa: E731
-    step = run_steps("VAE", step, cfg.steps, step_fn, checkpoint, metrics, ctx, describe)
+    step = run_steps("VAE", step, cfg.steps, step_fn, checkpoint, metrics, ctx, describe,
+                     visualize and (lambda step: visualize(step, model)))
     fit_latent_normalization(model, train, ctx.device)
     scores = evaluate(model, held, ctx.device)
     metrics.write({"step": step, "eval": scores})
     log.info("VAE: held-out PSNR %.2f dB, latent-classifier accuracy %.3f", scores["psnr"], scores["latent_acc"])
     if ctx.is_main:
-        atomic_save(model.state_dict(), ctx.out_dir / AUTOENCODER_FILE)
+        save_weights(model, ctx.out_dir / AUTOENCODER_FILE)
     checkpoint(step, done=True)
     return model

@@ -12,6 +12,11 @@ from data import CLASS_NAMES
 from models.generate import generate_class_samples
 
 
+def ensure_generator(generator: torch.Generator | None, device: torch.device) -> torch.Generator:
+    """The caller's generator, or a fresh one seeded 0: figures never draw from (or disturb) the global RNG."""
+    return generator if generator is not None else torch.Generator(device).manual_seed(0)
+
+
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """Images (N, 3, H, W) in [0, 1] -> uint8 array (N, H, W, 3)."""
     return (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
@@ -57,6 +62,7 @@ def generate_samples_grid(autoencoder, diffusion, path: str | Path, num_per_clas
                           generator: torch.Generator | None = None, title: str = "Generated samples",
                           **sample_kwargs) -> Path:
     """Draw `num_per_class` samples of every class and save one labelled row per class."""
+    generator = ensure_generator(generator, diffusion.device)
     fig, axes = plt.subplots(len(CLASS_NAMES), 1, figsize=(max(4.0, 0.75 * num_per_class), 1.1 * len(CLASS_NAMES) + 0.6),
                              squeeze=False)
     for label, (ax, name) in enumerate(zip(axes[:, 0], CLASS_NAMES)):

@@ -1,0 +1,127 @@
+import pytest
+import torch
+from torch import nn
+
+from errors import UserInputError
+from models import ConditionalDenoiseDiffusion, ConditionalUNet
+from models.diffusion import cosine_alphas_cumprod, linear_alphas_cumprod, spaced_timesteps
+from models.samplers import sample_ddim, sample_ddpm
+
+
+@pytest.mark.parametrize("schedule", [cosine_alphas_cumprod, linear_alphas_cumprod])
+def test_schedule_invariants(schedule):
+    a = schedule(1000)
+    assert a.shape == (1000,)
+    assert torch.all(a[1:] < a[:-1])  # strictly more noise at every step
+    assert a[0] > 0.99 and a[-1] < 1e-3 and a[-1] > 0
+
+
+def test_q_sample_has_the_forward_marginal():
+    diffusion = ConditionalDenoiseDiffusion(ConditionalUNet(), n_steps=1000, device="cpu")
+    gen = torch.Generator().manual_seed(0)
+    z0 = torch.full((20000, 256), 2.0)
+    t = torch.full((20000,), 300)
+    z_t = diffusion.q_sample(z0, t, torch.randn(z0.shape, generator=gen))
+    a = diffusion.alphas_cumprod[300]
+    assert abs(z_t.mean() - 2.0 * a.sqrt()) < 0.01
+    assert abs(z_t.std() - (1 - a).sqrt()) < 0.01
+    assert torch.equal(diffusion.q_sample(z0[:2], torch.zeros(2, dtype=torch.long), torch.zeros(2, 256)),
+                       z0[:2] * diffusion.alphas_cumprod[0].sqrt())
+
+
+def test_spaced_timesteps():
+    assert spaced_timesteps(1000, 1000) == list(range(999, -1, -1))
+    steps = spaced_timesteps(1000, 50)
+    assert len(steps) == 50 and steps[0] == 999 and steps[-1] == 0 and steps == sorted(steps, reverse=True)
+
+
+@pytest.mark.parametrize("sampler, steps", [(sample_ddim, 20), (sample_ddpm, 1000)])
+def test_samplers_recover_a_point_mass_with_the_exact_noise(sampler, steps):
+    """For data = one point z*, the true eps(z_t, t) is known in closed form; both samplers must land on z*."""
+    a = cosine_alphas_cumprod(1000).float()
+    target = torch.randn(1, 16)
+    eps_fn = lambda z, t: (z - a[t][:, None].sqrt() * target) / (1 - a[t][:, None]).sqrt()  # noqa: E731
+    z_T = torch.randn(8, 16, generator=torch.Generator().manual_seed(0))
+    out = sampler(eps_fn, z_T, a, spaced_timesteps(1000, steps), generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(out, target.expand_as(out), atol=1e-3)
+
+
+def test_trajectory_callback_sees_every_step_and_ends_at_the_result():
+    a = cosine_alphas_cumprod(100).float()
+    seen = []
+    out = sample_ddim(lambda z, t: 0.1 * z, torch.randn(2, 4), a, spaced_timesteps(100, 10),
+                      callback=lambda i, t, z: seen.append((i, t, z.clone())))
+    assert [s[0] for s in seen] == list(range(10))
+    assert torch.equal(seen[-1][2], out)
+
+
+class _Toy(nn.Module):
+    """Stand-in denoiser with the real interface: depends on z, t and y."""
+
+    latent_dim, num_classes, null_class = 8, 2, 2
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor(0.3))
+        self.emb = nn.Embedding(3, 8)
+
+    def forward(self, z, t, y):
+        return self.w * z + self.emb(y) + t[:, None].float() / 1000
+
+
+@pytest.mark.parametrize("sampler, eta", [("ddim", 0.0), ("ddim", 0.5), ("ddpm", 1.0)])
+def test_sampling_is_deterministic_under_a_generator(sampler, eta):
+    diffusion = ConditionalDenoiseDiffusion(_Toy(), n_steps=100, device="cpu")
+    y = torch.tensor([0, 1, 1])
+    run = lambda seed: diffusion.sample(y, sampler=sampler, steps=10, eta=eta, guidance_scale=2.0,  # noqa: E731
+                                        generator=torch.Generator().manual_seed(seed))
+    state = torch.get_rng_state()
+    assert torch.equal(run(0), run(0))
+    assert not torch.equal(run(0), run(1))
+    assert torch.equal(state, torch.get_rng_state())  # the global RNG is never touched
+
+
+def test_guidance_scale_one_is_the_plain_conditional_prediction():
+    diffusion = ConditionalDenoiseDiffusion(_Toy(), n_steps=100, device="cpu")
+    z, t, y = torch.randn(3, 8), torch.tensor([5, 50, 99]), torch.tensor([0, 1, 0])
+    assert torch.allclose(diffusion.predict_eps(z, t, y, 1.0), diffusion.model(z, t, y))
+    eps_u = diffusion.model(z, t, torch.full_like(y, 2))
+    guided = diffusion.predict_eps(z, t, y, 3.0)
+    assert torch.allclose(guided, eps_u + 3.0 * (diffusion.model(z, t, y) - eps_u), atol=1e-6)
+
+
+def test_loss_drops_the_class_at_the_configured_rate():
+    toy = _Toy()
+    seen = []
+    toy.forward = lambda z, t, y: seen.append(y.clone()) or z * 0
+    diffusion = ConditionalDenoiseDiffusion(toy, n_steps=100, device="cpu", class_dropout=0.25)
+    loss, t, per_sample = diffusion.loss(torch.randn(4000, 8), torch.zeros(4000, dtype=torch.long), torch.Generator().manual_seed(0))
+    assert t.shape == per_sample.shape == (4000,)
+    assert abs((seen[0] == 2).float().mean().item() - 0.25) < 0.03
+
+
+def test_diffusion_loss_falls_when_overfitting_a_tiny_batch():
+    torch.manual_seed(0)
+    net = ConditionalUNet()
+    diffusion = ConditionalDenoiseDiffusion(net, n_steps=1000, device="cpu", class_dropout=0.0)
+    z0, y = torch.randn(8, 256), torch.tensor([0, 1] * 4)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(0)
+    losses = []
+    for _ in range(40):
+        loss, _, _ = diffusion.loss(z0, y, gen)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"sampler": "euler"}, "unknown sampler"), ({"steps": 0}, "steps"), ({"steps": 1001}, "steps"),
+    ({"eta": 1.5}, "eta"), ({"guidance_scale": -1.0}, "guidance_scale"), ({"guidance_scale": float("nan")}, "guidance"),
+])
+def test_sampler_options_out_of_range_are_refused(kwargs, message):
+    diffusion = ConditionalDenoiseDiffusion(_Toy(), n_steps=1000, device="cpu")
+    with pytest.raises(UserInputError, match=message):
+        diffusion.sample(torch.tensor([0]), **kwargs)

@@ -1,0 +1,57 @@
+import pytest
+import torch
+
+from models import ConditionalUNet
+
+PUBLIC = dict(latent_dim=256, hidden_dims=[256, 512, 1024, 512, 256], time_emb_dim=256, num_classes=2)
+
+
+def test_output_is_shaped_like_input_and_starts_at_zero():
+    net = ConditionalUNet(**PUBLIC)
+    z = torch.randn(5, 256)
+    out = net(z, torch.randint(0, 1000, (5,)), torch.tensor([0, 1, 2, 0, 1]))
+    assert out.shape == z.shape
+    assert torch.count_nonzero(out) == 0  # zero-initialised output layer: training starts from eps_hat = 0
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_sample_does_not_depend_on_its_batch(randomize, mode):
+    net = randomize(ConditionalUNet(**PUBLIC))
+    net.train(mode == "train")
+    z, t, y = torch.randn(6, 256), torch.randint(0, 1000, (6,)), torch.randint(0, 3, (6,))
+    together = net(z, t, y)
+    alone = torch.cat([net(z[i:i + 1], t[i:i + 1], y[i:i + 1]) for i in range(6)])
+    assert torch.allclose(together, alone, atol=1e-4)
+    shuffled = net(z.flip(0), t.flip(0), y.flip(0)).flip(0)
+    assert torch.allclose(together, shuffled, atol=1e-4)
+
+
+def test_output_depends_on_time_class_and_every_token(randomize):
+    net = randomize(ConditionalUNet(**PUBLIC)).eval()
+    z, t, y = torch.randn(1, 256), torch.tensor([500]), torch.tensor([0])
+    base = net(z, t, y)
+    assert not torch.allclose(base, net(z, torch.tensor([20]), y))
+    assert not torch.allclose(base, net(z, t, torch.tensor([1])))
+    z.requires_grad_(True)
+    net(z, t, y)[0, 0].backward()
+    assert (z.grad.abs() > 0).float().mean() > 0.9  # attention and merges let one output see the whole latent
+
+
+def test_up_half_uses_skip_connections(randomize):
+    """The finest-level skip alone carries signal: zeroing the deepest level's output does not silence the network."""
+    net = randomize(ConditionalUNet(**PUBLIC)).eval()
+    for p in net.split[-1].parameters():
+        torch.nn.init.zeros_(p)  # nothing comes up from the bottom of the U
+    z, t, y = torch.randn(2, 256), torch.tensor([10, 900]), torch.tensor([0, 1])
+    out = net(z, t, y)
+    assert out.abs().sum() > 0
+    z2 = z.clone()
+    z2[:, :4] += 1.0
+    assert not torch.allclose(out, net(z2, t, y))
+
+
+def test_bad_hidden_dims_are_refused():
+    with pytest.raises(ValueError, match="symmetric"):
+        ConditionalUNet(hidden_dims=[256, 512, 256, 128])
+    with pytest.raises(ValueError, match="token grid"):
+        ConditionalUNet(hidden_dims=[64, 128, 256, 512, 1024, 512, 256, 128, 64])

@@ -1,0 +1,113 @@
+import urllib.error
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import data
+from errors import UserInputError
+
+
+def test_flat_folder_loads_both_classes_as_uint8(image_folder):
+    train, test = data.load_image_folder(image_folder)
+    assert test is None
+    assert train.x.shape == (48, 3, 32, 32) and train.x.dtype == torch.uint8
+    assert train.y.tolist() == [0] * 24 + [1] * 24
+    # the synthetic cats are red and the dogs blue: labels follow the folder names
+    assert train.x[train.y == 0, 0].float().mean() > train.x[train.y == 0, 2].float().mean()
+    assert train.x[train.y == 1, 2].float().mean() > train.x[train.y == 1, 0].float().mean()
+
+
+def test_train_test_layout_and_odd_images_are_converted(tmp_path):
+    for split in ("train", "test"):
+        for name in data.CLASS_NAMES:
+            (tmp_path / split / name).mkdir(parents=True)
+            Image.new("L", (50, 40), 128).save(tmp_path / split / name / "gray.png")
+            Image.new("RGBA", (32, 32), (10, 20, 30, 0)).save(tmp_path / split / name / "rgba.png")
+    train, test = data.load_image_folder(tmp_path)
+    assert train.x.shape == test.x.shape == (4, 3, 32, 32)
+    assert int(train.x[0, :, 5, 5].float().std()) == 0  # gray stays gray after conversion to RGB
+
+
+def test_corrupt_files_are_skipped_and_counted(tmp_path, caplog):
+    for name in data.CLASS_NAMES:
+        (tmp_path / name).mkdir()
+        Image.new("RGB", (32, 32)).save(tmp_path / name / "ok.png")
+    (tmp_path / "cat" / "broken.jpg").write_bytes(b"not an image")
+    (tmp_path / "cat" / "notes.txt").write_text("ignored: not an image suffix")
+    train, _ = data.load_image_folder(tmp_path)
+    assert len(train) == 2
+    assert "skipped 1 unreadable" in caplog.text
+
+
+@pytest.mark.parametrize("layout, message", [
+    ({}, "does not exist"),
+    ({"cat": 1}, "no class folders"),
+    ({"cat": 1, "dog": 0}, "no readable images"),
+])
+def test_bad_folders_give_one_clear_error(tmp_path, layout, message):
+    root = tmp_path / "d"
+    for name, n in layout.items():
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            Image.new("RGB", (32, 32)).save(root / name / f"{i}.png")
+    with pytest.raises(UserInputError, match=message):
+        data.load_image_folder(root)
+
+
+def test_class_index_accepts_names_and_indices():
+    assert [data.class_index(v) for v in (0, 1, "cat", "DOG", " Cat ", "1", np.int64(0))] == [0, 1, 0, 1, 0, 1, 0]
+    for bad in (2, -1, "horse", 1.0, True, None):
+        with pytest.raises(UserInputError):
+            data.class_index(bad)
+
+
+def test_holdout_split_is_disjoint_stratified_and_seeded(image_folder):
+    full, _ = data.load_image_folder(image_folder)
+    full = data.Split(full.x, full.y)
+    a_train, a_held = data.split_holdout(full, 0.25, torch.Generator().manual_seed(3))
+    b_train, b_held = data.split_holdout(full, 0.25, torch.Generator().manual_seed(3))
+    assert torch.equal(a_held.x, b_held.x)
+    assert len(a_train) + len(a_held) == len(full)
+    assert a_held.y.tolist().count(0) == a_held.y.tolist().count(1) == 6
+    train_rows = {tuple(r.flatten().tolist()[:64]) for r in a_train.x}
+    assert not any(tuple(r.flatten().tolist()[:64]) in train_rows for r in a_held.x)
+
+
+def test_augment_keeps_shape_range_and_is_reproducible():
+    x = data.to_model_range(torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8))
+    a = data.augment(x, torch.Generator().manual_seed(0))
+    b = data.augment(x, torch.Generator().manual_seed(0))
+    assert a.shape == x.shape and torch.equal(a, b)
+    assert a.min() >= -1 and a.max() <= 1
+    assert not torch.equal(a, x)
+    assert torch.equal(data.augment(x, torch.Generator(), max_shift=0).abs().sum(), x.abs().sum())  # flips keep pixels
+
+
+def test_ranges_round_trip():
+    x = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    assert torch.allclose(data.to_unit_range(data.to_model_range(x)) * 255, x.float(), atol=1e-4)
+
+
+def test_offline_cifar_download_names_data_dir(monkeypatch, tmp_path):
+    import torchvision
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    with pytest.raises(UserInputError, match="--data-dir"):
+        data.load_cifar_catdog(tmp_path)
+
+
+def test_cifar_filter_keeps_cats_and_dogs(monkeypatch, tmp_path):
+    import torchvision
+
+    class FakeCIFAR:
+        def __init__(self, *args, **kwargs):
+            self.data = np.arange(6 * 32 * 32 * 3, dtype=np.uint8).reshape(6, 32, 32, 3)
+            self.targets = [3, 5, 0, 5, 9, 3]
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", FakeCIFAR)
+    split = data.load_cifar_catdog(tmp_path)
+    assert split.y.tolist() == [0, 1, 1, 0]
+    assert split.x.shape == (4, 3, 32, 32)

@@ -1,0 +1,111 @@
+"""End to end through main.py: training, skipping, sampling, the README's notebook snippet, CLI errors."""
+import json
+import re
+import urllib.error
+from pathlib import Path
+
+import pytest
+import torch
+
+import main
+from conftest import ROOT, TINY_RUN, run_main
+
+OUT = "cifar_cat_dog_conditional_improved"
+
+
+def test_training_writes_checkpoints_config_metrics_and_samples(trained_run):
+    out = trained_run / OUT
+    for name in ("cifar_cat_dog_autoencoder.pt", "conditional_diffusion_final.pt", "vae_train_state.pt",
+                 "diffusion_train_state.pt", "config.json", "metrics_vae.jsonl", "metrics_diffusion.jsonl",
+                 "samples/samples_grid_final.png", "samples/sample_class_cat_final.png", "samples/sample_class_dog_final.png",
+                 "reconstruction/vae_reconstruction_final.png", "latent_space/vae_latent_space_final.png",
+                 "diffusion_path/denoising_path_final.png", "animation/diffusion_animation_dog_final.gif",
+                 "curves/loss_curves.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    config = json.loads((out / "config.json").read_text())
+    assert config["vae"]["steps"] == 12 and config["diffusion"]["steps"] == 12
+    assert config["run_facts"]["perceptual_loss"] is False  # recorded: the smoke preset trains without VGG
+    # public files are plain state dicts that weights_only loading accepts
+    for name in ("cifar_cat_dog_autoencoder.pt", "conditional_diffusion_final.pt"):
+        state = torch.load(out / name, weights_only=True)
+        assert all(isinstance(v, torch.Tensor) for v in state.values())
+    # the public diffusion file holds the EMA weights
+    train_state = torch.load(out / "diffusion_train_state.pt", weights_only=True)
+    public = torch.load(out / "conditional_diffusion_final.pt", weights_only=True)
+    assert all(torch.equal(public[k], v) for k, v in train_state["ema"]["model"].items())
+    assert not all(torch.equal(public[k], v) for k, v in train_state["model"].items())
+    records = [json.loads(line) for line in (out / "metrics_vae.jsonl").read_text().splitlines()]
+    assert records[-1]["eval"]["psnr"] > 5
+
+
+def readme_snippet() -> str:
+    text = (ROOT / "README.md").read_text()
+    match = re.search(r"<!-- notebook-snippet -->\s*```python\n(.*?)```", text, re.S)
+    assert match, "README has no notebook snippet"
+    return match.group(1)
+
+
+def test_readme_notebook_snippet_runs_as_written(trained_run, monkeypatch):
+    monkeypatch.chdir(trained_run)
+    scope: dict = {}
+    exec(compile(readme_snippet(), "README.md", "exec"), scope)
+    for name in ("cat_samples", "dog_samples"):
+        samples = scope[name]
+        assert samples.shape == (5, 3, 32, 32) and samples.dtype == torch.float32
+        assert samples.min() >= 0 and samples.max() <= 1
+
+
+def test_second_run_skips_both_stages(trained_run, image_folder):
+    out = trained_run / OUT
+    stamps = {name: (out / name).stat().st_mtime_ns for name in ("cifar_cat_dog_autoencoder.pt", "conditional_diffusion_final.pt")}
+    proc = run_main(*TINY_RUN, "--data-dir", str(image_folder), "--output-dir", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "skipping VAE training" in proc.stderr and "skipping diffusion training" in proc.stderr
+    assert stamps == {name: (out / name).stat().st_mtime_ns for name in stamps}
+
+
+def test_sample_command_writes_images_without_training(trained_run):
+    out = trained_run / OUT
+    proc = run_main("sample", "--output-dir", str(out), "--class", "dog", "--num-samples", "3", "--sample-seed", "7",
+                    "--sample-steps", "5", "--save-npz", "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    folder = out / "samples" / "dog_seed7"
+    assert sorted(p.name for p in folder.iterdir()) == ["dog.npz", "dog_0000.png", "dog_0001.png", "dog_0002.png"]
+    assert (out / "samples" / "dog_seed7.png").is_file()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--class", "dog"], "--target-class cannot be used with the train command"),
+    (["sample", "--vae-steps", "3"], "--steps cannot be used with the sample command"),
+    (["--device", "cuda:7"] if not torch.cuda.is_available() else ["--device", "tpu"], "device"),
+    (["sample", "--class", "horse"], "unknown class"),
+])
+def test_bad_options_give_one_line_and_exit_2(tmp_path, capsys, args, message):
+    code = main.main([*args, "--output-dir", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_offline_download_fails_with_one_line_naming_data_dir(tmp_path, capsys, monkeypatch):
+    import torchvision
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    code = main.main(["--preset", "smoke", "--device", "cpu", "--output-dir", str(tmp_path / "o"),
+                      "--download-dir", str(tmp_path / "dl")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1].startswith("error: could not download CIFAR-10") and "--data-dir" in err[-1]
+
+
+def test_sample_command_without_checkpoints_says_which_file(tmp_path, capsys):
+    code = main.main(["sample", "--output-dir", str(tmp_path), "--device", "cpu"])
+    assert code == 2 and "checkpoint not found" in capsys.readouterr().err
+
+
+def test_unwritable_output_dir(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    assert main.main(["--output-dir", str(blocker / "out"), "--device", "cpu"]) == 2
+    assert "not writable" in capsys.readouterr().err

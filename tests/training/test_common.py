@@ -1,0 +1,92 @@
+import os
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+from errors import UserInputError
+from training.common import EMA, atomic_save, check_finite, load_file, load_weights, warmup_cosine
+
+
+def test_atomic_save_leaves_no_temp_file_and_keeps_the_old_file_on_failure(tmp_path, monkeypatch):
+    path = tmp_path / "w.pt"
+    atomic_save({"a": torch.ones(2)}, path)
+    assert torch.equal(load_file(path)["a"], torch.ones(2))
+    assert oct(path.stat().st_mode & 0o777) == "0o644"
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+    monkeypatch.setattr(torch, "save", boom)
+    with pytest.raises(OSError):
+        atomic_save({"a": torch.zeros(2)}, path)
+    assert torch.equal(load_file(path)["a"], torch.ones(2))
+    assert os.listdir(tmp_path) == ["w.pt"]
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_a_pickle_that_runs_code_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as f:
+        pickle.dump({"weight": Evil()}, f)
+    with pytest.raises(UserInputError, match="refused to load .*evil.pt"):
+        load_file(path)
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage bytes"])
+def test_truncated_or_foreign_files_give_a_clear_error(tmp_path, content):
+    good = tmp_path / "good.pt"
+    torch.save(nn.Linear(4, 4).state_dict(), good)
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(content or good.read_bytes()[:100])
+    with pytest.raises(UserInputError, match="bad.pt"):
+        load_file(bad)
+    with pytest.raises(UserInputError, match="not found"):
+        load_file(tmp_path / "missing.pt")
+
+
+def test_mismatched_state_dict_names_file_and_difference(tmp_path):
+    path = tmp_path / "other.pt"
+    torch.save(nn.Linear(4, 8).state_dict(), path)
+    with pytest.raises(UserInputError, match=r"other.pt does not match Linear: .*shape mismatch.*\(8, 4\).*\(3, 4\)"):
+        load_weights(nn.Linear(4, 3), path)
+    torch.save({"step": 3}, path)
+    with pytest.raises(UserInputError, match="not a state dict of tensors"):
+        load_weights(nn.Linear(4, 3), path)
+
+
+def test_ema_follows_the_model_with_warmup():
+    model = nn.Linear(2, 1, bias=False)
+    nn.init.zeros_(model.weight)
+    ema = EMA(model, decay=0.9)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema.update(model)  # decay at update 1 is min(0.9, 2/11)
+    assert torch.allclose(ema.model.weight, torch.full((1, 2), 1 - 2 / 11))
+    for _ in range(200):
+        ema.update(model)
+    assert torch.allclose(ema.model.weight, torch.ones(1, 2), atol=1e-6)
+    assert not ema.model.weight.requires_grad
+
+
+def test_warmup_cosine_schedule():
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = warmup_cosine(opt, warmup=10, total=110)
+    lrs = []
+    for _ in range(110):
+        lrs.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert lrs[60] == pytest.approx(0.5, abs=1e-6) and lrs[-1] < 1e-3
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
+
+
+def test_check_finite_names_the_bad_term():
+    check_finite({"total": 1.0}, 3, "vae")
+    with pytest.raises(FloatingPointError, match=r"kl.*step 7.*--vae-lr"):
+        check_finite({"total": 1.0, "kl": float("nan")}, 7, "vae")

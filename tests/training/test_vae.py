@@ -1,0 +1,64 @@
+import pytest
+import torch
+
+from data import Split, to_model_range
+from models import SimpleAutoencoder
+from training.config import VAEConfig
+from training.vae import PHASES, evaluate, fit_latent_normalization, loss_weights, phase_of, vae_losses
+
+
+def test_progressive_schedule_follows_the_config():
+    cfg = VAEConfig(steps=100, kl_start=0.1, kl_ramp=0.2, cls_start=0.4, finetune_start=0.7)
+    assert [PHASES[phase_of(s, cfg)] for s in (0, 9, 10, 39, 40, 69, 70, 99)] == [
+        "reconstruction", "reconstruction", "kl", "kl", "classifier", "classifier", "finetune", "finetune"]
+    w = [loss_weights(s, cfg) for s in (0, 20, 30, 40, 55, 70, 99)]
+    assert w[0]["kl"] == 0 and w[0]["cls"] == 0 and w[0]["pixel"] == cfg.pixel_weight
+    assert w[1]["kl"] == pytest.approx(cfg.kl_weight / 2) and w[2]["kl"] == pytest.approx(cfg.kl_weight)
+    assert w[3]["cls"] == 0 and w[4]["cls"] == pytest.approx(cfg.cls_weight / 2)
+    assert w[5]["center"] == pytest.approx(cfg.center_weight) and w[6]["cls"] == pytest.approx(cfg.cls_weight)
+
+
+def test_losses_have_the_right_shapes_and_classification_runs():
+    ae = SimpleAutoencoder()
+    x, y = torch.rand(4, 3, 32, 32) * 2 - 1, torch.tensor([0, 1, 1, 0])
+    losses = vae_losses(ae, x, y, None, torch.Generator().manual_seed(0))
+    assert set(losses) == {"pixel", "kl", "cls", "center"}
+    assert all(v.ndim == 0 and torch.isfinite(v) for v in losses.values())
+
+
+def test_vae_loss_falls_when_overfitting_a_tiny_batch():
+    torch.manual_seed(0)
+    ae = SimpleAutoencoder()
+    # smooth images (upsampled 4x4 noise), which a VAE can actually fit
+    x = torch.nn.functional.interpolate(torch.rand(8, 3, 4, 4) * 2 - 1, size=32, mode="bilinear")
+    y = torch.tensor([0, 1] * 4)
+    opt = torch.optim.Adam(ae.parameters(), lr=2e-3)
+    gen = torch.Generator().manual_seed(0)
+    totals, pixels = [], []
+    for _ in range(40):
+        losses = vae_losses(ae, x, y, None, gen)
+        total = losses["pixel"] + 1e-5 * losses["kl"] + 0.1 * losses["cls"] + 0.01 * losses["center"]
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+        totals.append(total.item())
+        pixels.append(losses["pixel"].item())
+    assert sum(totals[-5:]) < 0.5 * sum(totals[:5])
+    assert sum(pixels[-5:]) < 0.3 * sum(pixels[:5])
+
+
+def test_latent_normalization_gives_unit_variance():
+    ae = SimpleAutoencoder().eval()
+    data = Split(torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8), torch.randint(0, 2, (64,)))
+    fit_latent_normalization(ae, data, torch.device("cpu"))
+    mu, logvar = ae.encode(to_model_range(data.x))
+    z = ae.normalize_latent(ae.reparameterize(mu, logvar, torch.Generator().manual_seed(0)))
+    assert z.mean(0).abs().mean() < 0.3 and 0.7 < z.std(0).mean() < 1.3
+
+
+def test_evaluate_reports_psnr_and_accuracy():
+    ae = SimpleAutoencoder()
+    data = Split(torch.randint(0, 256, (10, 3, 32, 32), dtype=torch.uint8), torch.randint(0, 2, (10,)))
+    scores = evaluate(ae, data, torch.device("cpu"), batch_size=4)
+    assert 0 < scores["psnr"] < 40 and 0 <= scores["latent_acc"] <= 1
+    assert ae.training  # evaluate restored the mode it found

@@ -1,0 +1,54 @@
+"""Loss curves of both stages from their metrics JSONL files."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+
+from visualization.latents import save_figure
+
+VAE_TERMS = ("total", "pixel", "perceptual", "kl", "cls", "center")
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Records of a metrics file; [] if it does not exist."""
+    path = Path(path)
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def _phase_starts(records: list[dict]) -> list[tuple[int, str]]:
+    starts, last = [], None
+    for r in records:
+        if r.get("phase") and r["phase"] != last:
+            starts.append((r["step"], r["phase"]))
+            last = r["phase"]
+    return starts
+
+
+def plot_loss_curves(vae_metrics: str | Path, diffusion_metrics: str | Path, path: str | Path) -> Path:
+    """Two panels (log scale): every VAE loss term with its phase boundaries marked; the diffusion loss overall
+    and per timestep quartile."""
+    vae = [r for r in read_jsonl(vae_metrics) if "total" in r]
+    diff = [r for r in read_jsonl(diffusion_metrics) if "total" in r]
+    fig, (ax_v, ax_d) = plt.subplots(1, 2, figsize=(12, 4.2))
+    for term in VAE_TERMS:
+        points = [(r["step"], r[term]) for r in vae if r.get(term, 0) > 0]
+        if points:
+            ax_v.plot(*zip(*points), label=term, lw=1.5 if term == "total" else 1)
+    for step, phase in _phase_starts(vae)[1:]:
+        ax_v.axvline(step, color="grey", ls="--", lw=0.8)
+        ax_v.text(step, 1.0, f" {phase}", transform=ax_v.get_xaxis_transform(), fontsize=8, va="top", rotation=90)
+    ax_v.set(yscale="log", xlabel="step", ylabel="loss (unweighted)", title="VAE losses (dashed: phase starts)")
+    if diff:
+        steps = [r["step"] for r in diff]
+        ax_d.plot(steps, [r["total"] for r in diff], c="black", lw=1.5, label="all timesteps")
+        for q in range(4):
+            ax_d.plot(steps, [r["loss_quartiles"][q] for r in diff], lw=0.9, label=f"t in quartile {q + 1}")
+    ax_d.set(yscale="log", xlabel="step", ylabel="eps-MSE", title="Diffusion loss (quartile 1 = least noise)")
+    for ax in (ax_v, ax_d):
+        if ax.lines:
+            ax.legend(fontsize=8)
+        ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    return save_figure(fig, path)
