@@ -2,11 +2,14 @@
 
     python main.py                      # train (VAE, then diffusion; finished stages are skipped) and draw samples
     python main.py --preset cpu         # a run sized for a 2-core CPU
-    python main.py sample --class dog --num-samples 64 --seed 0
+    python main.py sample --class dog --num-samples 64 --sample-seed 0
+    python main.py evaluate             # PSNR/SSIM, class fidelity, feature distance, FID/KID where weights exist
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
 import sys
 
@@ -16,21 +19,29 @@ from data import CLASS_NAMES, class_index, load_dataset
 from errors import UserInputError
 from models import ConditionalDenoiseDiffusion, ConditionalUNet, SimpleAutoencoder, generate_class_samples
 from training.common import AUTOENCODER_FILE, DIFFUSION_FILE, load_weights
-from training.config import PRESETS, add_config_args, explicit_flags, resolve_configs
+from evaluation.evaluate import evaluate_run, format_table
+from training.config import PRESETS, SECTIONS, add_config_args, explicit_flags, flag_of, resolve_configs
 from training.diffusion import train_diffusion
 from training.run import load_pipeline, make_context, setup_logging, write_config
 from training.vae import train_vae
 from visualization import save_image_grid, save_samples, write_diffusion_figures, write_loss_curves, write_vae_figures
 
 log = logging.getLogger("main")
-SAMPLE_ONLY = {"target_class", "save_npz"}
-TRAIN_ONLY = {"retrain_vae", "retrain_diffusion", "resume", "data_dir", "max_images", "holdout_fraction", "compile"}
+SAMPLER = {"sampler", "sample_steps", "eta", "guidance_scale", "sample_seed"}
+DATA = {"data_dir", "download_dir", "holdout_fraction", "max_images"}
+COMMON = {"output_dir", "device", "seed", "threads"}
+ALLOWED = {  # flags each command takes, by config section (None: all of the section)
+    "train": {"run": None, "vae": None, "diffusion": None, "sample": SAMPLER | {"num_samples"}},
+    "sample": {"run": COMMON, "sample": None},
+    "evaluate": {"run": COMMON | DATA, "sample": SAMPLER, "eval": None},
+}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", nargs="?", default="train", choices=("train", "sample"),
-                        help="train (default): run the pipeline; sample: draw images from trained checkpoints")
+    parser.add_argument("command", nargs="?", default="train", choices=tuple(ALLOWED),
+                        help="train (default): run the pipeline; sample: draw images from trained checkpoints; "
+                             "evaluate: score trained checkpoints on held-out images")
     parser.add_argument("--preset", default="default", choices=tuple(PRESETS),
                         help="default: full run for a GPU; cpu: ~15 min on 2 cores; smoke: a 1-minute end-to-end check")
     add_config_args(parser)
@@ -39,12 +50,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def check_flags(args: argparse.Namespace) -> None:
     """Refuse flags that do not apply to the chosen command."""
-    given = explicit_flags(args, "sample") | explicit_flags(args, "run")
-    wrong = given & (SAMPLE_ONLY if args.command == "train" else TRAIN_ONLY) | (
-        explicit_flags(args, "vae") | explicit_flags(args, "diffusion") if args.command == "sample" else set())
+    allowed = ALLOWED[args.command]
+    wrong = {flag_of(section, name) for section in SECTIONS for name in explicit_flags(args, section)
+             if section not in allowed or (allowed[section] is not None and name not in allowed[section])}
     if wrong:
-        flags = ", ".join(sorted("--" + w.replace("_", "-") for w in wrong))
+        flags = ", ".join(sorted(wrong))
         raise UserInputError(f"{flags} cannot be used with the {args.command} command")
+
+
+def load_splits(run) -> tuple:
+    """The training and held-out splits that the run options describe."""
+    return load_dataset(run.data_dir, download_root=run.download_dir, holdout_fraction=run.holdout_fraction,
+                        max_images=run.max_images, generator=torch.Generator().manual_seed(run.seed))
 
 
 def train(cfg: dict) -> None:
@@ -52,8 +69,7 @@ def train(cfg: dict) -> None:
     run, smp = cfg["run"], cfg["sample"]
     ctx = make_context(run)
     setup_logging(ctx.out_dir, ctx.is_main)
-    train_set, held = load_dataset(run.data_dir, download_root=run.download_dir, holdout_fraction=run.holdout_fraction,
-                                   max_images=run.max_images, generator=torch.Generator().manual_seed(run.seed))
+    train_set, held = load_splits(run)
     stage_gen = lambda offset: torch.Generator(ctx.device).manual_seed(run.seed + offset + 7919 * ctx.rank)  # noqa: E731
     torch.manual_seed(run.seed)  # model initialisation only; identical on every rank
     autoencoder, unet = SimpleAutoencoder().to(ctx.device), ConditionalUNet().to(ctx.device)
@@ -68,7 +84,7 @@ def train(cfg: dict) -> None:
         train_vae(autoencoder, train_set, held, cfg["vae"], ctx, stage_gen(1),
                   lambda step, ae: write_vae_figures(ae, held, ctx.out_dir, f"step_{step}"))
         ctx.resume = False  # a new VAE makes any earlier diffusion state stale
-        if ctx.is_main:
+        if ctx.is_main and run.figures:
             write_vae_figures(autoencoder, held, ctx.out_dir, "final")
     write_config(cfg, ctx)
     if vae_done and (ctx.out_dir / DIFFUSION_FILE).is_file() and not run.retrain_diffusion:
@@ -78,7 +94,7 @@ def train(cfg: dict) -> None:
         train_diffusion(unet, autoencoder, train_set, cfg["diffusion"], ctx, stage_gen(2),
                         lambda step, diff: write_diffusion_figures(autoencoder, diff, held, ctx.out_dir, f"step_{step}",
                                                                    sample_kw, seed, smp.num_samples, animations=False))
-    if ctx.is_main:
+    if ctx.is_main and run.figures:
         d = cfg["diffusion"]
         diffusion = ConditionalDenoiseDiffusion(unet.eval(), d.n_steps, ctx.device, schedule=d.schedule)
         write_diffusion_figures(autoencoder.eval(), diffusion, held, ctx.out_dir, "final", sample_kw, seed, smp.num_samples)
@@ -103,12 +119,35 @@ def sample(cfg: dict) -> None:
         print(f"{CLASS_NAMES[label]}: {len(images)} images in {folder}/, grid {grid}")
 
 
+def evaluate(cfg: dict, given: set[str]) -> None:
+    """Score a trained run on its own held-out split (data options default to those in its config.json)."""
+    run, s = cfg["run"], cfg["sample"]
+    ctx = make_context(run)
+    setup_logging(None, True)
+    saved = ctx.out_dir / "config.json"
+    if saved.is_file():
+        recorded = json.loads(saved.read_text())["run"]
+        run = dataclasses.replace(run, **{k: recorded[k] for k in DATA | {"seed"} if k not in given})
+    train_set, held = load_splits(run)
+    autoencoder, diffusion = load_pipeline(ctx.out_dir, ctx.device)
+    sample_kw = dict(sampler=s.sampler, steps=s.sample_steps, eta=s.eta, guidance_scale=s.guidance_scale)
+    seed = s.sample_seed if s.sample_seed is not None else run.seed
+    result = evaluate_run(autoencoder, diffusion, train_set, held, ctx.out_dir, cfg["eval"], sample_kw, seed)
+    print(format_table(result))
+    print(f"written to {ctx.out_dir / (cfg['eval'].name + '.json')}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         check_flags(args)
         cfg = resolve_configs(args, args.preset)
-        train(cfg) if args.command == "train" else sample(cfg)
+        if args.command == "train":
+            train(cfg)
+        elif args.command == "sample":
+            sample(cfg)
+        else:
+            evaluate(cfg, explicit_flags(args, "run"))
     except UserInputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -75,8 +75,9 @@ def test_sample_command_writes_images_without_training(trained_run):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--class", "dog"], "--target-class cannot be used with the train command"),
-    (["sample", "--vae-steps", "3"], "--steps cannot be used with the sample command"),
+    (["--class", "dog"], "--class cannot be used with the train command"),
+    (["sample", "--vae-steps", "3"], "--vae-steps cannot be used with the sample command"),
+    (["evaluate", "--retrain-vae"], "--retrain-vae cannot be used with the evaluate command"),
     (["--device", "cuda:7"] if not torch.cuda.is_available() else ["--device", "tpu"], "device"),
     (["sample", "--class", "horse"], "unknown class"),
 ])

@@ -33,6 +33,7 @@ class RunConfig:
     retrain_vae: bool = opt(False, "train the VAE even if its checkpoint exists (implies retraining the diffusion model)")
     retrain_diffusion: bool = opt(False, "train the diffusion model even if its checkpoint exists")
     visualize_every: int = opt(0, "also write visualisations every N steps of each stage (0: only at the end of a stage)")
+    figures: bool = opt(True, "write the figures at the end of each stage (--no-figures: checkpoints and metrics only)")
 
 
 @dataclass
@@ -87,8 +88,21 @@ class SampleConfig:
     save_npz: bool = opt(False, "sample command: also write the images as uint8 arrays in an .npz")
 
 
+@dataclass
+class EvalConfig:
+    """The evaluate command: how many samples, and the judge classifier trained on real images."""
+
+    samples_per_class: int = opt(500, "generated images per class", flag="--eval-samples")
+    fid_weights: str | None = opt(None, "Inception weights file for FID/KID (pt_inception-2015-12-05-6726825d.pth) on offline machines", flag="--fid-weights")
+    name: str = opt("evaluation", "results go to OUTPUT_DIR/NAME.json", flag="--eval-name")
+    classifier_epochs: int = opt(15, "epochs of the judge classifier")
+    classifier_batch_size: int = opt(128, "batch size of the judge classifier")
+    classifier_lr: float = opt(3e-3, "peak learning rate of the judge classifier")
+    retrain_classifier: bool = opt(False, "train the judge classifier again even if OUTPUT_DIR/catdog_classifier.pt exists")
+
+
 SECTIONS = {"run": (RunConfig, ""), "vae": (VAEConfig, "vae-"), "diffusion": (DiffusionConfig, "diffusion-"),
-            "sample": (SampleConfig, "")}
+            "sample": (SampleConfig, ""), "eval": (EvalConfig, "eval-")}
 
 # Presets override stage defaults; explicit CLI flags override presets.
 PRESETS: dict[str, dict[str, dict]] = {
@@ -103,8 +117,38 @@ PRESETS: dict[str, dict[str, dict]] = {
         "vae": {"steps": 30, "batch_size": 32, "warmup_steps": 5, "perceptual_weight": 0.0},
         "diffusion": {"steps": 30, "batch_size": 64, "warmup_steps": 5, "ema_decay": 0.9},
         "sample": {"sample_steps": 10, "num_samples": 16},
+        "eval": {"samples_per_class": 50, "classifier_epochs": 1},
     },
 }
+
+
+POSITIVE = {"steps", "batch_size", "lr", "warmup_steps", "n_steps", "sample_steps", "num_samples", "samples_per_class",
+            "classifier_epochs", "classifier_batch_size", "classifier_lr", "log_every", "checkpoint_every", "threads",
+            "max_images", "grad_clip"}
+NON_NEGATIVE = {"weight_decay", "augment_shift", "pixel_weight", "perceptual_weight", "kl_weight", "cls_weight",
+                "center_weight", "guidance_scale", "visualize_every"}
+FRACTIONS = {"kl_start", "kl_ramp", "cls_start", "finetune_start", "eta", "class_dropout", "ema_decay", "holdout_fraction"}
+
+
+def validate(section: str, cfg) -> None:
+    """Refuse values out of range (and VAE phases out of order), naming the flag and the allowed range."""
+    for f in dataclasses.fields(cfg):
+        value, flag = getattr(cfg, f.name), _flag(f, SECTIONS[section][1])
+        if value is None or isinstance(value, (str, bool)):
+            continue
+        if f.name in POSITIVE and not value > 0:
+            raise UserInputError(f"{flag} must be positive, got {value}")
+        if f.name in NON_NEGATIVE and not value >= 0:
+            raise UserInputError(f"{flag} must be >= 0, got {value}")
+        if f.name in FRACTIONS and not 0 <= value <= 1:
+            raise UserInputError(f"{flag} must be in [0, 1], got {value}")
+    if section == "vae" and not cfg.kl_start <= cfg.cls_start <= cfg.finetune_start:
+        raise UserInputError(f"VAE phases out of order: --vae-kl-start ({cfg.kl_start}) <= --vae-cls-start "
+                             f"({cfg.cls_start}) <= --vae-finetune-start ({cfg.finetune_start}) must hold")
+    if section == "run" and not 0 < cfg.holdout_fraction < 1:
+        raise UserInputError(f"--holdout-fraction must be strictly between 0 and 1, got {cfg.holdout_fraction}")
+    if section == "diffusion" and not cfg.ema_decay < 1:
+        raise UserInputError(f"--diffusion-ema-decay must be below 1, got {cfg.ema_decay}")
 
 
 def _flag(f: dataclasses.Field, prefix: str) -> str:
@@ -140,7 +184,17 @@ def resolve_configs(args: argparse.Namespace, preset: str) -> dict:
         values.update({f.name: getattr(args, f"{section}.{f.name}") for f in dataclasses.fields(cls)
                        if getattr(args, f"{section}.{f.name}") is not None})
         out[section] = cls(**values)
+        validate(section, out[section])
+    if out["sample"].sample_steps > out["diffusion"].n_steps:
+        raise UserInputError(f"--sample-steps ({out['sample'].sample_steps}) cannot exceed --diffusion-n-steps "
+                             f"({out['diffusion'].n_steps})")
     return out
+
+
+def flag_of(section: str, name: str) -> str:
+    """The command-line flag of field `name` of `section`."""
+    cls, prefix = SECTIONS[section]
+    return _flag(next(f for f in dataclasses.fields(cls) if f.name == name), prefix)
 
 
 def explicit_flags(args: argparse.Namespace, section: str) -> set[str]:

@@ -56,6 +56,8 @@ def prepare_output_dir(path: str | Path) -> Path:
         probe = path / ".write_test"
         probe.write_text("ok")
         probe.unlink()
+        for stale in path.glob(".*.tmp"):  # half-written checkpoints of a killed run; the previous files are intact
+            stale.unlink()
     except OSError as err:
         raise UserInputError(f"output dir {path} is not writable ({err.strerror}); pick another with --output-dir") from None
     return path

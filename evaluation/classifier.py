@@ -1,0 +1,69 @@
+"""An independent cat/dog image classifier, trained on the real training split, that judges generated samples."""
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from data import Split, augment, to_model_range
+from models.generate import eval_mode
+
+log = logging.getLogger(__name__)
+
+
+def _conv(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+
+
+class CatDogClassifier(nn.Module):
+    """A small VGG-style CNN on 32x32 images in [-1, 1]: `features` (N, 128) and `forward` logits (N, 2)."""
+
+    def __init__(self, width: int = 32, num_classes: int = 2):
+        super().__init__()
+        w = width
+        self.body = nn.Sequential(_conv(3, w), _conv(w, w), nn.MaxPool2d(2), _conv(w, 2 * w), _conv(2 * w, 2 * w),
+                                  nn.MaxPool2d(2), _conv(2 * w, 4 * w), _conv(4 * w, 4 * w), nn.AdaptiveAvgPool2d(1))
+        self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(4 * w, num_classes))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate features (N, 4*width), the space of the feature Frechet distance."""
+        return self.body(x).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def train_classifier(data: Split, device: torch.device, *, epochs: int, batch_size: int, lr: float,
+                     generator: torch.Generator) -> CatDogClassifier:
+    """Train the classifier with flips and shifts, AdamW and a one-cycle schedule; returns it in eval mode."""
+    model = CatDogClassifier().to(device)
+    steps = max(1, epochs * len(data) // batch_size)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+    x_all, y_all = data.x.to(device), data.y.to(device)
+    model.train()
+    for _ in tqdm(range(steps), desc="Classifier", dynamic_ncols=True):
+        idx = torch.randint(0, len(data), (batch_size,), device=device, generator=generator)
+        loss = F.cross_entropy(model(augment(to_model_range(x_all[idx]), generator)), y_all[idx], label_smoothing=0.1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    return model.eval()
+
+
+@torch.no_grad()
+def classify(model: CatDogClassifier, images: torch.Tensor, batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+    """(predicted labels (N,), features (N, F)) of images (N, 3, 32, 32) in [0, 1]."""
+    device = next(model.parameters()).device
+    preds, feats = [], []
+    with eval_mode(model):
+        for start in range(0, len(images), batch_size):
+            x = images[start:start + batch_size].to(device) * 2 - 1
+            f = model.features(x)
+            preds.append(model.head(f).argmax(1).cpu())
+            feats.append(f.cpu())
+    return torch.cat(preds), torch.cat(feats)

@@ -1,0 +1,54 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from data import load_image_folder, to_model_range, to_unit_range
+from evaluation.classifier import classify, train_classifier
+from evaluation.metrics import InceptionMetrics, frechet_distance, psnr, ssim
+from conftest import run_main
+
+
+def test_psnr_and_ssim_known_values():
+    a = torch.full((2, 3, 32, 32), 0.5)
+    assert psnr(a, a + 0.1) == pytest.approx(20.0, abs=1e-3)
+    assert ssim(a, a) == pytest.approx(1.0) and ssim(torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)) < 0.2
+
+
+def test_frechet_distance_is_zero_for_the_same_gaussian_and_the_squared_shift_otherwise():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4000, 8))
+    assert frechet_distance(x, x) == pytest.approx(0.0, abs=1e-6)
+    assert frechet_distance(x, x + 2.0) == pytest.approx(8 * 4.0, rel=1e-3)
+
+
+def test_judge_classifier_learns_a_separable_task(image_folder):
+    data, _ = load_image_folder(image_folder)
+    model = train_classifier(data, torch.device("cpu"), epochs=8, batch_size=16, lr=3e-3,
+                             generator=torch.Generator().manual_seed(0))
+    preds, feats = classify(model, to_unit_range(to_model_range(data.x)))
+    assert (preds == data.y).float().mean() > 0.9
+    assert feats.shape == (len(data), 128)
+
+
+def test_missing_inception_weights_are_reported_not_raised(tmp_path):
+    metrics = InceptionMetrics(str(tmp_path / "missing.pth"), torch.device("cpu"))
+    assert not metrics.available and metrics.reason
+
+
+def test_evaluate_command_writes_json_and_table(trained_run):
+    out = trained_run / "cifar_cat_dog_conditional_improved"
+    proc = run_main("evaluate", "--output-dir", str(out), "--device", "cpu", "--eval-samples", "6",
+                    "--eval-classifier-epochs", "2", "--sample-steps", "4", "--fid-weights", str(out / "no_such_file.pth"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "FID/KID skipped" in proc.stderr and "class fidelity" in proc.stdout
+    result = json.loads((out / "evaluation.json").read_text())
+    assert result["fid_available"] is False
+    assert set(result["samples"]) == {"cat", "dog", "overall"}
+    assert 0 <= result["samples"]["overall"]["class_fidelity"] <= 1
+    assert result["samples"]["cat"]["feature_fd"] >= 0
+    assert result["reconstruction"]["psnr"] > 5 and -1 <= result["reconstruction"]["ssim"] <= 1
+    assert result["sampling"]["steps"] == 4 and result["sampling"]["samples_per_class"] == 6
+    assert result["held_out_images"] == 4  # the run's own split (10% of 48, per class), read from its config.json
+    assert (out / "catdog_classifier.pt").is_file()

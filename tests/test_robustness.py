@@ -1,0 +1,149 @@
+"""Kills, interrupts, NaNs and repeat runs: no work is lost and the same seed gives the same weights."""
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import main
+from conftest import ROOT, run_main
+from training.common import MetricsLog, RunContext, run_steps
+
+# Long enough to be killed mid-stage, short enough for CI; no figures, only checkpoints matter here.
+RUN = ["--preset", "smoke", "--device", "cpu", "--threads", "1", "--vae-steps", "40", "--vae-batch-size", "8",
+       "--diffusion-steps", "16", "--diffusion-batch-size", "16", "--checkpoint-every", "8", "--log-every", "4",
+       "--no-figures"]
+PUBLIC = ("cifar_cat_dog_autoencoder.pt", "conditional_diffusion_final.pt")
+
+
+def start(image_folder, out, *extra):
+    return subprocess.Popen([sys.executable, str(ROOT / "main.py"), *RUN, "--data-dir", str(image_folder),
+                             "--output-dir", str(out), *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(path, proc, timeout=120):
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        assert time.time() < deadline, f"{path} never appeared"
+        time.sleep(0.02)
+
+
+def same_weights(a, b) -> bool:
+    for name in PUBLIC:
+        sa, sb = torch.load(a / name, weights_only=True), torch.load(b / name, weights_only=True)
+        if sa.keys() != sb.keys() or not all(torch.equal(sa[k], sb[k]) for k in sa):
+            return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def reference(image_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference")
+    proc = run_main(*RUN, "--data-dir", str(image_folder), "--output-dir", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return out
+
+
+def test_same_seed_gives_identical_checkpoints(image_folder, reference, tmp_path):
+    proc = run_main(*RUN, "--data-dir", str(image_folder), "--output-dir", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert same_weights(reference, tmp_path)
+
+
+def test_sigkill_mid_stage_then_resume_equals_an_uninterrupted_run(image_folder, reference, tmp_path):
+    proc = start(image_folder, tmp_path)
+    wait_for(tmp_path / "vae_train_state.pt", proc)  # first VAE checkpoint (step 8 of 40) is on disk
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / PUBLIC[0]).exists()  # it really died mid-stage
+    resumed = run_main(*RUN, "--data-dir", str(image_folder), "--output-dir", str(tmp_path))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming from step" in resumed.stderr
+    assert not list(tmp_path.glob(".*.tmp"))
+    assert same_weights(reference, tmp_path)
+
+
+def test_ctrl_c_saves_state_and_says_how_to_resume(image_folder, tmp_path):
+    proc = start(image_folder, tmp_path)
+    wait_for(tmp_path / "vae_train_state.pt", proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "interrupted" in err and "run the same command again to resume" in err and "Traceback" not in err
+    state = torch.load(tmp_path / "vae_train_state.pt", weights_only=True)
+    assert 8 <= state["step"] < 40 and not state["done"]
+
+
+def test_nan_loss_stops_the_stage_and_keeps_the_last_good_state(tmp_path):
+    saved = []
+    ctx = RunContext(device=torch.device("cpu"), out_dir=tmp_path, log_every=2, checkpoint_every=4)
+    losses = iter([1.0] * 5 + [float("nan")] * 10)
+    with pytest.raises(FloatingPointError, match="non-finite loss.*step 6"):
+        run_steps("VAE", 0, 20, lambda step: {"total": torch.tensor(next(losses))}, saved.append,
+                  MetricsLog(tmp_path / "m.jsonl"), ctx)
+    assert saved == [4]  # the state at step 4 was saved; nothing after the NaN was
+
+
+def test_nan_loss_ends_the_run_with_one_line(image_folder, tmp_path, capsys, monkeypatch):
+    import training.vae
+
+    real = training.vae.vae_losses
+
+    def poisoned(*args, **kwargs):
+        out = real(*args, **kwargs)
+        out["pixel"] = out["pixel"] * float("nan")
+        return out
+    monkeypatch.setattr(training.vae, "vae_losses", poisoned)
+    code = main.main([*RUN, "--data-dir", str(image_folder), "--output-dir", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 3 and "vae: non-finite loss (pixel," in err[-1] and "--vae-lr" in err[-1]
+    assert not (tmp_path / PUBLIC[0]).exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--vae-steps", "0"], "--vae-steps must be positive"),
+    (["--vae-kl-start", "0.5", "--vae-cls-start", "0.2"], "VAE phases out of order"),
+    (["--holdout-fraction", "1.0"], "--holdout-fraction must be strictly between 0 and 1"),
+    (["--sample-steps", "5000"], "cannot exceed --diffusion-n-steps"),
+    (["sample", "--eta", "1.5"], "--eta must be in [0, 1]"),
+    (["sample", "--guidance-scale", "-2"], "--guidance-scale must be >= 0"),
+    (["sample", "--num-samples", "0"], "--num-samples must be positive"),
+])
+def test_options_out_of_range(tmp_path, capsys, args, message):
+    assert main.main([*args, "--output-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_checkpoint_of_another_architecture_is_named_in_the_error(trained_run, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    for name in PUBLIC:
+        (out / name).write_bytes((trained_run / "cifar_cat_dog_conditional_improved" / name).read_bytes())
+    torch.save(torch.nn.Linear(3, 3).state_dict(), out / PUBLIC[1])
+    assert main.main(["sample", "--output-dir", str(out), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "conditional_diffusion_final.pt does not match ConditionalUNet" in err and "missing key" in err
+    (out / PUBLIC[0]).write_bytes((out / PUBLIC[0]).read_bytes()[:1000])  # truncated
+    assert main.main(["sample", "--output-dir", str(out), "--device", "cpu"]) == 2
+    assert "cannot read checkpoint" in capsys.readouterr().err
+
+
+def test_generate_class_samples_refuses_bad_arguments_and_batches_large_requests(trained_run):
+    from errors import UserInputError
+    from models import generate_class_samples
+    from training.run import load_pipeline
+
+    ae, diffusion = load_pipeline(trained_run / "cifar_cat_dog_conditional_improved")
+    for kwargs in ({"target_class": 2}, {"target_class": "horse"}, {"num_samples": 0}, {"num_samples": -3},
+                   {"steps": 0}, {"guidance_scale": -1.0}, {"eta": 3.0}):
+        args = {"target_class": 0, "num_samples": 2, **kwargs}
+        with pytest.raises(UserInputError):
+            generate_class_samples(ae, diffusion, **args)
+    out = generate_class_samples(ae, diffusion, "dog", 7, steps=2, batch_size=3, seed=0)
+    assert out.shape == (7, 3, 32, 32) and 0 <= out.min() and out.max() <= 1
+    assert torch.equal(out, generate_class_samples(ae, diffusion, "dog", 7, steps=2, batch_size=3, seed=0))
+    assert not torch.equal(out, generate_class_samples(ae, diffusion, "dog", 7, steps=2, batch_size=3, seed=1))
