@@ -3,6 +3,7 @@
 Every loader returns uint8 tensors `x` of shape (N, 3, 32, 32) and int64 labels `y` of shape (N,),
 with 0 = cat and 1 = dog.
 """
+
 from __future__ import annotations
 
 import logging
@@ -45,7 +46,9 @@ def class_index(name_or_index: int | str) -> int:
         if key.isdigit():
             return class_index(int(key))
         if key not in CLASS_NAMES:
-            raise UserInputError(f"unknown class {name_or_index!r}: use one of {', '.join(CLASS_NAMES)} or 0-{len(CLASS_NAMES) - 1}")
+            raise UserInputError(
+                f"unknown class {name_or_index!r}: use one of {', '.join(CLASS_NAMES)} or 0-{len(CLASS_NAMES) - 1}"
+            )
         return CLASS_NAMES.index(key)
     if isinstance(name_or_index, bool) or not isinstance(name_or_index, (int, np.integer)):
         raise UserInputError(f"class must be an int or a name, got {type(name_or_index).__name__}")
@@ -100,7 +103,9 @@ def _load_split_folder(root: Path) -> Split:
         if bad:
             log.warning("skipped %d unreadable image file(s) in %s", bad, root / name)
         if not images:
-            raise UserInputError(f"class folder {root / name} has no readable images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            raise UserInputError(
+                f"class folder {root / name} has no readable images ({', '.join(sorted(IMAGE_SUFFIXES))})"
+            )
         xs.append(torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2))
         ys.append(torch.full((len(images),), label, dtype=torch.long))
     return Split(torch.cat(xs).contiguous(), torch.cat(ys))
@@ -123,7 +128,10 @@ def load_image_folder(root: str | Path) -> tuple[Split, Split | None]:
     if _has_class_folders(root / "train"):
         test = _load_split_folder(root / "test") if _has_class_folders(root / "test") else None
         return _load_split_folder(root / "train"), test
-    raise UserInputError(f"data dir {root} has no class folders: expected {root}/cat and {root}/dog (or {root}/train/cat and {root}/train/dog)")
+    raise UserInputError(
+        f"data dir {root} has no class folders: expected {root}/cat and {root}/dog "
+        f"(or {root}/train/cat and {root}/train/dog)"
+    )
 
 
 def split_holdout(data: Split, fraction: float, generator: torch.Generator) -> tuple[Split, Split]:
@@ -150,8 +158,14 @@ def limit_per_class(data: Split, max_images: int, generator: torch.Generator) ->
     return data.subset(torch.cat(keep).sort().values)
 
 
-def load_dataset(data_dir: str | Path | None, *, download_root: str | Path, holdout_fraction: float,
-                 max_images: int | None, generator: torch.Generator) -> tuple[Split, Split]:
+def load_dataset(
+    data_dir: str | Path | None,
+    *,
+    download_root: str | Path,
+    holdout_fraction: float,
+    max_images: int | None,
+    generator: torch.Generator,
+) -> tuple[Split, Split]:
     """Return (train, held-out) splits from a local folder or CIFAR-10, as the run options say."""
     if data_dir is None:
         train, test = load_cifar_catdog(download_root, train=True), load_cifar_catdog(download_root, train=False)
@@ -185,8 +199,8 @@ def augment(x: torch.Tensor, generator: torch.Generator, max_shift: int = 2) -> 
         return x
     padded = torch.nn.functional.pad(x, (max_shift,) * 4, mode="reflect")
     shifts = torch.randint(0, 2 * max_shift + 1, (2, n), device=x.device, generator=generator)
-    rows = (torch.arange(IMAGE_SIZE, device=x.device)[None, :] + shifts[0][:, None])  # (N, 32)
-    cols = (torch.arange(IMAGE_SIZE, device=x.device)[None, :] + shifts[1][:, None])  # (N, 32)
+    rows = torch.arange(IMAGE_SIZE, device=x.device)[None, :] + shifts[0][:, None]  # (N, 32)
+    cols = torch.arange(IMAGE_SIZE, device=x.device)[None, :] + shifts[1][:, None]  # (N, 32)
     batch = torch.arange(n, device=x.device)[:, None, None]
     out = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]  # (N, 32, 32, C)
     return out.permute(0, 3, 1, 2).contiguous()

@@ -1,17 +1,20 @@
 """Train the class-conditional latent diffusion model of CIFAR-10 cats and dogs, or sample from a trained one.
 
-    python main.py                      # train (VAE, then diffusion; finished stages are skipped) and draw samples
-    python main.py --preset cpu         # a run sized for a 2-core CPU
-    python main.py sample --class dog --num-samples 64 --sample-seed 0
-    python main.py evaluate             # PSNR/SSIM, class fidelity, feature distance, FID/KID where weights exist
+python main.py                      # train (VAE, then diffusion; finished stages are skipped) and draw samples
+python main.py --preset cpu         # a run sized for a 2-core CPU
+python main.py sample --class dog --num-samples 64 --sample-seed 0
+python main.py evaluate             # PSNR/SSIM, class fidelity, feature distance, FID/KID where weights exist
 """
+
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
 import sys
+import time
 
 import torch
 
@@ -39,11 +42,20 @@ ALLOWED = {  # flags each command takes, by config section (None: all of the sec
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", nargs="?", default="train", choices=tuple(ALLOWED),
-                        help="train (default): run the pipeline; sample: draw images from trained checkpoints; "
-                             "evaluate: score trained checkpoints on held-out images")
-    parser.add_argument("--preset", default="default", choices=tuple(PRESETS),
-                        help="default: full run for a GPU; cpu: ~15 min on 2 cores; smoke: a 1-minute end-to-end check")
+    parser.add_argument(
+        "command",
+        nargs="?",
+        default="train",
+        choices=tuple(ALLOWED),
+        help="train (default): run the pipeline; sample: draw images from trained checkpoints; "
+        "evaluate: score trained checkpoints on held-out images",
+    )
+    parser.add_argument(
+        "--preset",
+        default="default",
+        choices=tuple(PRESETS),
+        help="default: full run for a GPU; cpu: ~15 min on 2 cores; smoke: a 1-minute end-to-end check",
+    )
     add_config_args(parser)
     return parser.parse_args(argv)
 
@@ -51,8 +63,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def check_flags(args: argparse.Namespace) -> None:
     """Refuse flags that do not apply to the chosen command."""
     allowed = ALLOWED[args.command]
-    wrong = {flag_of(section, name) for section in SECTIONS for name in explicit_flags(args, section)
-             if section not in allowed or (allowed[section] is not None and name not in allowed[section])}
+    wrong = {
+        flag_of(section, name)
+        for section in SECTIONS
+        for name in explicit_flags(args, section)
+        if section not in allowed or (allowed[section] is not None and name not in allowed[section])
+    }
     if wrong:
         flags = ", ".join(sorted(wrong))
         raise UserInputError(f"{flags} cannot be used with the {args.command} command")
@@ -60,8 +76,13 @@ def check_flags(args: argparse.Namespace) -> None:
 
 def load_splits(run) -> tuple:
     """The training and held-out splits that the run options describe."""
-    return load_dataset(run.data_dir, download_root=run.download_dir, holdout_fraction=run.holdout_fraction,
-                        max_images=run.max_images, generator=torch.Generator().manual_seed(run.seed))
+    return load_dataset(
+        run.data_dir,
+        download_root=run.download_dir,
+        holdout_fraction=run.holdout_fraction,
+        max_images=run.max_images,
+        generator=torch.Generator().manual_seed(run.seed),
+    )
 
 
 def train(cfg: dict) -> None:
@@ -81,8 +102,16 @@ def train(cfg: dict) -> None:
         load_weights(autoencoder, ctx.out_dir / AUTOENCODER_FILE, ctx.device)
     else:
         write_config(cfg, ctx)
-        train_vae(autoencoder, train_set, held, cfg["vae"], ctx, stage_gen(1),
-                  lambda step, ae: write_vae_figures(ae, held, ctx.out_dir, f"step_{step}"))
+        with timed(ctx, "vae_seconds"):
+            train_vae(
+                autoencoder,
+                train_set,
+                held,
+                cfg["vae"],
+                ctx,
+                stage_gen(1),
+                lambda step, ae: write_vae_figures(ae, held, ctx.out_dir, f"step_{step}"),
+            )
         ctx.resume = False  # a new VAE makes any earlier diffusion state stale
         if ctx.is_main and run.figures:
             write_vae_figures(autoencoder, held, ctx.out_dir, "final")
@@ -91,14 +120,44 @@ def train(cfg: dict) -> None:
         log.info("diffusion checkpoint found, skipping diffusion training (--retrain-diffusion to train it again)")
         load_weights(unet, ctx.out_dir / DIFFUSION_FILE, ctx.device)
     else:
-        train_diffusion(unet, autoencoder, train_set, cfg["diffusion"], ctx, stage_gen(2),
-                        lambda step, diff: write_diffusion_figures(autoencoder, diff, held, ctx.out_dir, f"step_{step}",
-                                                                   sample_kw, seed, smp.num_samples, animations=False))
+        with timed(ctx, "diffusion_seconds"):
+            train_diffusion(
+                unet,
+                autoencoder,
+                train_set,
+                cfg["diffusion"],
+                ctx,
+                stage_gen(2),
+                lambda step, diff: write_diffusion_figures(
+                    autoencoder,
+                    diff,
+                    held,
+                    ctx.out_dir,
+                    f"step_{step}",
+                    sample_kw,
+                    seed,
+                    smp.num_samples,
+                    animations=False,
+                ),
+            )
     if ctx.is_main and run.figures:
         d = cfg["diffusion"]
         diffusion = ConditionalDenoiseDiffusion(unet.eval(), d.n_steps, ctx.device, schedule=d.schedule)
-        write_diffusion_figures(autoencoder.eval(), diffusion, held, ctx.out_dir, "final", sample_kw, seed, smp.num_samples)
-        write_loss_curves(ctx.out_dir)
+        with timed(ctx, "figures_seconds"):
+            write_diffusion_figures(
+                autoencoder.eval(), diffusion, held, ctx.out_dir, "final", sample_kw, seed, smp.num_samples
+            )
+            write_loss_curves(ctx.out_dir)
+    write_config(cfg, ctx)
+
+
+@contextlib.contextmanager
+def timed(ctx, key: str):
+    """Record the wall time of a block in the run facts (written to config.json)."""
+    start = time.perf_counter()
+    yield
+    ctx.extra[key] = round(time.perf_counter() - start, 1)
+    log.info("%s: %.1f s", key, ctx.extra[key])
 
 
 def sample(cfg: dict) -> None:
@@ -111,8 +170,17 @@ def sample(cfg: dict) -> None:
     seed = s.sample_seed if s.sample_seed is not None else run.seed
     gen = torch.Generator(ctx.device).manual_seed(seed)
     for label in labels:
-        images = generate_class_samples(autoencoder, diffusion, label, s.num_samples, sampler=s.sampler,
-                                        steps=s.sample_steps, eta=s.eta, guidance_scale=s.guidance_scale, generator=gen)
+        images = generate_class_samples(
+            autoencoder,
+            diffusion,
+            label,
+            s.num_samples,
+            sampler=s.sampler,
+            steps=s.sample_steps,
+            eta=s.eta,
+            guidance_scale=s.guidance_scale,
+            generator=gen,
+        )
         folder = ctx.out_dir / "samples" / f"{CLASS_NAMES[label]}_seed{seed}"
         save_samples(images, folder, CLASS_NAMES[label], npz=s.save_npz)
         grid = save_image_grid(images, folder.with_suffix(".png"))
@@ -129,7 +197,7 @@ def evaluate(cfg: dict, given: set[str]) -> None:
         recorded = json.loads(saved.read_text())["run"]
         run = dataclasses.replace(run, **{k: recorded[k] for k in DATA | {"seed"} if k not in given})
     train_set, held = load_splits(run)
-    autoencoder, diffusion = load_pipeline(ctx.out_dir, ctx.device)
+    autoencoder, diffusion = load_pipeline(ctx.out_dir, ctx.device, raw_weights=cfg["eval"].weights == "raw")
     sample_kw = dict(sampler=s.sampler, steps=s.sample_steps, eta=s.eta, guidance_scale=s.guidance_scale)
     seed = s.sample_seed if s.sample_seed is not None else run.seed
     result = evaluate_run(autoencoder, diffusion, train_set, held, ctx.out_dir, cfg["eval"], sample_kw, seed)
@@ -157,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted: training state saved; run the same command again to resume", file=sys.stderr)
         return 130
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
     return 0
 
 

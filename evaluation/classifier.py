@@ -1,4 +1,5 @@
 """An independent cat/dog image classifier, trained on the real training split, that judges generated samples."""
+
 from __future__ import annotations
 
 import logging
@@ -24,8 +25,17 @@ class CatDogClassifier(nn.Module):
     def __init__(self, width: int = 32, num_classes: int = 2):
         super().__init__()
         w = width
-        self.body = nn.Sequential(_conv(3, w), _conv(w, w), nn.MaxPool2d(2), _conv(w, 2 * w), _conv(2 * w, 2 * w),
-                                  nn.MaxPool2d(2), _conv(2 * w, 4 * w), _conv(4 * w, 4 * w), nn.AdaptiveAvgPool2d(1))
+        self.body = nn.Sequential(
+            _conv(3, w),
+            _conv(w, w),
+            nn.MaxPool2d(2),
+            _conv(w, 2 * w),
+            _conv(2 * w, 2 * w),
+            nn.MaxPool2d(2),
+            _conv(2 * w, 4 * w),
+            _conv(4 * w, 4 * w),
+            nn.AdaptiveAvgPool2d(1),
+        )
         self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(4 * w, num_classes))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -36,8 +46,9 @@ class CatDogClassifier(nn.Module):
         return self.head(self.features(x))
 
 
-def train_classifier(data: Split, device: torch.device, *, epochs: int, batch_size: int, lr: float,
-                     generator: torch.Generator) -> CatDogClassifier:
+def train_classifier(
+    data: Split, device: torch.device, *, epochs: int, batch_size: int, lr: float, generator: torch.Generator
+) -> CatDogClassifier:
     """Train the classifier with flips and shifts, AdamW and a one-cycle schedule; returns it in eval mode."""
     model = CatDogClassifier().to(device)
     steps = max(1, epochs * len(data) // batch_size)
@@ -62,7 +73,7 @@ def classify(model: CatDogClassifier, images: torch.Tensor, batch_size: int = 50
     preds, feats = [], []
     with eval_mode(model):
         for start in range(0, len(images), batch_size):
-            x = images[start:start + batch_size].to(device) * 2 - 1
+            x = images[start : start + batch_size].to(device) * 2 - 1
             f = model.features(x)
             preds.append(model.head(f).argmax(1).cpu())
             feats.append(f.cpu())

@@ -1,4 +1,5 @@
 """`python main.py evaluate`: numbers for a trained run, on held-out real images, written to JSON and printed."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,21 +26,29 @@ def reconstruction_scores(autoencoder, held: Split, device: torch.device, batch_
     originals, recons = [], []
     with eval_mode(autoencoder):
         for start in range(0, len(held), batch_size):
-            x = to_model_range(held.x[start:start + batch_size].to(device))
+            x = to_model_range(held.x[start : start + batch_size].to(device))
             recons.append(to_unit_range(autoencoder.decode(autoencoder.encode(x)[0])).cpu())
             originals.append(to_unit_range(x).cpu())
     a, b = torch.cat(originals), torch.cat(recons)
     return {"psnr": psnr(a, b), "ssim": ssim(a, b)}
 
 
-def get_classifier(out_dir: Path, train: Split, held: Split, cfg, device: torch.device, seed: int) -> tuple[CatDogClassifier, float]:
+def get_classifier(
+    out_dir: Path, train: Split, held: Split, cfg, device: torch.device, seed: int
+) -> tuple[CatDogClassifier, float]:
     """Load the run's judge classifier (or train and save it) and return it with its held-out accuracy."""
     model, path = CatDogClassifier().to(device), out_dir / CLASSIFIER_FILE
     if path.is_file() and not cfg.retrain_classifier:
         load_weights(model, path, device)
     else:
-        model = train_classifier(train, device, epochs=cfg.classifier_epochs, batch_size=cfg.classifier_batch_size,
-                                 lr=cfg.classifier_lr, generator=torch.Generator(device).manual_seed(seed))
+        model = train_classifier(
+            train,
+            device,
+            epochs=cfg.classifier_epochs,
+            batch_size=cfg.classifier_batch_size,
+            lr=cfg.classifier_lr,
+            generator=torch.Generator(device).manual_seed(seed),
+        )
         atomic_save({k: v.cpu() for k, v in model.state_dict().items()}, path)
     preds, _ = classify(model.eval(), to_unit_range(to_model_range(held.x)))
     return model, (preds == held.y).float().mean().item()
@@ -49,12 +58,16 @@ def sample_classes(autoencoder, diffusion, n: int, sample_kwargs: dict, seed: in
     """n samples of each class and the sampling rate in images per second."""
     gen = torch.Generator(diffusion.device).manual_seed(seed)
     start = time.perf_counter()
-    samples = [generate_class_samples(autoencoder, diffusion, label, n, generator=gen, **sample_kwargs)
-               for label in range(len(CLASS_NAMES))]
+    samples = [
+        generate_class_samples(autoencoder, diffusion, label, n, generator=gen, **sample_kwargs)
+        for label in range(len(CLASS_NAMES))
+    ]
     return samples, len(CLASS_NAMES) * n / (time.perf_counter() - start)
 
 
-def sample_scores(samples: list[torch.Tensor], held: Split, judge: CatDogClassifier, inception: InceptionMetrics) -> dict:
+def sample_scores(
+    samples: list[torch.Tensor], held: Split, judge: CatDogClassifier, inception: InceptionMetrics
+) -> dict:
     """Per class and overall: class fidelity, classifier-feature Frechet distance, and FID/KID when available."""
     real = to_unit_range(to_model_range(held.x))
     real_pred, real_feat = classify(judge, real)
@@ -62,34 +75,48 @@ def sample_scores(samples: list[torch.Tensor], held: Split, judge: CatDogClassif
     for label, (name, fake) in enumerate(zip(CLASS_NAMES, samples)):
         pred, feat = classify(judge, fake)
         sel = held.y == label
-        scores[name] = {"class_fidelity": (pred == label).float().mean().item(),
-                        "feature_fd": frechet_distance(feat.numpy(), real_feat[sel].numpy())}
+        scores[name] = {
+            "class_fidelity": (pred == label).float().mean().item(),
+            "feature_fd": frechet_distance(feat.numpy(), real_feat[sel].numpy()),
+        }
         if inception.available:
             scores[name].update(inception.compute(real[sel], fake))
         fakes.append(fake), fake_feats.append(feat), labels.append(pred == label)
-    scores["overall"] = {"class_fidelity": torch.cat(labels).float().mean().item(),
-                         "feature_fd": frechet_distance(torch.cat(fake_feats).numpy(), real_feat.numpy())}
+    scores["overall"] = {
+        "class_fidelity": torch.cat(labels).float().mean().item(),
+        "feature_fd": frechet_distance(torch.cat(fake_feats).numpy(), real_feat.numpy()),
+    }
     if inception.available:
         scores["overall"].update(inception.compute(real, torch.cat(fakes)))
     return scores
 
 
-def evaluate_run(autoencoder, diffusion, train: Split, held: Split, out_dir: Path, eval_cfg, sample_kwargs: dict,
-                 seed: int) -> dict:
+def evaluate_run(
+    autoencoder, diffusion, train: Split, held: Split, out_dir: Path, eval_cfg, sample_kwargs: dict, seed: int
+) -> dict:
     """Every number of the evaluation as one JSON-ready dict (also written to out_dir/<eval_cfg.name>.json)."""
     device = diffusion.device
     inception = InceptionMetrics(eval_cfg.fid_weights, device)
     if not inception.available:
-        log.warning("FID/KID skipped: Inception weights unavailable (%s); pass --fid-weights PATH "
-                    "(pt_inception-2015-12-05-6726825d.pth)", inception.reason)
+        log.warning(
+            "FID/KID skipped: Inception weights unavailable (%s); pass --fid-weights PATH "
+            "(pt_inception-2015-12-05-6726825d.pth)",
+            inception.reason,
+        )
     judge, judge_acc = get_classifier(out_dir, train, held, eval_cfg, device, seed)
     samples, rate = sample_classes(autoencoder, diffusion, eval_cfg.samples_per_class, sample_kwargs, seed)
     result = {
         "reconstruction": reconstruction_scores(autoencoder, held, device),
         "classifier_real_accuracy": judge_acc,
         "samples": sample_scores(samples, held, judge, inception),
-        "sampling": {**sample_kwargs, "samples_per_class": eval_cfg.samples_per_class, "images_per_s": rate,
-                     "s_per_1000_images": 1000 / rate, "seed": seed, "device": str(device)},
+        "sampling": {
+            **sample_kwargs,
+            "samples_per_class": eval_cfg.samples_per_class,
+            "images_per_s": rate,
+            "s_per_1000_images": 1000 / rate,
+            "seed": seed,
+            "device": str(device),
+        },
         "held_out_images": len(held),
         "fid_available": inception.available,
         "eval_config": dataclasses.asdict(eval_cfg),
@@ -101,11 +128,13 @@ def evaluate_run(autoencoder, diffusion, train: Split, held: Split, out_dir: Pat
 def format_table(result: dict) -> str:
     """The evaluation as a plain-text table."""
     rec, smp = result["reconstruction"], result["sampling"]
-    lines = [f"reconstruction (held-out, n={result['held_out_images']}): PSNR {rec['psnr']:.2f} dB, SSIM {rec['ssim']:.3f}",
-             f"judge classifier accuracy on real held-out images: {result['classifier_real_accuracy']:.1%}",
-             f"sampling: {smp['sampler']} {smp['steps']} steps, eta {smp['eta']}, guidance {smp['guidance_scale']}, "
-             f"{smp['samples_per_class']} per class, {smp['s_per_1000_images']:.1f} s per 1000 images on {smp['device']}",
-             f"{'':10s}{'class fidelity':>16s}{'feature FD':>12s}{'FID':>9s}{'KID':>9s}"]
+    lines = [
+        f"reconstruction (held-out, n={result['held_out_images']}): PSNR {rec['psnr']:.2f} dB, SSIM {rec['ssim']:.3f}",
+        f"judge classifier accuracy on real held-out images: {result['classifier_real_accuracy']:.1%}",
+        f"sampling: {smp['sampler']} {smp['steps']} steps, eta {smp['eta']}, guidance {smp['guidance_scale']}, "
+        f"{smp['samples_per_class']} per class, {smp['s_per_1000_images']:.1f} s per 1000 images on {smp['device']}",
+        f"{'':10s}{'class fidelity':>16s}{'feature FD':>12s}{'FID':>9s}{'KID':>9s}",
+    ]
     for name, s in result["samples"].items():
         fid = f"{s['fid']:9.2f}{s['kid_mean']:9.4f}" if "fid" in s else f"{'n/a':>9s}{'n/a':>9s}"
         lines.append(f"{name:10s}{s['class_fidelity']:16.1%}{s['feature_fd']:12.3f}{fid}")

@@ -1,4 +1,5 @@
 """Image metrics: PSNR, SSIM, Frechet distance of features, and FID/KID through torchmetrics when weights exist."""
+
 from __future__ import annotations
 
 import logging
@@ -42,7 +43,9 @@ class InceptionMetrics:
         try:
             from torchmetrics.image.fid import FrechetInceptionDistance
 
-            self.fid = FrechetInceptionDistance(feature=2048, normalize=True, feature_extractor_weights_path=weights_path).to(device)
+            self.fid = FrechetInceptionDistance(
+                feature=2048, normalize=True, feature_extractor_weights_path=weights_path
+            ).to(device)
             self.available = True
         except Exception as err:  # noqa: BLE001 - offline download, missing torch-fidelity, bad file: same outcome
             self.reason = f"{type(err).__name__}: {str(err).splitlines()[0][:150] if str(err) else ''}"
@@ -53,11 +56,12 @@ class InceptionMetrics:
         from torchmetrics.image.kid import KernelInceptionDistance
 
         self.fid.reset()
-        kid = KernelInceptionDistance(feature=self.fid.inception, normalize=True,
-                                      subset_size=min(1000, len(real), len(fake)), subsets=50).to(self.device)
+        kid = KernelInceptionDistance(
+            feature=self.fid.inception, normalize=True, subset_size=min(1000, len(real), len(fake)), subsets=50
+        ).to(self.device)
         for metric in (self.fid, kid):
             for images, is_real in ((real, True), (fake, False)):
                 for start in range(0, len(images), 250):
-                    metric.update(images[start:start + 250].to(self.device), real=is_real)
+                    metric.update(images[start : start + 250].to(self.device), real=is_real)
         kid_mean, kid_std = kid.compute()
         return {"fid": self.fid.compute().item(), "kid_mean": kid_mean.item(), "kid_std": kid_std.item()}

@@ -1,4 +1,5 @@
 """Networks (VAE, latent denoiser) and the diffusion process; `generate_class_samples` is the public sampler."""
+
 from models.diffusion import ConditionalDenoiseDiffusion
 from models.generate import generate_class_samples
 from models.unet import ConditionalUNet

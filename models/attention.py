@@ -3,6 +3,7 @@
 CBAM: Woo et al., "CBAM: Convolutional Block Attention Module" (2018) = channel attention
 (squeeze-excitation, Hu et al. 2018) followed by spatial attention.
 """
+
 from __future__ import annotations
 
 import torch
@@ -45,8 +46,12 @@ class ResidualAttentionBlock(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
         self.body = nn.Sequential(
-            group_norm(channels), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1),
-            group_norm(channels), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1),
+            group_norm(channels),
+            nn.SiLU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            group_norm(channels),
+            nn.SiLU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
         )
         self.channel_attention = ChannelAttention(channels)
         self.spatial_attention = SpatialAttention()

@@ -3,6 +3,7 @@
 Schedule: cosine (Nichol & Dhariwal 2021). Loss: eps-prediction MSE (Ho et al. 2020) with class
 dropout for classifier-free guidance (Ho & Salimans 2022).
 """
+
 from __future__ import annotations
 
 import math
@@ -42,8 +43,15 @@ def spaced_timesteps(n_steps: int, steps: int) -> list[int]:
 class ConditionalDenoiseDiffusion:
     """The diffusion process around a noise predictor `model(z_t, t, y)`."""
 
-    def __init__(self, model: nn.Module, n_steps: int = 1000, device: torch.device | str | None = None, *,
-                 schedule: str = "cosine", class_dropout: float = 0.1):
+    def __init__(
+        self,
+        model: nn.Module,
+        n_steps: int = 1000,
+        device: torch.device | str | None = None,
+        *,
+        schedule: str = "cosine",
+        class_dropout: float = 0.1,
+    ):
         if schedule not in SCHEDULES:
             raise UserInputError(f"unknown schedule {schedule!r}: use one of {', '.join(SCHEDULES)}")
         if n_steps < 2:
@@ -57,8 +65,13 @@ class ConditionalDenoiseDiffusion:
         a = self.alphas_cumprod[t][:, None]
         return a.sqrt() * z0 + (1 - a).sqrt() * eps
 
-    def loss(self, z0: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None,
-             model: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def loss(
+        self,
+        z0: torch.Tensor,
+        y: torch.Tensor,
+        generator: torch.Generator | None = None,
+        model: nn.Module | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Eps-prediction MSE with class dropout; returns (mean loss, timesteps (N,), per-sample loss (N,)).
 
         `model` overrides the wrapped network (e.g. its DistributedDataParallel or compiled wrapper)."""
@@ -71,7 +84,9 @@ class ConditionalDenoiseDiffusion:
         per_sample = F.mse_loss(eps_hat.float(), eps, reduction="none").mean(dim=1)  # (N,)
         return per_sample.mean(), t, per_sample
 
-    def predict_eps(self, z_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor, guidance_scale: float = 1.0) -> torch.Tensor:
+    def predict_eps(
+        self, z_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor, guidance_scale: float = 1.0
+    ) -> torch.Tensor:
         """Noise prediction with classifier-free guidance: eps_u + s * (eps_c - eps_u); s = 1 is plain conditional."""
         if guidance_scale == 1.0:
             return self.model(z_t, t, y)
@@ -80,16 +95,27 @@ class ConditionalDenoiseDiffusion:
         return eps_u + guidance_scale * (eps_c - eps_u)
 
     @torch.no_grad()
-    def sample(self, y: torch.Tensor, *, sampler: str = "ddim", steps: int = 50, eta: float = 0.0,
-               guidance_scale: float = 1.0, generator: torch.Generator | None = None,
-               callback: Callback = None, z_T: torch.Tensor | None = None) -> torch.Tensor:
+    def sample(
+        self,
+        y: torch.Tensor,
+        *,
+        sampler: str = "ddim",
+        steps: int = 50,
+        eta: float = 0.0,
+        guidance_scale: float = 1.0,
+        generator: torch.Generator | None = None,
+        callback: Callback = None,
+        z_T: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Draw latents (N, D) for labels y (N,) by running the reverse process from pure noise (or from `z_T`)."""
         check_sampler_options(sampler, steps, eta, guidance_scale, self.n_steps)
         if z_T is None:
             z_T = torch.randn((len(y), self.model.latent_dim), device=self.device, generator=generator)
         eps_fn = lambda z, t: self.predict_eps(z, t, y, guidance_scale)  # noqa: E731
         timesteps = spaced_timesteps(self.n_steps, steps)
-        return SAMPLERS[sampler](eps_fn, z_T, self.alphas_cumprod, timesteps, generator=generator, eta=eta, callback=callback)
+        return SAMPLERS[sampler](
+            eps_fn, z_T, self.alphas_cumprod, timesteps, generator=generator, eta=eta, callback=callback
+        )
 
 
 def check_sampler_options(sampler: str, steps: int, eta: float, guidance_scale: float, n_steps: int) -> None:

@@ -1,4 +1,5 @@
 """The public sampling entry point: class label in, images in [0, 1] out."""
+
 from __future__ import annotations
 
 import torch
@@ -27,7 +28,9 @@ class eval_mode:
                 m.train(mode)
 
 
-def _make_generator(device: torch.device, seed: int | None, generator: torch.Generator | None) -> torch.Generator | None:
+def _make_generator(
+    device: torch.device, seed: int | None, generator: torch.Generator | None
+) -> torch.Generator | None:
     if seed is not None and generator is not None:
         raise UserInputError("pass either seed or generator, not both")
     if seed is None:
@@ -36,11 +39,20 @@ def _make_generator(device: torch.device, seed: int | None, generator: torch.Gen
 
 
 @torch.no_grad()
-def generate_class_samples(autoencoder: SimpleAutoencoder, diffusion: ConditionalDenoiseDiffusion,
-                           target_class: int | str, num_samples: int = 5, *, sampler: str = "ddim",
-                           steps: int = 50, eta: float = 0.0, guidance_scale: float = 2.0,
-                           seed: int | None = None, generator: torch.Generator | None = None,
-                           batch_size: int = 256) -> torch.Tensor:
+def generate_class_samples(
+    autoencoder: SimpleAutoencoder,
+    diffusion: ConditionalDenoiseDiffusion,
+    target_class: int | str,
+    num_samples: int = 5,
+    *,
+    sampler: str = "ddim",
+    steps: int = 50,
+    eta: float = 0.0,
+    guidance_scale: float = 2.0,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+    batch_size: int = 256,
+) -> torch.Tensor:
     """Generate `num_samples` images of `target_class` (0/'cat', 1/'dog'): a float tensor (N, 3, 32, 32) in [0, 1].
 
     Samples latents with `diffusion` (DDIM with `steps` steps by default, classifier-free guidance
@@ -58,6 +70,8 @@ def generate_class_samples(autoencoder: SimpleAutoencoder, diffusion: Conditiona
         for start in range(0, num_samples, batch_size):
             n = min(batch_size, num_samples - start)
             y = torch.full((n,), label, dtype=torch.long, device=diffusion.device)
-            z = diffusion.sample(y, sampler=sampler, steps=steps, eta=eta, guidance_scale=guidance_scale, generator=generator)
+            z = diffusion.sample(
+                y, sampler=sampler, steps=steps, eta=eta, guidance_scale=guidance_scale, generator=generator
+            )
             images.append(to_unit_range(autoencoder.decode(autoencoder.denormalize_latent(z))).float().cpu())
     return torch.cat(images)

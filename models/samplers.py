@@ -5,6 +5,7 @@ Each takes `eps_fn(z_t, t) -> eps_hat`, the starting noise `z_T` (N, D), the sch
 and an optional `callback(i, t, z)` called after every step with the new latent (the trajectory).
 They return the final latent z_0 (N, D).
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -19,8 +20,16 @@ def _alpha_bar(alphas_cumprod: torch.Tensor, t: int) -> torch.Tensor:
     return alphas_cumprod[t] if t >= 0 else torch.ones((), device=alphas_cumprod.device, dtype=alphas_cumprod.dtype)
 
 
-def sample_ddim(eps_fn: EpsFn, z_T: torch.Tensor, alphas_cumprod: torch.Tensor, timesteps: list[int], *,
-                generator: torch.Generator | None = None, eta: float = 0.0, callback: Callback = None) -> torch.Tensor:
+def sample_ddim(
+    eps_fn: EpsFn,
+    z_T: torch.Tensor,
+    alphas_cumprod: torch.Tensor,
+    timesteps: list[int],
+    *,
+    generator: torch.Generator | None = None,
+    eta: float = 0.0,
+    callback: Callback = None,
+) -> torch.Tensor:
     """DDIM (Song et al. 2021, eq. 12): deterministic for eta=0; eta=1 matches DDPM's variance."""
     z = z_T
     for i, t in enumerate(timesteps):
@@ -37,8 +46,16 @@ def sample_ddim(eps_fn: EpsFn, z_T: torch.Tensor, alphas_cumprod: torch.Tensor, 
     return z
 
 
-def sample_ddpm(eps_fn: EpsFn, z_T: torch.Tensor, alphas_cumprod: torch.Tensor, timesteps: list[int], *,
-                generator: torch.Generator | None = None, eta: float = 1.0, callback: Callback = None) -> torch.Tensor:
+def sample_ddpm(
+    eps_fn: EpsFn,
+    z_T: torch.Tensor,
+    alphas_cumprod: torch.Tensor,
+    timesteps: list[int],
+    *,
+    generator: torch.Generator | None = None,
+    eta: float = 1.0,
+    callback: Callback = None,
+) -> torch.Tensor:
     """DDPM ancestral sampling (Ho et al. 2020, Algorithm 2) with the posterior variance beta-tilde;
     on a strided subset of timesteps this is the 'respaced' DDPM of Nichol & Dhariwal (2021)."""
     del eta  # DDPM's variance is fixed by the schedule; the argument keeps one signature for all samplers

@@ -8,6 +8,7 @@ runs over the tokens of each sample (never across the batch). Time and class ent
 through an adaptive GroupNorm scale and shift (as in Dhariwal & Nichol 2021). The network never
 sees a noise schedule.
 """
+
 from __future__ import annotations
 
 import math
@@ -34,7 +35,9 @@ class ResBlock(nn.Module):
         self.cond = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, 2 * c_out))
         self.norm = nn.GroupNorm(min(32, c_out), c_out)
         self.out_layers = nn.Sequential(
-            nn.SiLU(), nn.Conv2d(c_out, c_out, 3, padding=1, groups=c_out), nn.Conv2d(c_out, c_out, 1),
+            nn.SiLU(),
+            nn.Conv2d(c_out, c_out, 3, padding=1, groups=c_out),
+            nn.Conv2d(c_out, c_out, 1),
         )
         nn.init.zeros_(self.out_layers[-1].weight)  # each block starts as the identity
         nn.init.zeros_(self.out_layers[-1].bias)
@@ -90,39 +93,73 @@ class ConditionalUNet(nn.Module):
     is the null class used for classifier-free guidance.
     """
 
-    def __init__(self, latent_dim: int = 256, hidden_dims: list[int] | tuple[int, ...] = (256, 512, 1024, 512, 256),
-                 time_emb_dim: int = 256, num_classes: int = 2, *, latent_channels: int = 4, patch_size: int = 2,
-                 blocks_per_level: int = 1, attention_min_tokens: int = 4):
+    def __init__(
+        self,
+        latent_dim: int = 256,
+        hidden_dims: list[int] | tuple[int, ...] = (256, 512, 1024, 512, 256),
+        time_emb_dim: int = 256,
+        num_classes: int = 2,
+        *,
+        latent_channels: int = 4,
+        patch_size: int = 2,
+        blocks_per_level: int = 1,
+        attention_min_tokens: int = 4,
+    ):
         super().__init__()
         hidden_dims = list(hidden_dims)
-        self.config = dict(latent_dim=latent_dim, hidden_dims=hidden_dims, time_emb_dim=time_emb_dim, num_classes=num_classes,
-                           latent_channels=latent_channels, patch_size=patch_size, blocks_per_level=blocks_per_level,
-                           attention_min_tokens=attention_min_tokens)
+        self.config = dict(
+            latent_dim=latent_dim,
+            hidden_dims=hidden_dims,
+            time_emb_dim=time_emb_dim,
+            num_classes=num_classes,
+            latent_channels=latent_channels,
+            patch_size=patch_size,
+            blocks_per_level=blocks_per_level,
+            attention_min_tokens=attention_min_tokens,
+        )
         if len(hidden_dims) % 2 == 0 or hidden_dims != hidden_dims[::-1]:
-            raise ValueError(f"hidden_dims must be symmetric with odd length, e.g. [256, 512, 1024, 512, 256]; got {hidden_dims}")
+            raise ValueError(
+                f"hidden_dims must be symmetric with odd length, e.g. [256, 512, 1024, 512, 256]; got {hidden_dims}"
+            )
         side = math.isqrt(latent_dim // latent_channels)
         n_down = len(hidden_dims) // 2 + 1
         grid = side // patch_size
         if latent_channels * side * side != latent_dim or grid % 2 ** (n_down - 1) or grid < 2 ** (n_down - 1):
-            raise ValueError(f"latent_dim={latent_dim} with latent_channels={latent_channels} and patch_size={patch_size} "
-                             f"does not give a square token grid divisible by {2 ** (n_down - 1)}")
-        self.latent_dim, self.num_classes, self.latent_channels, self.side = latent_dim, num_classes, latent_channels, side
+            raise ValueError(
+                f"latent_dim={latent_dim} with latent_channels={latent_channels} and patch_size={patch_size} "
+                f"does not give a square token grid divisible by {2 ** (n_down - 1)}"
+            )
+        self.latent_dim, self.num_classes, self.latent_channels, self.side = (
+            latent_dim,
+            num_classes,
+            latent_channels,
+            side,
+        )
         self.patch_size, self.time_emb_dim = patch_size, time_emb_dim
-        self.time_mlp = nn.Sequential(nn.Linear(time_emb_dim, time_emb_dim), nn.SiLU(), nn.Linear(time_emb_dim, time_emb_dim))
+        self.time_mlp = nn.Sequential(
+            nn.Linear(time_emb_dim, time_emb_dim), nn.SiLU(), nn.Linear(time_emb_dim, time_emb_dim)
+        )
         self.class_emb = nn.Embedding(num_classes + 1, time_emb_dim)  # last row: the null class
         down_dims = hidden_dims[:n_down]
         self.patch_in = nn.Conv2d(latent_channels, down_dims[0], patch_size, stride=patch_size)
-        tokens = [(grid // 2 ** i) ** 2 for i in range(n_down)]
+        tokens = [(grid // 2**i) ** 2 for i in range(n_down)]
         self.down = nn.ModuleList(
             Level(down_dims[i], down_dims[i], time_emb_dim, blocks_per_level, tokens[i] >= attention_min_tokens)
-            for i in range(n_down))
+            for i in range(n_down)
+        )
         self.merge = nn.ModuleList(nn.Conv2d(down_dims[i], down_dims[i + 1], 2, stride=2) for i in range(n_down - 1))
-        self.split = nn.ModuleList(nn.ConvTranspose2d(down_dims[i + 1], down_dims[i], 2, stride=2) for i in range(n_down - 1))
+        self.split = nn.ModuleList(
+            nn.ConvTranspose2d(down_dims[i + 1], down_dims[i], 2, stride=2) for i in range(n_down - 1)
+        )
         self.up = nn.ModuleList(
             Level(2 * down_dims[i], down_dims[i], time_emb_dim, blocks_per_level, tokens[i] >= attention_min_tokens)
-            for i in range(n_down - 1))
-        self.out = nn.Sequential(nn.GroupNorm(min(32, down_dims[0]), down_dims[0]), nn.SiLU(),
-                                 nn.ConvTranspose2d(down_dims[0], latent_channels, patch_size, stride=patch_size))
+            for i in range(n_down - 1)
+        )
+        self.out = nn.Sequential(
+            nn.GroupNorm(min(32, down_dims[0]), down_dims[0]),
+            nn.SiLU(),
+            nn.ConvTranspose2d(down_dims[0], latent_channels, patch_size, stride=patch_size),
+        )
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
 

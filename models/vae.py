@@ -5,6 +5,7 @@ The encoder's and decoder's skip connections stay inside each half (residual and
 shortcuts): nothing but the latent reaches the decoder, because at generation time there is no
 encoder to take features from.
 """
+
 from __future__ import annotations
 
 import torch
@@ -15,8 +16,10 @@ from models.attention import Downsample, ResidualAttentionBlock, Upsample, group
 
 def _check_layout(latent_dim: int, latent_channels: int, side: int) -> None:
     if latent_dim != latent_channels * side * side:
-        raise ValueError(f"latent_dim={latent_dim} must equal latent_channels*{side}*{side} "
-                         f"(= {latent_channels * side * side} for latent_channels={latent_channels})")
+        raise ValueError(
+            f"latent_dim={latent_dim} must equal latent_channels*{side}*{side} "
+            f"(= {latent_channels * side * side} for latent_channels={latent_channels})"
+        )
 
 
 class Encoder(nn.Module):
@@ -62,12 +65,27 @@ class SimpleAutoencoder(nn.Module):
     unit variance for diffusion; `normalize_latent` and `denormalize_latent` are the one place this happens.
     """
 
-    def __init__(self, in_channels: int = 3, latent_dim: int = 256, num_classes: int = 2, *,
-                 channels: tuple[int, ...] = (32, 64, 128), blocks_per_level: int = 1,
-                 latent_channels: int = 4, image_size: int = 32):
+    def __init__(
+        self,
+        in_channels: int = 3,
+        latent_dim: int = 256,
+        num_classes: int = 2,
+        *,
+        channels: tuple[int, ...] = (32, 64, 128),
+        blocks_per_level: int = 1,
+        latent_channels: int = 4,
+        image_size: int = 32,
+    ):
         super().__init__()
-        self.config = dict(in_channels=in_channels, latent_dim=latent_dim, num_classes=num_classes, channels=list(channels),
-                           blocks_per_level=blocks_per_level, latent_channels=latent_channels, image_size=image_size)
+        self.config = dict(
+            in_channels=in_channels,
+            latent_dim=latent_dim,
+            num_classes=num_classes,
+            channels=list(channels),
+            blocks_per_level=blocks_per_level,
+            latent_channels=latent_channels,
+            image_size=image_size,
+        )
         self.latent_dim, self.num_classes, self.latent_channels = latent_dim, num_classes, latent_channels
         self.side = image_size // 2 ** (len(channels) - 1)
         _check_layout(latent_dim, latent_channels, self.side)
@@ -92,7 +110,9 @@ class SimpleAutoencoder(nn.Module):
         return self.classifier(z)
 
     @staticmethod
-    def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def reparameterize(
+        mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """Draw z = mu + sigma * eps (Kingma & Welling 2014)."""
         eps = torch.randn(mu.shape, device=mu.device, dtype=mu.dtype, generator=generator)
         return mu + torch.exp(0.5 * logvar) * eps

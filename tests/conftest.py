@@ -1,4 +1,5 @@
 """Shared fixtures: tiny synthetic image folders and one tiny trained run reused by the end-to-end tests."""
+
 from __future__ import annotations
 
 import subprocess
@@ -13,9 +14,30 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 
 # Command-line flags of a run that trains both stages on the CPU in seconds.
-TINY_RUN = ["--preset", "smoke", "--device", "cpu", "--threads", "2", "--vae-steps", "12", "--vae-batch-size", "16",
-            "--diffusion-steps", "12", "--diffusion-batch-size", "32", "--log-every", "4", "--checkpoint-every", "6",
-            "--num-samples", "4", "--sample-steps", "4"]
+TINY_RUN = [
+    "--preset",
+    "smoke",
+    "--device",
+    "cpu",
+    "--threads",
+    "2",
+    "--vae-steps",
+    "12",
+    "--vae-batch-size",
+    "16",
+    "--diffusion-steps",
+    "12",
+    "--diffusion-batch-size",
+    "32",
+    "--log-every",
+    "4",
+    "--checkpoint-every",
+    "6",
+    "--num-samples",
+    "4",
+    "--sample-steps",
+    "4",
+]
 
 
 def make_images(folder: Path, n: int, seed: int, color: int) -> None:
@@ -39,8 +61,9 @@ def image_folder(tmp_path_factory) -> Path:
 
 def run_main(*args: str, cwd: Path = ROOT, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run `python main.py ARGS` in a subprocess and return it (stdout and stderr captured as text)."""
-    return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.fixture(scope="session")
@@ -56,10 +79,12 @@ def trained_run(image_folder, tmp_path_factory) -> Path:
 @pytest.fixture
 def randomize():
     """Return a function that gives every parameter of a module random values (zero-initialised layers hide bugs)."""
+
     def apply(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
         gen = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             for p in module.parameters():
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
         return module
+
     return apply

@@ -41,11 +41,14 @@ def test_corrupt_files_are_skipped_and_counted(tmp_path, caplog):
     assert "skipped 1 unreadable" in caplog.text
 
 
-@pytest.mark.parametrize("layout, message", [
-    ({}, "does not exist"),
-    ({"cat": 1}, "no class folders"),
-    ({"cat": 1, "dog": 0}, "no readable images"),
-])
+@pytest.mark.parametrize(
+    "layout, message",
+    [
+        ({}, "does not exist"),
+        ({"cat": 1}, "no class folders"),
+        ({"cat": 1, "dog": 0}, "no readable images"),
+    ],
+)
 def test_bad_folders_give_one_clear_error(tmp_path, layout, message):
     root = tmp_path / "d"
     for name, n in layout.items():
@@ -95,6 +98,7 @@ def test_offline_cifar_download_names_data_dir(monkeypatch, tmp_path):
 
     def offline(*args, **kwargs):
         raise urllib.error.URLError("[Errno -2] Name or service not known")
+
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
     with pytest.raises(UserInputError, match="--data-dir"):
         data.load_cifar_catdog(tmp_path)
@@ -107,6 +111,7 @@ def test_cifar_filter_keeps_cats_and_dogs(monkeypatch, tmp_path):
         def __init__(self, *args, **kwargs):
             self.data = np.arange(6 * 32 * 32 * 3, dtype=np.uint8).reshape(6, 32, 32, 3)
             self.targets = [3, 5, 0, 5, 9, 3]
+
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", FakeCIFAR)
     split = data.load_cifar_catdog(tmp_path)
     assert split.y.tolist() == [0, 1, 1, 0]

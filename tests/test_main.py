@@ -1,8 +1,8 @@
 """End to end through main.py: training, skipping, sampling, the README's notebook snippet, CLI errors."""
+
 import json
 import re
 import urllib.error
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,12 +15,23 @@ OUT = "cifar_cat_dog_conditional_improved"
 
 def test_training_writes_checkpoints_config_metrics_and_samples(trained_run):
     out = trained_run / OUT
-    for name in ("cifar_cat_dog_autoencoder.pt", "conditional_diffusion_final.pt", "vae_train_state.pt",
-                 "diffusion_train_state.pt", "config.json", "metrics_vae.jsonl", "metrics_diffusion.jsonl",
-                 "samples/samples_grid_final.png", "samples/sample_class_cat_final.png", "samples/sample_class_dog_final.png",
-                 "reconstruction/vae_reconstruction_final.png", "latent_space/vae_latent_space_final.png",
-                 "diffusion_path/denoising_path_final.png", "animation/diffusion_animation_dog_final.gif",
-                 "curves/loss_curves.png"):
+    for name in (
+        "cifar_cat_dog_autoencoder.pt",
+        "conditional_diffusion_final.pt",
+        "vae_train_state.pt",
+        "diffusion_train_state.pt",
+        "config.json",
+        "metrics_vae.jsonl",
+        "metrics_diffusion.jsonl",
+        "samples/samples_grid_final.png",
+        "samples/sample_class_cat_final.png",
+        "samples/sample_class_dog_final.png",
+        "reconstruction/vae_reconstruction_final.png",
+        "latent_space/vae_latent_space_final.png",
+        "diffusion_path/denoising_path_final.png",
+        "animation/diffusion_animation_dog_final.gif",
+        "curves/loss_curves.png",
+    ):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     config = json.loads((out / "config.json").read_text())
     assert config["vae"]["steps"] == 12 and config["diffusion"]["steps"] == 12
@@ -57,7 +68,10 @@ def test_readme_notebook_snippet_runs_as_written(trained_run, monkeypatch):
 
 def test_second_run_skips_both_stages(trained_run, image_folder):
     out = trained_run / OUT
-    stamps = {name: (out / name).stat().st_mtime_ns for name in ("cifar_cat_dog_autoencoder.pt", "conditional_diffusion_final.pt")}
+    stamps = {
+        name: (out / name).stat().st_mtime_ns
+        for name in ("cifar_cat_dog_autoencoder.pt", "conditional_diffusion_final.pt")
+    }
     proc = run_main(*TINY_RUN, "--data-dir", str(image_folder), "--output-dir", str(out))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "skipping VAE training" in proc.stderr and "skipping diffusion training" in proc.stderr
@@ -66,21 +80,38 @@ def test_second_run_skips_both_stages(trained_run, image_folder):
 
 def test_sample_command_writes_images_without_training(trained_run):
     out = trained_run / OUT
-    proc = run_main("sample", "--output-dir", str(out), "--class", "dog", "--num-samples", "3", "--sample-seed", "7",
-                    "--sample-steps", "5", "--save-npz", "--device", "cpu")
+    proc = run_main(
+        "sample",
+        "--output-dir",
+        str(out),
+        "--class",
+        "dog",
+        "--num-samples",
+        "3",
+        "--sample-seed",
+        "7",
+        "--sample-steps",
+        "5",
+        "--save-npz",
+        "--device",
+        "cpu",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     folder = out / "samples" / "dog_seed7"
     assert sorted(p.name for p in folder.iterdir()) == ["dog.npz", "dog_0000.png", "dog_0001.png", "dog_0002.png"]
     assert (out / "samples" / "dog_seed7.png").is_file()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--class", "dog"], "--class cannot be used with the train command"),
-    (["sample", "--vae-steps", "3"], "--vae-steps cannot be used with the sample command"),
-    (["evaluate", "--retrain-vae"], "--retrain-vae cannot be used with the evaluate command"),
-    (["--device", "cuda:7"] if not torch.cuda.is_available() else ["--device", "tpu"], "device"),
-    (["sample", "--class", "horse"], "unknown class"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--class", "dog"], "--class cannot be used with the train command"),
+        (["sample", "--vae-steps", "3"], "--vae-steps cannot be used with the sample command"),
+        (["evaluate", "--retrain-vae"], "--retrain-vae cannot be used with the evaluate command"),
+        (["--device", "cuda:7"] if not torch.cuda.is_available() else ["--device", "tpu"], "device"),
+        (["sample", "--class", "horse"], "unknown class"),
+    ],
+)
 def test_bad_options_give_one_line_and_exit_2(tmp_path, capsys, args, message):
     code = main.main([*args, "--output-dir", str(tmp_path / "o")])
     err = capsys.readouterr().err
@@ -92,9 +123,20 @@ def test_offline_download_fails_with_one_line_naming_data_dir(tmp_path, capsys, 
 
     def offline(*args, **kwargs):
         raise urllib.error.URLError("[Errno -2] Name or service not known")
+
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
-    code = main.main(["--preset", "smoke", "--device", "cpu", "--output-dir", str(tmp_path / "o"),
-                      "--download-dir", str(tmp_path / "dl")])
+    code = main.main(
+        [
+            "--preset",
+            "smoke",
+            "--device",
+            "cpu",
+            "--output-dir",
+            str(tmp_path / "o"),
+            "--download-dir",
+            str(tmp_path / "dl"),
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert err[-1].startswith("error: could not download CIFAR-10") and "--data-dir" in err[-1]

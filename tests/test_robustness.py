@@ -1,4 +1,5 @@
 """Kills, interrupts, NaNs and repeat runs: no work is lost and the same seed gives the same weights."""
+
 import signal
 import subprocess
 import sys
@@ -12,15 +13,46 @@ from conftest import ROOT, run_main
 from training.common import MetricsLog, RunContext, run_steps
 
 # Long enough to be killed mid-stage, short enough for CI; no figures, only checkpoints matter here.
-RUN = ["--preset", "smoke", "--device", "cpu", "--threads", "1", "--vae-steps", "40", "--vae-batch-size", "8",
-       "--diffusion-steps", "16", "--diffusion-batch-size", "16", "--checkpoint-every", "8", "--log-every", "4",
-       "--no-figures"]
+RUN = [
+    "--preset",
+    "smoke",
+    "--device",
+    "cpu",
+    "--threads",
+    "1",
+    "--vae-steps",
+    "40",
+    "--vae-batch-size",
+    "8",
+    "--diffusion-steps",
+    "16",
+    "--diffusion-batch-size",
+    "16",
+    "--checkpoint-every",
+    "8",
+    "--log-every",
+    "4",
+    "--no-figures",
+]
 PUBLIC = ("cifar_cat_dog_autoencoder.pt", "conditional_diffusion_final.pt")
 
 
 def start(image_folder, out, *extra):
-    return subprocess.Popen([sys.executable, str(ROOT / "main.py"), *RUN, "--data-dir", str(image_folder),
-                             "--output-dir", str(out), *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "main.py"),
+            *RUN,
+            "--data-dir",
+            str(image_folder),
+            "--output-dir",
+            str(out),
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_for(path, proc, timeout=120):
@@ -82,8 +114,15 @@ def test_nan_loss_stops_the_stage_and_keeps_the_last_good_state(tmp_path):
     ctx = RunContext(device=torch.device("cpu"), out_dir=tmp_path, log_every=2, checkpoint_every=4)
     losses = iter([1.0] * 5 + [float("nan")] * 10)
     with pytest.raises(FloatingPointError, match="non-finite loss.*step 6"):
-        run_steps("VAE", 0, 20, lambda step: {"total": torch.tensor(next(losses))}, saved.append,
-                  MetricsLog(tmp_path / "m.jsonl"), ctx)
+        run_steps(
+            "VAE",
+            0,
+            20,
+            lambda step: {"total": torch.tensor(next(losses))},
+            saved.append,
+            MetricsLog(tmp_path / "m.jsonl"),
+            ctx,
+        )
     assert saved == [4]  # the state at step 4 was saved; nothing after the NaN was
 
 
@@ -96,6 +135,7 @@ def test_nan_loss_ends_the_run_with_one_line(image_folder, tmp_path, capsys, mon
         out = real(*args, **kwargs)
         out["pixel"] = out["pixel"] * float("nan")
         return out
+
     monkeypatch.setattr(training.vae, "vae_losses", poisoned)
     code = main.main([*RUN, "--data-dir", str(image_folder), "--output-dir", str(tmp_path)])
     err = capsys.readouterr().err.strip().splitlines()
@@ -103,15 +143,18 @@ def test_nan_loss_ends_the_run_with_one_line(image_folder, tmp_path, capsys, mon
     assert not (tmp_path / PUBLIC[0]).exists()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--vae-steps", "0"], "--vae-steps must be positive"),
-    (["--vae-kl-start", "0.5", "--vae-cls-start", "0.2"], "VAE phases out of order"),
-    (["--holdout-fraction", "1.0"], "--holdout-fraction must be strictly between 0 and 1"),
-    (["--sample-steps", "5000"], "cannot exceed --diffusion-n-steps"),
-    (["sample", "--eta", "1.5"], "--eta must be in [0, 1]"),
-    (["sample", "--guidance-scale", "-2"], "--guidance-scale must be >= 0"),
-    (["sample", "--num-samples", "0"], "--num-samples must be positive"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--vae-steps", "0"], "--vae-steps must be positive"),
+        (["--vae-kl-start", "0.5", "--vae-cls-start", "0.2"], "VAE phases out of order"),
+        (["--holdout-fraction", "1.0"], "--holdout-fraction must be strictly between 0 and 1"),
+        (["--sample-steps", "5000"], "cannot exceed --diffusion-n-steps"),
+        (["sample", "--eta", "1.5"], "--eta must be in [0, 1]"),
+        (["sample", "--guidance-scale", "-2"], "--guidance-scale must be >= 0"),
+        (["sample", "--num-samples", "0"], "--num-samples must be positive"),
+    ],
+)
 def test_options_out_of_range(tmp_path, capsys, args, message):
     assert main.main([*args, "--output-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
@@ -138,8 +181,15 @@ def test_generate_class_samples_refuses_bad_arguments_and_batches_large_requests
     from training.run import load_pipeline
 
     ae, diffusion = load_pipeline(trained_run / "cifar_cat_dog_conditional_improved")
-    for kwargs in ({"target_class": 2}, {"target_class": "horse"}, {"num_samples": 0}, {"num_samples": -3},
-                   {"steps": 0}, {"guidance_scale": -1.0}, {"eta": 3.0}):
+    for kwargs in (
+        {"target_class": 2},
+        {"target_class": "horse"},
+        {"num_samples": 0},
+        {"num_samples": -3},
+        {"steps": 0},
+        {"guidance_scale": -1.0},
+        {"eta": 3.0},
+    ):
         args = {"target_class": 0, "num_samples": 2, **kwargs}
         with pytest.raises(UserInputError):
             generate_class_samples(ae, diffusion, **args)

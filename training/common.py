@@ -1,7 +1,9 @@
 """What the training stages share: run context, checkpoints, EMA, learning-rate schedule, metric logs."""
+
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import math
@@ -91,9 +93,13 @@ def load_file(path: str | Path, map_location: str | torch.device = "cpu"):
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        raise UserInputError(f"refused to load {path}: it is not a plain weights file ({str(err).splitlines()[0]})") from None
+        raise UserInputError(
+            f"refused to load {path}: it is not a plain weights file ({str(err).splitlines()[0]})"
+        ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise UserInputError(f"cannot read checkpoint {path} (truncated or not a torch file): {str(err).splitlines()[0]}") from None
+        raise UserInputError(
+            f"cannot read checkpoint {path} (truncated or not a torch file): {str(err).splitlines()[0]}"
+        ) from None
 
 
 def load_weights(model: nn.Module, path: str | Path, map_location: str | torch.device = "cpu") -> None:
@@ -110,14 +116,22 @@ def check_state_dict(model: nn.Module, state: dict, path: str | Path) -> None:
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in own if k in state and state[k].shape != own[k].shape]
+    shapes = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
     if missing or unexpected or shapes:
-        parts = [f"{len(missing)} missing key(s), e.g. {missing[:3]}" if missing else "",
-                 f"{len(unexpected)} unexpected key(s), e.g. {unexpected[:3]}" if unexpected else "",
-                 f"{len(shapes)} shape mismatch(es), e.g. {shapes[:2]}" if shapes else ""]
-        raise UserInputError(f"{path} does not match {type(model).__name__}: " + "; ".join(p for p in parts if p)
-                             + " (another architecture, latent size or file?)")
+        parts = [
+            f"{len(missing)} missing key(s), e.g. {missing[:3]}" if missing else "",
+            f"{len(unexpected)} unexpected key(s), e.g. {unexpected[:3]}" if unexpected else "",
+            f"{len(shapes)} shape mismatch(es), e.g. {shapes[:2]}" if shapes else "",
+        ]
+        raise UserInputError(
+            f"{path} does not match {type(model).__name__}: "
+            + "; ".join(p for p in parts if p)
+            + " (another architecture, latent size or file?)"
+        )
 
 
 class EMA:
@@ -134,8 +148,11 @@ class EMA:
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
         ema_params = list(self.model.parameters()) + list(self.model.buffers())
         params = list(model.parameters()) + list(model.buffers())
-        torch._foreach_lerp_([e for e in ema_params if e.is_floating_point()],
-                             [p.detach() for p in params if p.is_floating_point()], 1 - d)
+        torch._foreach_lerp_(
+            [e for e in ema_params if e.is_floating_point()],
+            [p.detach() for p in params if p.is_floating_point()],
+            1 - d,
+        )
 
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "updates": self.updates}
@@ -147,24 +164,33 @@ class EMA:
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up to the peak LR, then cosine annealing to zero (Loshchilov & Hutter 2017)."""
+
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
         return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:
     """AdamW, fused on CUDA."""
-    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.99),
-                             fused=device.type == "cuda")
+    return torch.optim.AdamW(
+        model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.99), fused=device.type == "cuda"
+    )
 
 
 def maybe_compile(model: nn.Module, enabled: bool) -> nn.Module:
-    """torch.compile the model if asked; where compilation is unavailable, warn and return it unchanged."""
+    """torch.compile the model if asked; where compilation is unavailable, warn and return it unchanged.
+    Errors that surface later, at the first compiled call, also fall back to eager (dynamo's suppress_errors)."""
     if not enabled:
         return model
     try:
+        import torch._dynamo
+
+        if not torch._dynamo.is_dynamo_supported():
+            raise RuntimeError("dynamo is not supported on this platform")
+        torch._dynamo.config.suppress_errors = True
         return torch.compile(model)
     except Exception as err:  # noqa: BLE001 - any backend failure falls back to eager
         log.warning("torch.compile unavailable (%s); training without it", err)
@@ -195,14 +221,34 @@ def check_finite(losses: dict[str, float], step: int, stage: str) -> None:
     """Stop the stage with a clear message on a NaN or inf loss (the last saved state stays intact)."""
     bad = [k for k, v in losses.items() if not math.isfinite(v)]
     if bad:
-        raise FloatingPointError(f"{stage}: non-finite loss ({', '.join(bad)}) at step {step}; the last good training "
-                                 f"state is kept. Lower the learning rate (--{stage}-lr) and run again to resume.")
+        raise FloatingPointError(
+            f"{stage}: non-finite loss ({', '.join(bad)}) at step {step}; the last good training "
+            f"state is kept. Lower the learning rate (--{stage}-lr) and run again to resume."
+        )
 
 
 def save_train_state(path: Path, *, step: int, generator: torch.Generator, done: bool = False, **parts) -> None:
     """Write everything needed to resume a stage: each part's state_dict (or the value itself), step and RNG."""
     state = {name: part.state_dict() if hasattr(part, "state_dict") else part for name, part in parts.items()}
     atomic_save({**state, "step": step, "generator": generator.get_state(), "done": done}, path)
+
+
+def checkpointer(ctx: RunContext, path: Path, generator: torch.Generator, cfg, **parts):
+    """`save(step, done=False)`: write the stage's training state (main process only), with its config."""
+
+    def save(step: int, done: bool = False) -> None:
+        if ctx.is_main:
+            save_train_state(
+                path,
+                step=step,
+                generator=generator,
+                done=done,
+                config=dataclasses.asdict(cfg),
+                model_config=parts["model"].config,
+                **parts,
+            )
+
+    return save
 
 
 def resume_train_state(path: Path, ctx: RunContext, generator: torch.Generator, **parts) -> int:
@@ -221,8 +267,17 @@ def resume_train_state(path: Path, ctx: RunContext, generator: torch.Generator, 
     return state["step"]
 
 
-def run_steps(name: str, step: int, total: int, step_fn, checkpoint_fn, metrics: MetricsLog, ctx: RunContext,
-              describe=lambda step: {}, visualize=None) -> int:
+def run_steps(
+    name: str,
+    step: int,
+    total: int,
+    step_fn,
+    checkpoint_fn,
+    metrics: MetricsLog,
+    ctx: RunContext,
+    describe=lambda step: {},
+    visualize=None,
+) -> int:
     """Call `step_fn(step) -> {name: loss tensor}` until `total` steps; every log_every steps sync, check for
     NaN/inf and log; every checkpoint_every steps call `checkpoint_fn(step)`; every visualize_every steps call
     `visualize(step)` on the main process; on Ctrl-C checkpoint, then re-raise."""

@@ -1,4 +1,5 @@
 """Run and stage configuration: one dataclass per stage, presets, and CLI flags derived from them."""
+
 from __future__ import annotations
 
 import argparse
@@ -17,12 +18,16 @@ def opt(default, help: str, **kw):
 class RunConfig:
     """Options of the whole run (not of a stage)."""
 
-    data_dir: str | None = opt(None, "local folder with cat/ and dog/ (or train/{cat,dog}, test/{cat,dog}); default: download CIFAR-10")
+    data_dir: str | None = opt(
+        None, "local folder with cat/ and dog/ (or train/{cat,dog}, test/{cat,dog}); default: download CIFAR-10"
+    )
     output_dir: str = opt("./cifar_cat_dog_conditional_improved", "folder for checkpoints, samples, plots and logs")
     download_dir: str = opt("./data", "where torchvision downloads CIFAR-10")
     device: str = opt("auto", "cpu, cuda, cuda:N or auto (cuda when available)")
     seed: int = opt(0, "seed of the run's torch.Generator (data split, batches, noise)")
-    holdout_fraction: float = opt(0.1, "share of the training images held out for validation when no test/ split exists")
+    holdout_fraction: float = opt(
+        0.1, "share of the training images held out for validation when no test/ split exists"
+    )
     max_images: int | None = opt(None, "use at most this many training images (half per class); for quick runs")
     threads: int | None = opt(None, "CPU threads for torch (default: torch's choice)")
     amp: bool = opt(True, "bf16 autocast on CUDA (ignored on the CPU)")
@@ -30,9 +35,13 @@ class RunConfig:
     log_every: int = opt(100, "steps between metric logs (host syncs happen only then)")
     checkpoint_every: int = opt(1000, "steps between resumable training-state checkpoints")
     resume: bool = opt(True, "continue an interrupted stage from its training state (--no-resume starts it afresh)")
-    retrain_vae: bool = opt(False, "train the VAE even if its checkpoint exists (implies retraining the diffusion model)")
+    retrain_vae: bool = opt(
+        False, "train the VAE even if its checkpoint exists (implies retraining the diffusion model)"
+    )
     retrain_diffusion: bool = opt(False, "train the diffusion model even if its checkpoint exists")
-    visualize_every: int = opt(0, "also write visualisations every N steps of each stage (0: only at the end of a stage)")
+    visualize_every: int = opt(
+        0, "also write visualisations every N steps of each stage (0: only at the end of a stage)"
+    )
     figures: bool = opt(True, "write the figures at the end of each stage (--no-figures: checkpoints and metrics only)")
 
 
@@ -52,10 +61,14 @@ class VAEConfig:
     cls_start: float = opt(0.4, "phase 3 (classifier and center loss ramp in) starts at this fraction of steps")
     finetune_start: float = opt(0.7, "phase 4 (fine-tuning with every term at full weight) starts at this fraction")
     pixel_weight: float = opt(1.0, "weight of the pixel MSE")
-    perceptual_weight: float = opt(0.1, "weight of the VGG16 perceptual loss (0 disables it; off if weights are unavailable)")
+    perceptual_weight: float = opt(
+        0.1, "weight of the VGG16 perceptual loss (0 disables it; off if weights are unavailable)"
+    )
     kl_weight: float = opt(1e-5, "final KL weight (KL summed over latent dims, pixel loss averaged over pixels)")
     cls_weight: float = opt(0.01, "final weight of the latent classifier's cross-entropy")
-    center_weight: float = opt(0.01, "final weight of the center loss (mean squared distance of mu to its class center)")
+    center_weight: float = opt(
+        0.01, "final weight of the center loss (mean squared distance of mu to its class center)"
+    )
 
 
 @dataclass
@@ -72,6 +85,7 @@ class DiffusionConfig:
     n_steps: int = opt(1000, "diffusion timesteps")
     schedule: str = opt("cosine", "noise schedule", choices=("cosine", "linear"))
     class_dropout: float = opt(0.1, "probability of replacing the label by the null class (classifier-free guidance)")
+    normalize_latents: bool = opt(True, "scale latents to unit variance per dimension (stats stored in the VAE file)")
 
 
 @dataclass
@@ -93,16 +107,33 @@ class EvalConfig:
     """The evaluate command: how many samples, and the judge classifier trained on real images."""
 
     samples_per_class: int = opt(500, "generated images per class", flag="--eval-samples")
-    fid_weights: str | None = opt(None, "Inception weights file for FID/KID (pt_inception-2015-12-05-6726825d.pth) on offline machines", flag="--fid-weights")
+    fid_weights: str | None = opt(
+        None,
+        "Inception weights file for FID/KID (pt_inception-2015-12-05-6726825d.pth) on offline machines",
+        flag="--fid-weights",
+    )
     name: str = opt("evaluation", "results go to OUTPUT_DIR/NAME.json", flag="--eval-name")
     classifier_epochs: int = opt(15, "epochs of the judge classifier")
     classifier_batch_size: int = opt(128, "batch size of the judge classifier")
     classifier_lr: float = opt(3e-3, "peak learning rate of the judge classifier")
-    retrain_classifier: bool = opt(False, "train the judge classifier again even if OUTPUT_DIR/catdog_classifier.pt exists")
+    retrain_classifier: bool = opt(
+        False, "train the judge classifier again even if OUTPUT_DIR/catdog_classifier.pt exists"
+    )
+    weights: str = opt(
+        "ema",
+        "denoiser weights to evaluate: ema (the public file) or raw (from the training state)",
+        choices=("ema", "raw"),
+        flag="--eval-weights",
+    )
 
 
-SECTIONS = {"run": (RunConfig, ""), "vae": (VAEConfig, "vae-"), "diffusion": (DiffusionConfig, "diffusion-"),
-            "sample": (SampleConfig, ""), "eval": (EvalConfig, "eval-")}
+SECTIONS = {
+    "run": (RunConfig, ""),
+    "vae": (VAEConfig, "vae-"),
+    "diffusion": (DiffusionConfig, "diffusion-"),
+    "sample": (SampleConfig, ""),
+    "eval": (EvalConfig, "eval-"),
+}
 
 # Presets override stage defaults; explicit CLI flags override presets.
 PRESETS: dict[str, dict[str, dict]] = {
@@ -122,12 +153,45 @@ PRESETS: dict[str, dict[str, dict]] = {
 }
 
 
-POSITIVE = {"steps", "batch_size", "lr", "warmup_steps", "n_steps", "sample_steps", "num_samples", "samples_per_class",
-            "classifier_epochs", "classifier_batch_size", "classifier_lr", "log_every", "checkpoint_every", "threads",
-            "max_images", "grad_clip"}
-NON_NEGATIVE = {"weight_decay", "augment_shift", "pixel_weight", "perceptual_weight", "kl_weight", "cls_weight",
-                "center_weight", "guidance_scale", "visualize_every"}
-FRACTIONS = {"kl_start", "kl_ramp", "cls_start", "finetune_start", "eta", "class_dropout", "ema_decay", "holdout_fraction"}
+POSITIVE = {
+    "steps",
+    "batch_size",
+    "lr",
+    "warmup_steps",
+    "n_steps",
+    "sample_steps",
+    "num_samples",
+    "samples_per_class",
+    "classifier_epochs",
+    "classifier_batch_size",
+    "classifier_lr",
+    "log_every",
+    "checkpoint_every",
+    "threads",
+    "max_images",
+    "grad_clip",
+}
+NON_NEGATIVE = {
+    "weight_decay",
+    "augment_shift",
+    "pixel_weight",
+    "perceptual_weight",
+    "kl_weight",
+    "cls_weight",
+    "center_weight",
+    "guidance_scale",
+    "visualize_every",
+}
+FRACTIONS = {
+    "kl_start",
+    "kl_ramp",
+    "cls_start",
+    "finetune_start",
+    "eta",
+    "class_dropout",
+    "ema_decay",
+    "holdout_fraction",
+}
 
 
 def validate(section: str, cfg) -> None:
@@ -143,8 +207,10 @@ def validate(section: str, cfg) -> None:
         if f.name in FRACTIONS and not 0 <= value <= 1:
             raise UserInputError(f"{flag} must be in [0, 1], got {value}")
     if section == "vae" and not cfg.kl_start <= cfg.cls_start <= cfg.finetune_start:
-        raise UserInputError(f"VAE phases out of order: --vae-kl-start ({cfg.kl_start}) <= --vae-cls-start "
-                             f"({cfg.cls_start}) <= --vae-finetune-start ({cfg.finetune_start}) must hold")
+        raise UserInputError(
+            f"VAE phases out of order: --vae-kl-start ({cfg.kl_start}) <= --vae-cls-start "
+            f"({cfg.cls_start}) <= --vae-finetune-start ({cfg.finetune_start}) must hold"
+        )
     if section == "run" and not 0 < cfg.holdout_fraction < 1:
         raise UserInputError(f"--holdout-fraction must be strictly between 0 and 1, got {cfg.holdout_fraction}")
     if section == "diffusion" and not cfg.ema_decay < 1:
@@ -160,7 +226,11 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
     for section, (cls, prefix) in SECTIONS.items():
         group = parser.add_argument_group(f"{section} options ({cls.__doc__.strip()})")
         for f in dataclasses.fields(cls):
-            kw = {"dest": f"{section}.{f.name}", "default": None, "help": f"{f.metadata['help']} (default: {f.default})"}
+            kw = {
+                "dest": f"{section}.{f.name}",
+                "default": None,
+                "help": f"{f.metadata['help']} (default: {f.default})",
+            }
             if f.metadata.get("choices"):
                 kw["choices"] = f.metadata["choices"]
             if f.type in ("bool", bool):
@@ -181,13 +251,20 @@ def resolve_configs(args: argparse.Namespace, preset: str) -> dict:
     out = {}
     for section, (cls, _) in SECTIONS.items():
         values = dict(PRESETS[preset].get(section, {}))
-        values.update({f.name: getattr(args, f"{section}.{f.name}") for f in dataclasses.fields(cls)
-                       if getattr(args, f"{section}.{f.name}") is not None})
+        values.update(
+            {
+                f.name: getattr(args, f"{section}.{f.name}")
+                for f in dataclasses.fields(cls)
+                if getattr(args, f"{section}.{f.name}") is not None
+            }
+        )
         out[section] = cls(**values)
         validate(section, out[section])
     if out["sample"].sample_steps > out["diffusion"].n_steps:
-        raise UserInputError(f"--sample-steps ({out['sample'].sample_steps}) cannot exceed --diffusion-n-steps "
-                             f"({out['diffusion'].n_steps})")
+        raise UserInputError(
+            f"--sample-steps ({out['sample'].sample_steps}) cannot exceed --diffusion-n-steps "
+            f"({out['diffusion'].n_steps})"
+        )
     return out
 
 

@@ -1,7 +1,7 @@
 """Latent diffusion training on latents encoded once by the trained VAE (never re-encoded per step)."""
+
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 import torch
@@ -11,17 +11,30 @@ from models.diffusion import ConditionalDenoiseDiffusion
 from models.generate import eval_mode
 from models.unet import ConditionalUNet
 from models.vae import SimpleAutoencoder
-from training.common import (DIFFUSION_FILE, DIFFUSION_STATE_FILE, EMA, MetricsLog, RunContext,
-                             make_optimizer, maybe_compile, resume_train_state, run_steps, save_train_state, save_weights,
-                             warmup_cosine)
+from training.common import (
+    AUTOENCODER_FILE,
+    DIFFUSION_FILE,
+    DIFFUSION_STATE_FILE,
+    EMA,
+    MetricsLog,
+    RunContext,
+    make_optimizer,
+    maybe_compile,
+    resume_train_state,
+    run_steps,
+    checkpointer,
+    save_weights,
+    warmup_cosine,
+)
 from training.config import DiffusionConfig
 
 log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def encode_dataset(autoencoder: SimpleAutoencoder, data: Split, device: torch.device,
-                   batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def encode_dataset(
+    autoencoder: SimpleAutoencoder, data: Split, device: torch.device, batch_size: int = 500
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Encode every image and its mirror image once: (mu, logvar, y), with mu/logvar (2N, D) on `device`.
 
     The mirrors are the latent-space counterpart of flip augmentation, paid for once instead of per step.
@@ -30,7 +43,7 @@ def encode_dataset(autoencoder: SimpleAutoencoder, data: Split, device: torch.de
     with eval_mode(autoencoder):
         for flip in (False, True):
             for start in range(0, len(data), batch_size):
-                x = to_model_range(data.x[start:start + batch_size].to(device))
+                x = to_model_range(data.x[start : start + batch_size].to(device))
                 mu, logvar = autoencoder.encode(x.flip(3) if flip else x)
                 mus.append(mu)
                 logvars.append(logvar)
@@ -59,12 +72,25 @@ def train_step(net, diffusion, optimizer, scheduler, ema, z0, y, cfg, ctx, gener
     return {"total": loss.detach(), "loss_quartiles": quartile_losses(t, per_sample, diffusion.n_steps)}
 
 
-def train_diffusion(unet: ConditionalUNet, autoencoder: SimpleAutoencoder, train: Split, cfg: DiffusionConfig,
-                    ctx: RunContext, generator: torch.Generator, visualize=None) -> ConditionalUNet:
+def train_diffusion(
+    unet: ConditionalUNet,
+    autoencoder: SimpleAutoencoder,
+    train: Split,
+    cfg: DiffusionConfig,
+    ctx: RunContext,
+    generator: torch.Generator,
+    visualize=None,
+) -> ConditionalUNet:
     """Train the denoiser for cfg.steps on cached latents; write the EMA weights as the public state dict.
     `visualize(step, diffusion)` is called every ctx.visualize_every steps with a diffusion around the EMA model."""
-    diffusion = ConditionalDenoiseDiffusion(unet, cfg.n_steps, ctx.device, schedule=cfg.schedule,
-                                            class_dropout=cfg.class_dropout)
+    diffusion = ConditionalDenoiseDiffusion(
+        unet, cfg.n_steps, ctx.device, schedule=cfg.schedule, class_dropout=cfg.class_dropout
+    )
+    if not cfg.normalize_latents:  # the ablation: diffusion on raw VAE latents; the VAE file records it
+        autoencoder.latent_shift.zero_()
+        autoencoder.latent_scale.fill_(1.0)
+        if ctx.is_main:
+            save_weights(autoencoder, ctx.out_dir / AUTOENCODER_FILE)
     mu, logvar, y_all = encode_dataset(autoencoder, train, ctx.device)
     optimizer = make_optimizer(unet, cfg.lr, cfg.weight_decay, ctx.device)
     scheduler = warmup_cosine(optimizer, cfg.warmup_steps, cfg.steps)
@@ -78,19 +104,26 @@ def train_diffusion(unet: ConditionalUNet, autoencoder: SimpleAutoencoder, train
     def step_fn(step: int) -> dict[str, torch.Tensor]:
         idx = shard[torch.randint(0, len(shard), (cfg.batch_size,), device=ctx.device, generator=generator)]
         z = autoencoder.reparameterize(mu[idx], logvar[idx], generator)
-        return train_step(net, diffusion, optimizer, scheduler, ema, autoencoder.normalize_latent(z), y_all[idx],
-                          cfg, ctx, generator)
+        return train_step(
+            net, diffusion, optimizer, scheduler, ema, autoencoder.normalize_latent(z), y_all[idx], cfg, ctx, generator
+        )
 
-    def checkpoint(step: int, done: bool = False) -> None:
-        if ctx.is_main:
-            save_train_state(state_path, step=step, generator=generator, done=done, config=dataclasses.asdict(cfg),
-                             model_config=unet.config, **parts)
+    checkpoint = checkpointer(ctx, state_path, generator, cfg, **parts)
 
     unet.train()
     metrics = MetricsLog(ctx.out_dir / "metrics_diffusion.jsonl", ctx.is_main)
     ema_diffusion = ConditionalDenoiseDiffusion(ema.model, cfg.n_steps, ctx.device, schedule=cfg.schedule)
-    step = run_steps("Diffusion", step, cfg.steps, step_fn, checkpoint, metrics, ctx,
-                     lambda step: {"lr": scheduler.get_last_lr()[0]}, visualize and (lambda step: visualize(step, ema_diffusion)))
+    step = run_steps(
+        "Diffusion",
+        step,
+        cfg.steps,
+        step_fn,
+        checkpoint,
+        metrics,
+        ctx,
+        lambda step: {"lr": scheduler.get_last_lr()[0]},
+        visualize and (lambda step: visualize(step, ema_diffusion)),
+    )
     checkpoint(step, done=True)
     unet.load_state_dict(ema.model.state_dict())  # from here on the model is the EMA model, as in the public file
     if ctx.is_main:

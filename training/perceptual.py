@@ -1,4 +1,5 @@
 """VGG16 perceptual loss (Johnson et al. 2016) with LPIPS-style unit-normalised features."""
+
 from __future__ import annotations
 
 import logging
@@ -46,8 +47,11 @@ def load_perceptual_loss(device: torch.device) -> VGGPerceptualLoss | None:
 
         vgg = torchvision.models.vgg16(weights=torchvision.models.VGG16_Weights.IMAGENET1K_V1)
     except Exception as err:  # noqa: BLE001 - offline, no cache, corrupt file: all mean "no perceptual term"
-        log.warning("VGG16 weights unavailable (%s: %s); training the VAE without the perceptual loss. "
-                    "Put vgg16-397923af.pth in the torch hub cache (~/.cache/torch/hub/checkpoints) to use it.",
-                    type(err).__name__, str(err).splitlines()[0][:120])
+        log.warning(
+            "VGG16 weights unavailable (%s: %s); training the VAE without the perceptual loss. "
+            "Put vgg16-397923af.pth in the torch hub cache (~/.cache/torch/hub/checkpoints) to use it.",
+            type(err).__name__,
+            str(err).splitlines()[0][:120],
+        )
         return None
     return VGGPerceptualLoss(vgg.features).to(device)

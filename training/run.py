@@ -1,4 +1,5 @@
 """Setting a run up: device, threads, torchrun process group, output folder, logging, config JSON, model loading."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,8 +14,16 @@ import torch
 
 from errors import UserInputError
 from models import ConditionalDenoiseDiffusion, ConditionalUNet, SimpleAutoencoder
-from training.common import (AUTOENCODER_FILE, DIFFUSION_FILE, DIFFUSION_STATE_FILE, VAE_STATE_FILE, RunContext,
-                             load_file, load_weights)
+from training.common import (
+    AUTOENCODER_FILE,
+    DIFFUSION_FILE,
+    DIFFUSION_STATE_FILE,
+    VAE_STATE_FILE,
+    RunContext,
+    check_state_dict,
+    load_file,
+    load_weights,
+)
 from training.config import DiffusionConfig, RunConfig
 
 log = logging.getLogger(__name__)
@@ -59,7 +68,9 @@ def prepare_output_dir(path: str | Path) -> Path:
         for stale in path.glob(".*.tmp"):  # half-written checkpoints of a killed run; the previous files are intact
             stale.unlink()
     except OSError as err:
-        raise UserInputError(f"output dir {path} is not writable ({err.strerror}); pick another with --output-dir") from None
+        raise UserInputError(
+            f"output dir {path} is not writable ({err.strerror}); pick another with --output-dir"
+        ) from None
     return path
 
 
@@ -68,8 +79,12 @@ def setup_logging(out_dir: Path | None, is_main: bool) -> None:
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)] if is_main else []
     if out_dir is not None and is_main:
         handlers.append(logging.FileHandler(out_dir / "log.txt"))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        handlers=handlers or [logging.NullHandler()], force=True)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=handlers or [logging.NullHandler()],
+        force=True,
+    )
 
 
 def make_context(run: RunConfig) -> RunContext:
@@ -81,10 +96,18 @@ def make_context(run: RunConfig) -> RunContext:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    return RunContext(device=device, out_dir=out_dir, amp=run.amp and device.type == "cuda", compile=run.compile,
-                      log_every=run.log_every, checkpoint_every=run.checkpoint_every, resume=run.resume,
-                      visualize_every=run.visualize_every,
-                      rank=rank, world_size=world)
+    return RunContext(
+        device=device,
+        out_dir=out_dir,
+        amp=run.amp and device.type == "cuda",
+        compile=run.compile,
+        log_every=run.log_every,
+        checkpoint_every=run.checkpoint_every,
+        resume=run.resume,
+        visualize_every=run.visualize_every,
+        rank=rank,
+        world_size=world,
+    )
 
 
 def write_config(configs: dict, ctx: RunContext, name: str = "config.json") -> None:
@@ -92,8 +115,13 @@ def write_config(configs: dict, ctx: RunContext, name: str = "config.json") -> N
     if not ctx.is_main:
         return
     record = {k: dataclasses.asdict(v) for k, v in configs.items()}
-    record["run_facts"] = {"device": str(ctx.device), "world_size": ctx.world_size, "torch": torch.__version__,
-                           "python": platform.python_version(), **ctx.extra}
+    record["run_facts"] = {
+        "device": str(ctx.device),
+        "world_size": ctx.world_size,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        **ctx.extra,
+    }
     tmp = ctx.out_dir / f".{name}.tmp"
     tmp.write_text(json.dumps(record, indent=2))
     os.replace(tmp, ctx.out_dir / name)
@@ -105,17 +133,24 @@ def _model_config(out_dir: Path, state_file: str) -> dict:
     return load_file(path).get("model_config", {}) if path.is_file() else {}
 
 
-def load_pipeline(out_dir: str | Path, device: torch.device | str = "cpu") -> tuple[SimpleAutoencoder, ConditionalDenoiseDiffusion]:
-    """Rebuild the trained VAE and diffusion model from a run folder (public files + recorded architecture)."""
+def load_pipeline(
+    out_dir: str | Path, device: torch.device | str = "cpu", raw_weights: bool = False
+) -> tuple[SimpleAutoencoder, ConditionalDenoiseDiffusion]:
+    """Rebuild the trained VAE and diffusion model from a run folder (public files + recorded architecture);
+    `raw_weights` takes the denoiser's non-EMA weights from its training state instead."""
     out_dir, device = Path(out_dir), torch.device(device)
     autoencoder = SimpleAutoencoder(**_model_config(out_dir, VAE_STATE_FILE)).to(device)
     load_weights(autoencoder, out_dir / AUTOENCODER_FILE, device)
     unet = ConditionalUNet(**_model_config(out_dir, DIFFUSION_STATE_FILE)).to(device)
-    load_weights(unet, out_dir / DIFFUSION_FILE, device)
+    if raw_weights:
+        state = load_file(out_dir / DIFFUSION_STATE_FILE, device)["model"]
+        check_state_dict(unet, state, out_dir / DIFFUSION_STATE_FILE)
+        unet.load_state_dict(state)
+    else:
+        load_weights(unet, out_dir / DIFFUSION_FILE, device)
     cfg = DiffusionConfig()
     config_path = out_dir / "config.json"
     if config_path.is_file():
         cfg = DiffusionConfig(**json.loads(config_path.read_text()).get("diffusion", {}))
     diffusion = ConditionalDenoiseDiffusion(unet.eval(), cfg.n_steps, device, schedule=cfg.schedule)
     return autoencoder.eval(), diffusion
-

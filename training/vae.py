@@ -1,4 +1,5 @@
 """Progressive VAE training: reconstruction, then KL ramps in, then classifier and center loss, then all."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -10,8 +11,19 @@ import torch.nn.functional as F
 from data import Split, augment, to_model_range
 from models.generate import eval_mode
 from models.vae import SimpleAutoencoder
-from training.common import (AUTOENCODER_FILE, VAE_STATE_FILE, MetricsLog, RunContext, make_optimizer,
-                             maybe_compile, resume_train_state, run_steps, save_train_state, save_weights, warmup_cosine)
+from training.common import (
+    AUTOENCODER_FILE,
+    VAE_STATE_FILE,
+    MetricsLog,
+    RunContext,
+    make_optimizer,
+    maybe_compile,
+    resume_train_state,
+    run_steps,
+    checkpointer,
+    save_weights,
+    warmup_cosine,
+)
 from training.config import VAEConfig
 from training.perceptual import VGGPerceptualLoss, load_perceptual_loss
 
@@ -34,13 +46,18 @@ def loss_weights(step: int, cfg: VAEConfig) -> dict[str, float]:
     """The weight of every loss term at `step`: the progressive schedule of the config."""
     frac = step / cfg.steps
     cls_ramp = _ramp(frac, cfg.cls_start, cfg.finetune_start - cfg.cls_start)
-    return {"pixel": cfg.pixel_weight, "perceptual": cfg.perceptual_weight,
-            "kl": cfg.kl_weight * _ramp(frac, cfg.kl_start, cfg.kl_ramp),
-            "cls": cfg.cls_weight * cls_ramp, "center": cfg.center_weight * cls_ramp}
+    return {
+        "pixel": cfg.pixel_weight,
+        "perceptual": cfg.perceptual_weight,
+        "kl": cfg.kl_weight * _ramp(frac, cfg.kl_start, cfg.kl_ramp),
+        "cls": cfg.cls_weight * cls_ramp,
+        "center": cfg.center_weight * cls_ramp,
+    }
 
 
-def vae_losses(model, x: torch.Tensor, y: torch.Tensor, perceptual: VGGPerceptualLoss | None,
-               generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+def vae_losses(
+    model, x: torch.Tensor, y: torch.Tensor, perceptual: VGGPerceptualLoss | None, generator: torch.Generator | None
+) -> dict[str, torch.Tensor]:
     """Every loss term, unweighted: pixel MSE, perceptual, KL (summed over dims), cross-entropy, center."""
     x_hat, mu, logvar, _ = model(x, generator)
     ae = model.module if hasattr(model, "module") else model
@@ -75,22 +92,24 @@ def evaluate(model: SimpleAutoencoder, data: Split, device: torch.device, batch_
     mse, correct = [], 0
     with eval_mode(model):
         for start in range(0, len(data), batch_size):
-            x = to_model_range(data.x[start:start + batch_size].to(device))
+            x = to_model_range(data.x[start : start + batch_size].to(device))
             mu, _ = model.encode(x)
             x_hat = model.decode(mu).clamp(-1, 1)
             mse.append(((x_hat - x) / 2).pow(2).mean(dim=(1, 2, 3)).cpu())
-            correct += (model.classify(mu).argmax(1).cpu() == data.y[start:start + batch_size]).sum().item()
+            correct += (model.classify(mu).argmax(1).cpu() == data.y[start : start + batch_size]).sum().item()
     mse = torch.cat(mse)
     return {"psnr": (-10 * torch.log10(mse.clamp(min=1e-10))).mean().item(), "latent_acc": correct / len(data)}
 
 
 @torch.no_grad()
-def fit_latent_normalization(model: SimpleAutoencoder, data: Split, device: torch.device, batch_size: int = 500) -> None:
+def fit_latent_normalization(
+    model: SimpleAutoencoder, data: Split, device: torch.device, batch_size: int = 500
+) -> None:
     """Set latent_shift/latent_scale to the per-dimension mean and std of q(z|x) over `data` (mixture moments)."""
     mus, variances = [], []
     with eval_mode(model):
         for start in range(0, len(data), batch_size):
-            mu, logvar = model.encode(to_model_range(data.x[start:start + batch_size].to(device)))
+            mu, logvar = model.encode(to_model_range(data.x[start : start + batch_size].to(device)))
             mus.append(mu.double())
             variances.append(logvar.double().exp())
     mu, var = torch.cat(mus), torch.cat(variances)
@@ -98,8 +117,15 @@ def fit_latent_normalization(model: SimpleAutoencoder, data: Split, device: torc
     model.latent_scale.copy_((mu.var(0, unbiased=False) + var.mean(0)).sqrt().clamp(min=1e-4))
 
 
-def train_vae(model: SimpleAutoencoder, train: Split, held: Split, cfg: VAEConfig, ctx: RunContext,
-              generator: torch.Generator, visualize=None) -> SimpleAutoencoder:
+def train_vae(
+    model: SimpleAutoencoder,
+    train: Split,
+    held: Split,
+    cfg: VAEConfig,
+    ctx: RunContext,
+    generator: torch.Generator,
+    visualize=None,
+) -> SimpleAutoencoder:
     """Train the VAE for cfg.steps, fit its latent normalisation, and write its public state dict.
     `visualize(step, model)` is called every ctx.visualize_every steps."""
     perceptual = load_perceptual_loss(ctx.device) if cfg.perceptual_weight > 0 else None
@@ -118,18 +144,26 @@ def train_vae(model: SimpleAutoencoder, train: Split, held: Split, cfg: VAEConfi
     def step_fn(step: int) -> dict[str, torch.Tensor]:
         idx = shard[torch.randint(0, len(shard), (cfg.batch_size,), device=ctx.device, generator=generator)]
         x = augment(to_model_range(x_all[idx]), generator, cfg.augment_shift)
-        return train_step(net, optimizer, scheduler, x, y_all[idx], loss_weights(step, cfg), perceptual, cfg, ctx, generator)
+        return train_step(
+            net, optimizer, scheduler, x, y_all[idx], loss_weights(step, cfg), perceptual, cfg, ctx, generator
+        )
 
-    def checkpoint(step: int, done: bool = False) -> None:
-        if ctx.is_main:
-            save_train_state(state_path, step=step, generator=generator, done=done, config=dataclasses.asdict(cfg),
-                             model_config=model.config, **parts)
+    checkpoint = checkpointer(ctx, state_path, generator, cfg, **parts)
 
     model.train()
     metrics = MetricsLog(ctx.out_dir / "metrics_vae.jsonl", ctx.is_main)
     describe = lambda step: {"phase": PHASES[phase_of(step - 1, cfg)], "lr": scheduler.get_last_lr()[0]}  # noqa: E731
-    step = run_steps("VAE", step, cfg.steps, step_fn, checkpoint, metrics, ctx, describe,
-                     visualize and (lambda step: visualize(step, model)))
+    step = run_steps(
+        "VAE",
+        step,
+        cfg.steps,
+        step_fn,
+        checkpoint,
+        metrics,
+        ctx,
+        describe,
+        visualize and (lambda step: visualize(step, model)),
+    )
     fit_latent_normalization(model, train, ctx.device)
     scores = evaluate(model, held, ctx.device)
     metrics.write({"step": step, "eval": scores})

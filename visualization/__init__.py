@@ -1,4 +1,5 @@
 """Figures and files made from models and tensors; never imports training code."""
+
 import matplotlib
 
 matplotlib.use("Agg")  # headless: no display needed
@@ -9,6 +10,17 @@ from visualization.latents import visualize_latent_space, visualize_reconstructi
 from visualization.report import write_diffusion_figures, write_loss_curves, write_vae_figures  # noqa: E402
 from visualization.samples import generate_samples_grid, save_image_grid, save_samples  # noqa: E402
 
-__all__ = ["generate_samples_grid", "save_image_grid", "save_samples", "visualize_reconstructions",
-           "visualize_latent_space", "visualize_denoising_steps", "create_diffusion_animation", "record_trajectory",
-           "plot_loss_curves", "write_vae_figures", "write_diffusion_figures", "write_loss_curves"]
+__all__ = [
+    "generate_samples_grid",
+    "save_image_grid",
+    "save_samples",
+    "visualize_reconstructions",
+    "visualize_latent_space",
+    "visualize_denoising_steps",
+    "create_diffusion_animation",
+    "record_trajectory",
+    "plot_loss_curves",
+    "write_vae_figures",
+    "write_diffusion_figures",
+    "write_loss_curves",
+]

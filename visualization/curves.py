@@ -1,4 +1,5 @@
 """Loss curves of both stages from their metrics JSONL files."""
+
 from __future__ import annotations
 
 import json

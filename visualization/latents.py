@@ -1,4 +1,5 @@
 """Reconstructions and the latent space: what the VAE keeps and how it separates the classes."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -31,13 +32,18 @@ def encode_means(autoencoder, data: Split, batch_size: int = 500) -> torch.Tenso
     """Latent means mu (N, D) of `data`, in batches, on the CPU."""
     device = next(autoencoder.parameters()).device
     with eval_mode(autoencoder):
-        return torch.cat([autoencoder.encode(to_model_range(data.x[i:i + batch_size].to(device)))[0].cpu()
-                          for i in range(0, len(data), batch_size)])
+        return torch.cat(
+            [
+                autoencoder.encode(to_model_range(data.x[i : i + batch_size].to(device)))[0].cpu()
+                for i in range(0, len(data), batch_size)
+            ]
+        )
 
 
 @torch.no_grad()
-def visualize_reconstructions(autoencoder, data: Split, path: str | Path, num_images: int = 10,
-                              title: str = "VAE reconstructions") -> Path:
+def visualize_reconstructions(
+    autoencoder, data: Split, path: str | Path, num_images: int = 10, title: str = "VAE reconstructions"
+) -> Path:
     """Held-out originals (top row) above their reconstructions from mu (bottom row), labelled by class."""
     num_images = min(num_images, len(data))
     idx = torch.linspace(0, len(data) - 1, num_images).long()  # both classes, spread over the split
@@ -67,16 +73,24 @@ def separability(mu: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return accuracy, float(silhouette_score(mu, y))
 
 
-def visualize_latent_space(autoencoder, data: Split, path: str | Path, max_points: int = 1000, max_iter: int = 1000,
-                           random_state: int = 0, title: str = "Latent space (t-SNE of held-out latent means)") -> Path:
-    """t-SNE of held-out latent means coloured by class; the title gives a linear probe's accuracy and the silhouette."""
+def visualize_latent_space(
+    autoencoder,
+    data: Split,
+    path: str | Path,
+    max_points: int = 1000,
+    max_iter: int = 1000,
+    random_state: int = 0,
+    title: str = "Latent space (t-SNE of held-out latent means)",
+) -> Path:
+    """t-SNE of held-out latent means coloured by class; the title gives a linear probe's accuracy and silhouette."""
     idx = torch.linspace(0, len(data) - 1, min(max_points, len(data))).long()
     subset = data.subset(idx)
     mu, y = encode_means(autoencoder, subset).numpy(), subset.y.numpy()
     accuracy, silhouette = separability(mu, y)
     perplexity = float(min(30.0, (len(mu) - 1) / 3))
-    points = TSNE(n_components=2, perplexity=perplexity, max_iter=max(max_iter, 250), init="pca",
-                  random_state=random_state).fit_transform(mu)
+    points = TSNE(
+        n_components=2, perplexity=perplexity, max_iter=max(max_iter, 250), init="pca", random_state=random_state
+    ).fit_transform(mu)
     fig, ax = plt.subplots(figsize=(6.4, 5.6))
     for label, name in enumerate(CLASS_NAMES):
         sel = y == label

@@ -1,4 +1,5 @@
 """The figures a run writes at the end of each stage (and every --visualize-every steps), in folders by kind."""
+
 from __future__ import annotations
 
 import logging
@@ -18,34 +19,71 @@ log = logging.getLogger(__name__)
 
 def write_vae_figures(autoencoder, held: Split, out_dir: Path, tag: str) -> list[Path]:
     """Reconstructions and the t-SNE latent map of held-out images."""
-    paths = [visualize_reconstructions(autoencoder, held, out_dir / "reconstruction" / f"vae_reconstruction_{tag}.png"),
-             visualize_latent_space(autoencoder, held, out_dir / "latent_space" / f"vae_latent_space_{tag}.png")]
+    paths = [
+        visualize_reconstructions(autoencoder, held, out_dir / "reconstruction" / f"vae_reconstruction_{tag}.png"),
+        visualize_latent_space(autoencoder, held, out_dir / "latent_space" / f"vae_latent_space_{tag}.png"),
+    ]
     log.info("wrote %s", ", ".join(str(p) for p in paths))
     return paths
 
 
-def write_diffusion_figures(autoencoder, diffusion, held: Split, out_dir: Path, tag: str, sample_kwargs: dict,
-                            seed: int, num_samples: int = 64, animations: bool = True) -> list[Path]:
+def write_diffusion_figures(
+    autoencoder,
+    diffusion,
+    held: Split,
+    out_dir: Path,
+    tag: str,
+    sample_kwargs: dict,
+    seed: int,
+    num_samples: int = 64,
+    animations: bool = True,
+) -> list[Path]:
     """Sample grids, denoising paths and (optionally) one GIF per class, all from one seeded generator."""
     gen = torch.Generator(diffusion.device).manual_seed(seed)
-    paths = [generate_samples_grid(autoencoder, diffusion, out_dir / "samples" / f"samples_grid_{tag}.png",
-                                   num_per_class=10, generator=gen, title=f"Generated samples ({tag})", **sample_kwargs)]
+    paths = [
+        generate_samples_grid(
+            autoencoder,
+            diffusion,
+            out_dir / "samples" / f"samples_grid_{tag}.png",
+            num_per_class=10,
+            generator=gen,
+            title=f"Generated samples ({tag})",
+            **sample_kwargs,
+        )
+    ]
     for label, name in enumerate(CLASS_NAMES):
         images = generate_class_samples(autoencoder, diffusion, label, num_samples, generator=gen, **sample_kwargs)
         paths.append(save_image_grid(images, out_dir / "samples" / f"sample_class_{name}_{tag}.png"))
-    paths.append(visualize_denoising_steps(autoencoder, diffusion, held, out_dir / "diffusion_path" /
-                                           f"denoising_path_{tag}.png", generator=gen, **sample_kwargs)["path"])
+    paths.append(
+        visualize_denoising_steps(
+            autoencoder,
+            diffusion,
+            held,
+            out_dir / "diffusion_path" / f"denoising_path_{tag}.png",
+            generator=gen,
+            **sample_kwargs,
+        )["path"]
+    )
     if animations:
         for name in CLASS_NAMES:
-            paths.append(create_diffusion_animation(autoencoder, diffusion, name, out_dir / "animation" /
-                                                    f"diffusion_animation_{name}_{tag}.gif", generator=gen, **sample_kwargs))
+            paths.append(
+                create_diffusion_animation(
+                    autoencoder,
+                    diffusion,
+                    name,
+                    out_dir / "animation" / f"diffusion_animation_{name}_{tag}.gif",
+                    generator=gen,
+                    **sample_kwargs,
+                )
+            )
     log.info("wrote %s", ", ".join(str(p) for p in paths))
     return paths
 
 
 def write_loss_curves(out_dir: Path) -> Path:
     """Loss curves of both stages from the run's metrics files."""
-    path = plot_loss_curves(out_dir / "metrics_vae.jsonl", out_dir / "metrics_diffusion.jsonl",
-                            out_dir / "curves" / "loss_curves.png")
+    path = plot_loss_curves(
+        out_dir / "metrics_vae.jsonl", out_dir / "metrics_diffusion.jsonl", out_dir / "curves" / "loss_curves.png"
+    )
     log.info("wrote %s", path)
     return path

@@ -1,4 +1,5 @@
 """Sample grids and sample files."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -30,7 +31,7 @@ def tile(images: torch.Tensor, nrow: int, pad: int = 2) -> np.ndarray:
     canvas = np.full((rows * (h + pad) + pad, nrow * (w + pad) + pad, 3), 255, dtype=np.uint8)
     for i, img in enumerate(arr):
         r, c = divmod(i, nrow)
-        canvas[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = img
+        canvas[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = img
     return canvas
 
 
@@ -58,15 +59,24 @@ def save_samples(images: torch.Tensor, out_dir: str | Path, prefix: str, npz: bo
     return paths
 
 
-def generate_samples_grid(autoencoder, diffusion, path: str | Path, num_per_class: int = 10,
-                          generator: torch.Generator | None = None, title: str = "Generated samples",
-                          **sample_kwargs) -> Path:
+def generate_samples_grid(
+    autoencoder,
+    diffusion,
+    path: str | Path,
+    num_per_class: int = 10,
+    generator: torch.Generator | None = None,
+    title: str = "Generated samples",
+    **sample_kwargs,
+) -> Path:
     """Draw `num_per_class` samples of every class and save one labelled row per class."""
     generator = ensure_generator(generator, diffusion.device)
-    fig, axes = plt.subplots(len(CLASS_NAMES), 1, figsize=(max(4.0, 0.75 * num_per_class), 1.1 * len(CLASS_NAMES) + 0.6),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(CLASS_NAMES), 1, figsize=(max(4.0, 0.75 * num_per_class), 1.1 * len(CLASS_NAMES) + 0.6), squeeze=False
+    )
     for label, (ax, name) in enumerate(zip(axes[:, 0], CLASS_NAMES)):
-        images = generate_class_samples(autoencoder, diffusion, label, num_per_class, generator=generator, **sample_kwargs)
+        images = generate_class_samples(
+            autoencoder, diffusion, label, num_per_class, generator=generator, **sample_kwargs
+        )
         ax.imshow(tile(images, num_per_class), interpolation="nearest")
         ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=12)
         ax.set_xticks([])

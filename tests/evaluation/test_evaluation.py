@@ -25,8 +25,9 @@ def test_frechet_distance_is_zero_for_the_same_gaussian_and_the_squared_shift_ot
 
 def test_judge_classifier_learns_a_separable_task(image_folder):
     data, _ = load_image_folder(image_folder)
-    model = train_classifier(data, torch.device("cpu"), epochs=8, batch_size=16, lr=3e-3,
-                             generator=torch.Generator().manual_seed(0))
+    model = train_classifier(
+        data, torch.device("cpu"), epochs=8, batch_size=16, lr=3e-3, generator=torch.Generator().manual_seed(0)
+    )
     preds, feats = classify(model, to_unit_range(to_model_range(data.x)))
     assert (preds == data.y).float().mean() > 0.9
     assert feats.shape == (len(data), 128)
@@ -39,8 +40,21 @@ def test_missing_inception_weights_are_reported_not_raised(tmp_path):
 
 def test_evaluate_command_writes_json_and_table(trained_run):
     out = trained_run / "cifar_cat_dog_conditional_improved"
-    proc = run_main("evaluate", "--output-dir", str(out), "--device", "cpu", "--eval-samples", "6",
-                    "--eval-classifier-epochs", "2", "--sample-steps", "4", "--fid-weights", str(out / "no_such_file.pth"))
+    proc = run_main(
+        "evaluate",
+        "--output-dir",
+        str(out),
+        "--device",
+        "cpu",
+        "--eval-samples",
+        "6",
+        "--eval-classifier-epochs",
+        "2",
+        "--sample-steps",
+        "4",
+        "--fid-weights",
+        str(out / "no_such_file.pth"),
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "FID/KID skipped" in proc.stderr and "class fidelity" in proc.stdout
     result = json.loads((out / "evaluation.json").read_text())

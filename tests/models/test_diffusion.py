@@ -25,8 +25,10 @@ def test_q_sample_has_the_forward_marginal():
     a = diffusion.alphas_cumprod[300]
     assert abs(z_t.mean() - 2.0 * a.sqrt()) < 0.01
     assert abs(z_t.std() - (1 - a).sqrt()) < 0.01
-    assert torch.equal(diffusion.q_sample(z0[:2], torch.zeros(2, dtype=torch.long), torch.zeros(2, 256)),
-                       z0[:2] * diffusion.alphas_cumprod[0].sqrt())
+    assert torch.equal(
+        diffusion.q_sample(z0[:2], torch.zeros(2, dtype=torch.long), torch.zeros(2, 256)),
+        z0[:2] * diffusion.alphas_cumprod[0].sqrt(),
+    )
 
 
 def test_spaced_timesteps():
@@ -49,8 +51,13 @@ def test_samplers_recover_a_point_mass_with_the_exact_noise(sampler, steps):
 def test_trajectory_callback_sees_every_step_and_ends_at_the_result():
     a = cosine_alphas_cumprod(100).float()
     seen = []
-    out = sample_ddim(lambda z, t: 0.1 * z, torch.randn(2, 4), a, spaced_timesteps(100, 10),
-                      callback=lambda i, t, z: seen.append((i, t, z.clone())))
+    out = sample_ddim(
+        lambda z, t: 0.1 * z,
+        torch.randn(2, 4),
+        a,
+        spaced_timesteps(100, 10),
+        callback=lambda i, t, z: seen.append((i, t, z.clone())),
+    )
     assert [s[0] for s in seen] == list(range(10))
     assert torch.equal(seen[-1][2], out)
 
@@ -73,8 +80,17 @@ class _Toy(nn.Module):
 def test_sampling_is_deterministic_under_a_generator(sampler, eta):
     diffusion = ConditionalDenoiseDiffusion(_Toy(), n_steps=100, device="cpu")
     y = torch.tensor([0, 1, 1])
-    run = lambda seed: diffusion.sample(y, sampler=sampler, steps=10, eta=eta, guidance_scale=2.0,  # noqa: E731
-                                        generator=torch.Generator().manual_seed(seed))
+
+    def run(seed):
+        return diffusion.sample(
+            y,
+            sampler=sampler,
+            steps=10,
+            eta=eta,
+            guidance_scale=2.0,
+            generator=torch.Generator().manual_seed(seed),
+        )
+
     state = torch.get_rng_state()
     assert torch.equal(run(0), run(0))
     assert not torch.equal(run(0), run(1))
@@ -95,7 +111,9 @@ def test_loss_drops_the_class_at_the_configured_rate():
     seen = []
     toy.forward = lambda z, t, y: seen.append(y.clone()) or z * 0
     diffusion = ConditionalDenoiseDiffusion(toy, n_steps=100, device="cpu", class_dropout=0.25)
-    loss, t, per_sample = diffusion.loss(torch.randn(4000, 8), torch.zeros(4000, dtype=torch.long), torch.Generator().manual_seed(0))
+    loss, t, per_sample = diffusion.loss(
+        torch.randn(4000, 8), torch.zeros(4000, dtype=torch.long), torch.Generator().manual_seed(0)
+    )
     assert t.shape == per_sample.shape == (4000,)
     assert abs((seen[0] == 2).float().mean().item() - 0.25) < 0.03
 
@@ -117,10 +135,17 @@ def test_diffusion_loss_falls_when_overfitting_a_tiny_batch():
     assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"sampler": "euler"}, "unknown sampler"), ({"steps": 0}, "steps"), ({"steps": 1001}, "steps"),
-    ({"eta": 1.5}, "eta"), ({"guidance_scale": -1.0}, "guidance_scale"), ({"guidance_scale": float("nan")}, "guidance"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"sampler": "euler"}, "unknown sampler"),
+        ({"steps": 0}, "steps"),
+        ({"steps": 1001}, "steps"),
+        ({"eta": 1.5}, "eta"),
+        ({"guidance_scale": -1.0}, "guidance_scale"),
+        ({"guidance_scale": float("nan")}, "guidance"),
+    ],
+)
 def test_sampler_options_out_of_range_are_refused(kwargs, message):
     diffusion = ConditionalDenoiseDiffusion(_Toy(), n_steps=1000, device="cpu")
     with pytest.raises(UserInputError, match=message):

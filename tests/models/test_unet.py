@@ -20,7 +20,7 @@ def test_sample_does_not_depend_on_its_batch(randomize, mode):
     net.train(mode == "train")
     z, t, y = torch.randn(6, 256), torch.randint(0, 1000, (6,)), torch.randint(0, 3, (6,))
     together = net(z, t, y)
-    alone = torch.cat([net(z[i:i + 1], t[i:i + 1], y[i:i + 1]) for i in range(6)])
+    alone = torch.cat([net(z[i : i + 1], t[i : i + 1], y[i : i + 1]) for i in range(6)])
     assert torch.allclose(together, alone, atol=1e-4)
     shuffled = net(z.flip(0), t.flip(0), y.flip(0)).flip(0)
     assert torch.allclose(together, shuffled, atol=1e-4)

@@ -17,6 +17,7 @@ def test_atomic_save_leaves_no_temp_file_and_keeps_the_old_file_on_failure(tmp_p
 
     def boom(*args, **kwargs):
         raise OSError("disk full")
+
     monkeypatch.setattr(torch, "save", boom)
     with pytest.raises(OSError):
         atomic_save({"a": torch.zeros(2)}, path)

@@ -10,7 +10,15 @@ from training.vae import PHASES, evaluate, fit_latent_normalization, loss_weight
 def test_progressive_schedule_follows_the_config():
     cfg = VAEConfig(steps=100, kl_start=0.1, kl_ramp=0.2, cls_start=0.4, finetune_start=0.7)
     assert [PHASES[phase_of(s, cfg)] for s in (0, 9, 10, 39, 40, 69, 70, 99)] == [
-        "reconstruction", "reconstruction", "kl", "kl", "classifier", "classifier", "finetune", "finetune"]
+        "reconstruction",
+        "reconstruction",
+        "kl",
+        "kl",
+        "classifier",
+        "classifier",
+        "finetune",
+        "finetune",
+    ]
     w = [loss_weights(s, cfg) for s in (0, 20, 30, 40, 55, 70, 99)]
     assert w[0]["kl"] == 0 and w[0]["cls"] == 0 and w[0]["pixel"] == cfg.pixel_weight
     assert w[1]["kl"] == pytest.approx(cfg.kl_weight / 2) and w[2]["kl"] == pytest.approx(cfg.kl_weight)

@@ -1,4 +1,5 @@
 """Every figure function writes a real, decodable file; none touches the global RNG or leaves a mode changed."""
+
 import imageio.v3 as iio
 import matplotlib.pyplot as plt
 import numpy as np
@@ -8,8 +9,15 @@ from PIL import Image
 
 from data import Split
 from models import ConditionalDenoiseDiffusion, ConditionalUNet, SimpleAutoencoder
-from visualization import (create_diffusion_animation, generate_samples_grid, plot_loss_curves, record_trajectory,
-                           visualize_denoising_steps, visualize_latent_space, visualize_reconstructions)
+from visualization import (
+    create_diffusion_animation,
+    generate_samples_grid,
+    plot_loss_curves,
+    record_trajectory,
+    visualize_denoising_steps,
+    visualize_latent_space,
+    visualize_reconstructions,
+)
 from visualization.denoising import decode_latents
 
 FAST = dict(steps=6, guidance_scale=2.0)
@@ -65,7 +73,9 @@ def test_latent_space_with_separability_in_the_title(models, held, tmp_path, mon
 
 
 def test_samples_grid_has_one_row_per_class(models, tmp_path):
-    path = generate_samples_grid(*models, tmp_path / "g.png", num_per_class=4, generator=torch.Generator().manual_seed(0), **FAST)
+    path = generate_samples_grid(
+        *models, tmp_path / "g.png", num_per_class=4, generator=torch.Generator().manual_seed(0), **FAST
+    )
     w, h = png_size(path)
     assert w > h > 100
 
@@ -80,8 +90,9 @@ def test_trajectory_ends_at_the_sample(models):
 
 def test_denoising_path_is_drawn_from_the_same_trajectory_as_the_images(models, held, tmp_path):
     ae, diffusion = models
-    drawn = visualize_denoising_steps(ae, diffusion, held, tmp_path / "d.png", num_shown=4,
-                                      generator=torch.Generator().manual_seed(0), **FAST)
+    drawn = visualize_denoising_steps(
+        ae, diffusion, held, tmp_path / "d.png", num_shown=4, generator=torch.Generator().manual_seed(0), **FAST
+    )
     assert png_size(drawn["path"])[1] > 400
     for name in ("cat", "dog"):
         d = drawn[name]
@@ -93,8 +104,17 @@ def test_denoising_path_is_drawn_from_the_same_trajectory_as_the_images(models, 
 
 
 def test_animation_frames_and_timing(models, tmp_path):
-    path = create_diffusion_animation(*models, "dog", tmp_path / "a.gif", num_frames=5, fps=4, num_samples=2,
-                                      generator=torch.Generator().manual_seed(0), hold_last_ms=1000, **FAST)
+    path = create_diffusion_animation(
+        *models,
+        "dog",
+        tmp_path / "a.gif",
+        num_frames=5,
+        fps=4,
+        num_samples=2,
+        generator=torch.Generator().manual_seed(0),
+        hold_last_ms=1000,
+        **FAST,
+    )
     frames = iio.imread(path, index=None)
     assert frames.shape[0] == 5 and frames.shape[1] > 96
     meta = iio.immeta(path, index=0)
@@ -109,11 +129,17 @@ def test_animation_runs_enough_steps_for_the_frames_asked(models, tmp_path):
 
 def test_loss_curves_from_metrics_files(tmp_path):
     vae = tmp_path / "v.jsonl"
-    vae.write_text("\n".join(
-        f'{{"step": {s}, "total": {1 / s}, "pixel": {1 / s}, "kl": 300, "cls": 0.7, "center": 1.0, '
-        f'"phase": "{"reconstruction" if s < 5 else "kl"}"}}' for s in range(1, 10)))
+    vae.write_text(
+        "\n".join(
+            f'{{"step": {s}, "total": {1 / s}, "pixel": {1 / s}, "kl": 300, "cls": 0.7, "center": 1.0, '
+            f'"phase": "{"reconstruction" if s < 5 else "kl"}"}}'
+            for s in range(1, 10)
+        )
+    )
     diff = tmp_path / "d.jsonl"
-    diff.write_text("\n".join(f'{{"step": {s}, "total": 0.5, "loss_quartiles": [0.9, 0.5, 0.3, 0.1]}}' for s in range(1, 5)))
+    diff.write_text(
+        "\n".join(f'{{"step": {s}, "total": 0.5, "loss_quartiles": [0.9, 0.5, 0.3, 0.1]}}' for s in range(1, 5))
+    )
     path = plot_loss_curves(vae, diff, tmp_path / "c.png")
     assert png_size(path)[0] > 800
     assert plot_loss_curves(tmp_path / "none.jsonl", tmp_path / "none2.jsonl", tmp_path / "e.png").is_file()
