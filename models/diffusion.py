@@ -51,12 +51,13 @@ class ConditionalDenoiseDiffusion:
         *,
         schedule: str = "cosine",
         class_dropout: float = 0.1,
+        min_snr_gamma: float = 0.0,
     ):
         if schedule not in SCHEDULES:
             raise UserInputError(f"unknown schedule {schedule!r}: use one of {', '.join(SCHEDULES)}")
         if n_steps < 2:
             raise UserInputError(f"n_steps must be at least 2, got {n_steps}")
-        self.model, self.n_steps, self.class_dropout = model, n_steps, class_dropout
+        self.model, self.n_steps, self.class_dropout, self.min_snr_gamma = model, n_steps, class_dropout, min_snr_gamma
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.alphas_cumprod = SCHEDULES[schedule](n_steps).float().to(self.device)  # (T,)
 
@@ -72,9 +73,11 @@ class ConditionalDenoiseDiffusion:
         generator: torch.Generator | None = None,
         model: nn.Module | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Eps-prediction MSE with class dropout; returns (mean loss, timesteps (N,), per-sample loss (N,)).
+        """Eps-prediction MSE with class dropout; returns (loss, timesteps (N,), unweighted per-sample MSE (N,)).
 
-        `model` overrides the wrapped network (e.g. its DistributedDataParallel or compiled wrapper)."""
+        With min_snr_gamma > 0 each sample is weighted by min(SNR_t, gamma) / SNR_t (Min-SNR, Hang et al. 2023),
+        which stops the nearly noise-free timesteps from dominating training. `model` overrides the wrapped network
+        (e.g. its DistributedDataParallel or compiled wrapper)."""
         n = z0.shape[0]
         t = torch.randint(0, self.n_steps, (n,), device=z0.device, generator=generator)
         eps = torch.randn(z0.shape, device=z0.device, dtype=z0.dtype, generator=generator)
@@ -82,7 +85,11 @@ class ConditionalDenoiseDiffusion:
         y = torch.where(drop, torch.full_like(y, self.model.null_class), y)
         eps_hat = (model or self.model)(self.q_sample(z0, t, eps), t, y)
         per_sample = F.mse_loss(eps_hat.float(), eps, reduction="none").mean(dim=1)  # (N,)
-        return per_sample.mean(), t, per_sample
+        if self.min_snr_gamma <= 0:
+            return per_sample.mean(), t, per_sample
+        a = self.alphas_cumprod[t]
+        snr = a / (1 - a)
+        return (per_sample * snr.clamp(max=self.min_snr_gamma) / snr).mean(), t, per_sample
 
     def predict_eps(
         self, z_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor, guidance_scale: float = 1.0

@@ -64,7 +64,7 @@ class VAEConfig:
     perceptual_weight: float = opt(
         0.1, "weight of the VGG16 perceptual loss (0 disables it; off if weights are unavailable)"
     )
-    kl_weight: float = opt(1e-5, "final KL weight (KL summed over latent dims, pixel loss averaged over pixels)")
+    kl_weight: float = opt(1e-4, "final KL weight (KL summed over latent dims, pixel loss averaged over pixels)")
     cls_weight: float = opt(0.01, "final weight of the latent classifier's cross-entropy")
     center_weight: float = opt(
         0.01, "final weight of the center loss (mean squared distance of mu to its class center)"
@@ -85,6 +85,7 @@ class DiffusionConfig:
     n_steps: int = opt(1000, "diffusion timesteps")
     schedule: str = opt("cosine", "noise schedule", choices=("cosine", "linear"))
     class_dropout: float = opt(0.1, "probability of replacing the label by the null class (classifier-free guidance)")
+    min_snr_gamma: float = opt(5.0, "Min-SNR loss weighting min(SNR, gamma)/SNR (Hang et al. 2023); 0 = plain MSE")
     normalize_latents: bool = opt(True, "scale latents to unit variance per dimension (stats stored in the VAE file)")
 
 
@@ -94,8 +95,8 @@ class SampleConfig:
 
     sampler: str = opt("ddim", "reverse-process sampler", choices=("ddim", "ddpm"))
     sample_steps: int = opt(50, "sampler steps (1000 with ddpm = the full ancestral chain)")
-    eta: float = opt(0.0, "DDIM stochasticity: 0 deterministic, 1 DDPM-like")
-    guidance_scale: float = opt(2.0, "classifier-free guidance scale (1.0 = off)")
+    eta: float = opt(1.0, "DDIM stochasticity: 0 deterministic, 1 DDPM-like")
+    guidance_scale: float = opt(8.0, "classifier-free guidance scale (1.0 = off)")
     num_samples: int = opt(64, "images per class (sample command) or in total (sample grids)")
     target_class: str = opt("both", "sample command: cat, dog, 0, 1 or both", flag="--class")
     sample_seed: int | None = opt(None, "seed for sampling (default: the run's --seed)")

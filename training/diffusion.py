@@ -84,7 +84,12 @@ def train_diffusion(
     """Train the denoiser for cfg.steps on cached latents; write the EMA weights as the public state dict.
     `visualize(step, diffusion)` is called every ctx.visualize_every steps with a diffusion around the EMA model."""
     diffusion = ConditionalDenoiseDiffusion(
-        unet, cfg.n_steps, ctx.device, schedule=cfg.schedule, class_dropout=cfg.class_dropout
+        unet,
+        cfg.n_steps,
+        ctx.device,
+        schedule=cfg.schedule,
+        class_dropout=cfg.class_dropout,
+        min_snr_gamma=cfg.min_snr_gamma,
     )
     if not cfg.normalize_latents:  # the ablation: diffusion on raw VAE latents; the VAE file records it
         autoencoder.latent_shift.zero_()

@@ -118,7 +118,7 @@ def _draw_path(ax, real_2d, real_y, path_2d, label: int, name: str) -> None:
     )
     ax.set_xlabel("PC 1 of real latents")
     ax.set_ylabel("PC 2")
-    ax.legend(fontsize=7, loc="best", ncol=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
 
 
 def _label_frame(frame: np.ndarray, text: str, scale: int) -> np.ndarray:

@@ -150,3 +150,16 @@ def test_sampler_options_out_of_range_are_refused(kwargs, message):
     diffusion = ConditionalDenoiseDiffusion(_Toy(), n_steps=1000, device="cpu")
     with pytest.raises(UserInputError, match=message):
         diffusion.sample(torch.tensor([0]), **kwargs)
+
+
+def test_min_snr_weighting_scales_each_sample_by_min_snr_gamma_over_snr():
+    toy = _Toy()
+    plain = ConditionalDenoiseDiffusion(toy, n_steps=100, device="cpu")
+    weighted = ConditionalDenoiseDiffusion(toy, n_steps=100, device="cpu", min_snr_gamma=5.0)
+    z0, y = torch.randn(64, 8), torch.zeros(64, dtype=torch.long)
+    loss_p, t_p, per_p = plain.loss(z0, y, torch.Generator().manual_seed(0))
+    loss_w, t_w, per_w = weighted.loss(z0, y, torch.Generator().manual_seed(0))
+    assert torch.equal(t_p, t_w) and torch.allclose(per_p, per_w) and torch.isclose(loss_p, per_p.mean())
+    snr = plain.alphas_cumprod[t_p] / (1 - plain.alphas_cumprod[t_p])
+    assert torch.isclose(loss_w, (per_p * torch.clamp(snr, max=5.0) / snr).mean())
+    assert loss_w < loss_p  # low-noise timesteps (SNR > 5) are down-weighted

@@ -91,3 +91,15 @@ def test_check_finite_names_the_bad_term():
     check_finite({"total": 1.0}, 3, "vae")
     with pytest.raises(FloatingPointError, match=r"kl.*step 7.*--vae-lr"):
         check_finite({"total": 1.0, "kl": float("nan")}, 7, "vae")
+
+
+def test_compile_falls_back_to_eager_where_unavailable(monkeypatch, caplog):
+    import torch._dynamo
+
+    from training.common import maybe_compile
+
+    model = nn.Linear(2, 2)
+    assert maybe_compile(model, False) is model
+    monkeypatch.setattr(torch._dynamo, "is_dynamo_supported", lambda: False)
+    assert maybe_compile(model, True) is model
+    assert "torch.compile unavailable" in caplog.text

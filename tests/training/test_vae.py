@@ -70,3 +70,23 @@ def test_evaluate_reports_psnr_and_accuracy():
     scores = evaluate(ae, data, torch.device("cpu"), batch_size=4)
     assert 0 < scores["psnr"] < 40 and 0 <= scores["latent_acc"] <= 1
     assert ae.training  # evaluate restored the mode it found
+
+
+def test_missing_vgg_weights_mean_a_warning_and_no_perceptual_term(monkeypatch, caplog):
+    import urllib.error
+
+    import torchvision
+
+    from training.perceptual import VGGPerceptualLoss, load_perceptual_loss
+
+    # with weights (random here: the cost and the interface do not depend on them) the term is a positive scalar
+    loss = VGGPerceptualLoss(torchvision.models.vgg16().features)
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(torchvision.models, "vgg16", offline)
+    assert load_perceptual_loss(torch.device("cpu")) is None
+    assert "VGG16 weights unavailable" in caplog.text and "without the perceptual loss" in caplog.text
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    assert loss(x, x).item() == pytest.approx(0.0, abs=1e-6) and loss(x.flip(3), x).item() > 0
