@@ -87,68 +87,87 @@ def load_splits(run) -> tuple:
 
 def train(cfg: dict) -> None:
     """Run the stages in order: data, VAE (unless done), diffusion (unless done), figures."""
-    run, smp = cfg["run"], cfg["sample"]
+    run = cfg["run"]
     ctx = make_context(run)
     setup_logging(ctx.out_dir, ctx.is_main)
     train_set, held = load_splits(run)
-    stage_gen = lambda offset: torch.Generator(ctx.device).manual_seed(run.seed + offset + 7919 * ctx.rank)  # noqa: E731
     torch.manual_seed(run.seed)  # model initialisation only; identical on every rank
     autoencoder, unet = SimpleAutoencoder().to(ctx.device), ConditionalUNet().to(ctx.device)
-    sample_kw = dict(sampler=smp.sampler, steps=smp.sample_steps, eta=smp.eta, guidance_scale=smp.guidance_scale)
-    seed = smp.sample_seed if smp.sample_seed is not None else run.seed
-    vae_done = (ctx.out_dir / AUTOENCODER_FILE).is_file() and not run.retrain_vae
-    if vae_done:
-        log.info("VAE checkpoint found, skipping VAE training (--retrain-vae to train it again)")
-        load_weights(autoencoder, ctx.out_dir / AUTOENCODER_FILE, ctx.device)
-    else:
-        write_config(cfg, ctx)
-        with timed(ctx, "vae_seconds"):
-            train_vae(
-                autoencoder,
-                train_set,
-                held,
-                cfg["vae"],
-                ctx,
-                stage_gen(1),
-                lambda step, ae: write_vae_figures(ae, held, ctx.out_dir, f"step_{step}"),
-            )
-        ctx.resume = False  # a new VAE makes any earlier diffusion state stale
-        if ctx.is_main and run.figures:
-            write_vae_figures(autoencoder, held, ctx.out_dir, "final")
+    vae_trained = vae_stage(autoencoder, train_set, held, cfg, ctx)
     write_config(cfg, ctx)
-    if vae_done and (ctx.out_dir / DIFFUSION_FILE).is_file() and not run.retrain_diffusion:
-        log.info("diffusion checkpoint found, skipping diffusion training (--retrain-diffusion to train it again)")
-        load_weights(unet, ctx.out_dir / DIFFUSION_FILE, ctx.device)
-    else:
-        with timed(ctx, "diffusion_seconds"):
-            train_diffusion(
-                unet,
-                autoencoder,
-                train_set,
-                cfg["diffusion"],
-                ctx,
-                stage_gen(2),
-                lambda step, diff: write_diffusion_figures(
-                    autoencoder,
-                    diff,
-                    held,
-                    ctx.out_dir,
-                    f"step_{step}",
-                    sample_kw,
-                    seed,
-                    smp.num_samples,
-                    animations=False,
-                ),
-            )
+    diffusion_stage(unet, autoencoder, train_set, held, cfg, ctx, vae_trained)
     if ctx.is_main and run.figures:
-        d = cfg["diffusion"]
+        d, smp = cfg["diffusion"], cfg["sample"]
         diffusion = ConditionalDenoiseDiffusion(unet.eval(), d.n_steps, ctx.device, schedule=d.schedule)
         with timed(ctx, "figures_seconds"):
             write_diffusion_figures(
-                autoencoder.eval(), diffusion, held, ctx.out_dir, "final", sample_kw, seed, smp.num_samples
+                autoencoder.eval(),
+                diffusion,
+                held,
+                ctx.out_dir,
+                "final",
+                sampler_kwargs(smp),
+                sample_seed(cfg),
+                smp.num_samples,
             )
             write_loss_curves(ctx.out_dir)
     write_config(cfg, ctx)
+
+
+def stage_generator(cfg: dict, ctx, offset: int) -> torch.Generator:
+    """The generator of one stage: its own seed, different on every rank (each draws its own batches)."""
+    return torch.Generator(ctx.device).manual_seed(cfg["run"].seed + offset + 7919 * ctx.rank)
+
+
+def sampler_kwargs(smp) -> dict:
+    """The sampler options of a SampleConfig, as generate_class_samples takes them."""
+    return dict(sampler=smp.sampler, steps=smp.sample_steps, eta=smp.eta, guidance_scale=smp.guidance_scale)
+
+
+def sample_seed(cfg: dict) -> int:
+    """--sample-seed, or the run's --seed."""
+    return cfg["sample"].sample_seed if cfg["sample"].sample_seed is not None else cfg["run"].seed
+
+
+def vae_stage(autoencoder, train_set, held, cfg: dict, ctx) -> bool:
+    """Train the VAE, or load it when its checkpoint exists; return whether it was trained now."""
+    if (ctx.out_dir / AUTOENCODER_FILE).is_file() and not cfg["run"].retrain_vae:
+        log.info("VAE checkpoint found, skipping VAE training (--retrain-vae to train it again)")
+        load_weights(autoencoder, ctx.out_dir / AUTOENCODER_FILE, ctx.device)
+        return False
+    write_config(cfg, ctx)
+    figures = lambda step, ae: write_vae_figures(ae, held, ctx.out_dir, f"step_{step}")  # noqa: E731
+    with timed(ctx, "vae_seconds"):
+        train_vae(autoencoder, train_set, held, cfg["vae"], ctx, stage_generator(cfg, ctx, 1), figures)
+    ctx.resume = False  # a new VAE makes any earlier diffusion state stale
+    if ctx.is_main and cfg["run"].figures:
+        write_vae_figures(autoencoder, held, ctx.out_dir, "final")
+    return True
+
+
+def diffusion_stage(unet, autoencoder, train_set, held, cfg: dict, ctx, vae_trained: bool) -> None:
+    """Train the diffusion model, or load it when its checkpoint exists and the VAE did not change."""
+    if not vae_trained and (ctx.out_dir / DIFFUSION_FILE).is_file() and not cfg["run"].retrain_diffusion:
+        log.info("diffusion checkpoint found, skipping diffusion training (--retrain-diffusion to train it again)")
+        load_weights(unet, ctx.out_dir / DIFFUSION_FILE, ctx.device)
+        return
+    smp = cfg["sample"]
+
+    def figures(step, diffusion):
+        write_diffusion_figures(
+            autoencoder,
+            diffusion,
+            held,
+            ctx.out_dir,
+            f"step_{step}",
+            sampler_kwargs(smp),
+            sample_seed(cfg),
+            smp.num_samples,
+            animations=False,
+        )
+
+    with timed(ctx, "diffusion_seconds"):
+        train_diffusion(unet, autoencoder, train_set, cfg["diffusion"], ctx, stage_generator(cfg, ctx, 2), figures)
 
 
 @contextlib.contextmanager
@@ -167,19 +186,11 @@ def sample(cfg: dict) -> None:
     setup_logging(None, True)
     labels = list(range(len(CLASS_NAMES))) if s.target_class == "both" else [class_index(s.target_class)]
     autoencoder, diffusion = load_pipeline(ctx.out_dir, ctx.device)
-    seed = s.sample_seed if s.sample_seed is not None else run.seed
+    seed = sample_seed(cfg)
     gen = torch.Generator(ctx.device).manual_seed(seed)
     for label in labels:
         images = generate_class_samples(
-            autoencoder,
-            diffusion,
-            label,
-            s.num_samples,
-            sampler=s.sampler,
-            steps=s.sample_steps,
-            eta=s.eta,
-            guidance_scale=s.guidance_scale,
-            generator=gen,
+            autoencoder, diffusion, label, s.num_samples, generator=gen, **sampler_kwargs(s)
         )
         folder = ctx.out_dir / "samples" / f"{CLASS_NAMES[label]}_seed{seed}"
         save_samples(images, folder, CLASS_NAMES[label], npz=s.save_npz)
@@ -198,9 +209,8 @@ def evaluate(cfg: dict, given: set[str]) -> None:
         run = dataclasses.replace(run, **{k: recorded[k] for k in DATA | {"seed"} if k not in given})
     train_set, held = load_splits(run)
     autoencoder, diffusion = load_pipeline(ctx.out_dir, ctx.device, raw_weights=cfg["eval"].weights == "raw")
-    sample_kw = dict(sampler=s.sampler, steps=s.sample_steps, eta=s.eta, guidance_scale=s.guidance_scale)
-    seed = s.sample_seed if s.sample_seed is not None else run.seed
-    result = evaluate_run(autoencoder, diffusion, train_set, held, ctx.out_dir, cfg["eval"], sample_kw, seed)
+    seed = s.sample_seed if s.sample_seed is not None else run.seed  # run.seed may come from the run's config.json
+    result = evaluate_run(autoencoder, diffusion, train_set, held, ctx.out_dir, cfg["eval"], sampler_kwargs(s), seed)
     print(format_table(result))
     print(f"written to {ctx.out_dir / (cfg['eval'].name + '.json')}")
 

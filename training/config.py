@@ -64,7 +64,7 @@ class VAEConfig:
     perceptual_weight: float = opt(
         0.1, "weight of the VGG16 perceptual loss (0 disables it; off if weights are unavailable)"
     )
-    kl_weight: float = opt(1e-4, "final KL weight (KL summed over latent dims, pixel loss averaged over pixels)")
+    kl_weight: float = opt(1e-5, "final KL weight (KL summed over latent dims, pixel loss averaged over pixels)")
     cls_weight: float = opt(0.01, "final weight of the latent classifier's cross-entropy")
     center_weight: float = opt(
         0.01, "final weight of the center loss (mean squared distance of mu to its class center)"
@@ -85,7 +85,7 @@ class DiffusionConfig:
     n_steps: int = opt(1000, "diffusion timesteps")
     schedule: str = opt("cosine", "noise schedule", choices=("cosine", "linear"))
     class_dropout: float = opt(0.1, "probability of replacing the label by the null class (classifier-free guidance)")
-    min_snr_gamma: float = opt(5.0, "Min-SNR loss weighting min(SNR, gamma)/SNR (Hang et al. 2023); 0 = plain MSE")
+    min_snr_gamma: float = opt(0.0, "Min-SNR loss weighting min(SNR, gamma)/SNR (Hang et al. 2023); 0 = plain MSE")
     normalize_latents: bool = opt(True, "scale latents to unit variance per dimension (stats stored in the VAE file)")
 
 

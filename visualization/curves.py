@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -18,18 +19,18 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
-def _phase_starts(records: list[dict]) -> list[tuple[int, str]]:
-    starts, last = [], None
-    for r in records:
-        if r.get("phase") and r["phase"] != last:
-            starts.append((r["step"], r["phase"]))
-            last = r["phase"]
-    return starts
+def phase_starts(vae_config: dict) -> list[tuple[int, str]]:
+    """(step, name) where each VAE phase after the first begins, from the run's VAE config (fractions of steps)."""
+    names = ("kl", "classifier", "finetune")
+    keys = ("kl_start", "cls_start", "finetune_start")
+    return [(math.ceil(vae_config[k] * vae_config["steps"]), name) for k, name in zip(keys, names)]
 
 
-def plot_loss_curves(vae_metrics: str | Path, diffusion_metrics: str | Path, path: str | Path) -> Path:
-    """Two panels (log scale): every VAE loss term with its phase boundaries marked; the diffusion loss overall
-    and per timestep quartile."""
+def plot_loss_curves(
+    vae_metrics: str | Path, diffusion_metrics: str | Path, path: str | Path, vae_config: dict | None = None
+) -> Path:
+    """Two panels (log scale): every VAE loss term, with its phase boundaries marked when `vae_config` (the run's
+    config.json "vae" section) is given; the diffusion loss overall and per timestep quartile."""
     vae = [r for r in read_jsonl(vae_metrics) if "total" in r]
     diff = [r for r in read_jsonl(diffusion_metrics) if "total" in r]
     fig, (ax_v, ax_d) = plt.subplots(1, 2, figsize=(12, 4.2))
@@ -37,7 +38,7 @@ def plot_loss_curves(vae_metrics: str | Path, diffusion_metrics: str | Path, pat
         points = [(r["step"], r[term]) for r in vae if r.get(term, 0) > 0]
         if points:
             ax_v.plot(*zip(*points), label=term, lw=1.5 if term == "total" else 1)
-    for step, phase in _phase_starts(vae)[1:]:
+    for step, phase in phase_starts(vae_config) if vae_config else []:
         ax_v.axvline(step, color="grey", ls="--", lw=0.8)
         ax_v.text(step, 1.0, f" {phase}", transform=ax_v.get_xaxis_transform(), fontsize=8, va="top", rotation=90)
     ax_v.set(yscale="log", xlabel="step", ylabel="loss (unweighted)", title="VAE losses (dashed: phase starts)")

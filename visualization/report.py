@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -81,9 +82,14 @@ def write_diffusion_figures(
 
 
 def write_loss_curves(out_dir: Path) -> Path:
-    """Loss curves of both stages from the run's metrics files."""
+    """Loss curves of both stages from the run's metrics files (phase boundaries from its config.json)."""
+    config = out_dir / "config.json"
+    vae_config = json.loads(config.read_text())["vae"] if config.is_file() else None
     path = plot_loss_curves(
-        out_dir / "metrics_vae.jsonl", out_dir / "metrics_diffusion.jsonl", out_dir / "curves" / "loss_curves.png"
+        out_dir / "metrics_vae.jsonl",
+        out_dir / "metrics_diffusion.jsonl",
+        out_dir / "curves" / "loss_curves.png",
+        vae_config,
     )
     log.info("wrote %s", path)
     return path

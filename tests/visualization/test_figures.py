@@ -18,6 +18,7 @@ from visualization import (
     visualize_latent_space,
     visualize_reconstructions,
 )
+from visualization.curves import phase_starts
 from visualization.denoising import decode_latents
 
 FAST = dict(steps=6, guidance_scale=2.0)
@@ -140,6 +141,8 @@ def test_loss_curves_from_metrics_files(tmp_path):
     diff.write_text(
         "\n".join(f'{{"step": {s}, "total": 0.5, "loss_quartiles": [0.9, 0.5, 0.3, 0.1]}}' for s in range(1, 5))
     )
-    path = plot_loss_curves(vae, diff, tmp_path / "c.png")
+    config = {"steps": 10, "kl_start": 0.1, "cls_start": 0.4, "finetune_start": 0.7}
+    assert phase_starts(config) == [(1, "kl"), (4, "classifier"), (7, "finetune")]
+    path = plot_loss_curves(vae, diff, tmp_path / "c.png", config)
     assert png_size(path)[0] > 800
     assert plot_loss_curves(tmp_path / "none.jsonl", tmp_path / "none2.jsonl", tmp_path / "e.png").is_file()
