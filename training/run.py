@@ -150,7 +150,8 @@ def load_pipeline(
         load_weights(unet, out_dir / DIFFUSION_FILE, device)
     cfg = DiffusionConfig()
     config_path = out_dir / "config.json"
-    if config_path.is_file():
-        cfg = DiffusionConfig(**json.loads(config_path.read_text()).get("diffusion", {}))
+    if config_path.is_file():  # schedule and length of the run; keys of other versions are ignored
+        recorded = json.loads(config_path.read_text()).get("diffusion", {})
+        cfg = DiffusionConfig(**{f.name: recorded[f.name] for f in dataclasses.fields(cfg) if f.name in recorded})
     diffusion = ConditionalDenoiseDiffusion(unet.eval(), cfg.n_steps, device, schedule=cfg.schedule)
     return autoencoder.eval(), diffusion
