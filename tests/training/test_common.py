@@ -33,7 +33,7 @@ class Evil:
 def test_a_pickle_that_runs_code_is_refused(tmp_path):
     path = tmp_path / "evil.pt"
     with open(path, "wb") as f:
-        pickle.dump({"weight": Evil()}, f)
+        pickle.dump({"weight": Evil()}, f, protocol=2)
     with pytest.raises(UserInputError, match="refused to load .*evil.pt"):
         load_file(path)
 
