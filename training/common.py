@@ -210,13 +210,6 @@ class MetricsLog:
             f.write(json.dumps(record) + "\n")
 
 
-def read_metrics(path: Path) -> list[dict]:
-    """All records of a metrics file (none if it does not exist)."""
-    if not Path(path).is_file():
-        return []
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-
-
 def check_finite(losses: dict[str, float], step: int, stage: str) -> None:
     """Stop the stage with a clear message on a NaN or inf loss (the last saved state stays intact)."""
     bad = [k for k, v in losses.items() if not math.isfinite(v)]
