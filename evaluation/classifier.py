@@ -10,7 +10,7 @@ from torch import nn
 from tqdm import tqdm
 
 from data import Split, augment, to_model_range
-from models.generate import eval_mode
+from models.batched import eval_mode
 
 log = logging.getLogger(__name__)
 

@@ -13,24 +13,18 @@ import torch
 from data import CLASS_NAMES, Split, to_model_range, to_unit_range
 from evaluation.classifier import CatDogClassifier, classify, train_classifier
 from evaluation.metrics import InceptionMetrics, frechet_distance, psnr, ssim
-from models.generate import eval_mode, generate_class_samples
+from models.batched import reconstruct_images
+from models.generate import generate_class_samples
 from training.common import atomic_save, load_weights
 
 log = logging.getLogger(__name__)
 CLASSIFIER_FILE = "catdog_classifier.pt"
 
 
-@torch.no_grad()
-def reconstruction_scores(autoencoder, held: Split, device: torch.device, batch_size: int = 500) -> dict[str, float]:
+def reconstruction_scores(autoencoder, held: Split) -> dict[str, float]:
     """PSNR and SSIM of held-out images against their reconstructions from mu."""
-    originals, recons = [], []
-    with eval_mode(autoencoder):
-        for start in range(0, len(held), batch_size):
-            x = to_model_range(held.x[start : start + batch_size].to(device))
-            recons.append(to_unit_range(autoencoder.decode(autoencoder.encode(x)[0])).cpu())
-            originals.append(to_unit_range(x).cpu())
-    a, b = torch.cat(originals), torch.cat(recons)
-    return {"psnr": psnr(a, b), "ssim": ssim(a, b)}
+    originals, recons = to_unit_range(to_model_range(held.x)), reconstruct_images(autoencoder, held.x)
+    return {"psnr": psnr(originals, recons), "ssim": ssim(originals, recons)}
 
 
 def get_classifier(
@@ -106,7 +100,7 @@ def evaluate_run(
     judge, judge_acc = get_classifier(out_dir, train, held, eval_cfg, device, seed)
     samples, rate = sample_classes(autoencoder, diffusion, eval_cfg.samples_per_class, sample_kwargs, seed)
     result = {
-        "reconstruction": reconstruction_scores(autoencoder, held, device),
+        "reconstruction": reconstruction_scores(autoencoder, held),
         "classifier_real_accuracy": judge_acc,
         "samples": sample_scores(samples, held, judge, inception),
         "sampling": {

@@ -3,29 +3,12 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from data import class_index, to_unit_range
 from errors import UserInputError
+from models.batched import eval_mode
 from models.diffusion import ConditionalDenoiseDiffusion, check_sampler_options
 from models.vae import SimpleAutoencoder
-
-
-class eval_mode:
-    """Context manager: put modules in eval mode and restore each one's previous mode on exit."""
-
-    def __init__(self, *modules: nn.Module):
-        self.modules = modules
-
-    def __enter__(self):
-        self.modes = [[m.training for m in module.modules()] for module in self.modules]
-        for module in self.modules:
-            module.eval()
-
-    def __exit__(self, *exc):
-        for module, modes in zip(self.modules, self.modes):
-            for m, mode in zip(module.modules(), modes):
-                m.train(mode)
 
 
 def _make_generator(

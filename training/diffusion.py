@@ -6,9 +6,9 @@ import logging
 
 import torch
 
-from data import Split, to_model_range
+from data import Split
 from models.diffusion import ConditionalDenoiseDiffusion
-from models.generate import eval_mode
+from models.batched import encode_images
 from models.unet import ConditionalUNet
 from models.vae import SimpleAutoencoder
 from training.common import (
@@ -31,24 +31,17 @@ from training.config import DiffusionConfig
 log = logging.getLogger(__name__)
 
 
-@torch.no_grad()
-def encode_dataset(
-    autoencoder: SimpleAutoencoder, data: Split, device: torch.device, batch_size: int = 500
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Encode every image and its mirror image once: (mu, logvar, y), with mu/logvar (2N, D) on `device`.
+def encode_dataset(autoencoder: SimpleAutoencoder, data: Split) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Encode every image and its mirror image once: (mu, logvar, y), with mu/logvar (2N, D) on the VAE's device.
 
     The mirrors are the latent-space counterpart of flip augmentation, paid for once instead of per step.
     """
-    mus, logvars = [], []
-    with eval_mode(autoencoder):
-        for flip in (False, True):
-            for start in range(0, len(data), batch_size):
-                x = to_model_range(data.x[start : start + batch_size].to(device))
-                mu, logvar = autoencoder.encode(x.flip(3) if flip else x)
-                mus.append(mu)
-                logvars.append(logvar)
-    y = data.y.to(device)
-    return torch.cat(mus), torch.cat(logvars), torch.cat([y, y])
+    (mu, logvar), (mu_flip, logvar_flip) = (
+        encode_images(autoencoder, data.x),
+        encode_images(autoencoder, data.x, flip=True),
+    )
+    y = data.y.to(mu.device)
+    return torch.cat([mu, mu_flip]), torch.cat([logvar, logvar_flip]), torch.cat([y, y])
 
 
 def quartile_losses(t: torch.Tensor, per_sample: torch.Tensor, n_steps: int) -> torch.Tensor:
@@ -96,7 +89,7 @@ def train_diffusion(
         autoencoder.latent_scale.fill_(1.0)
         if ctx.is_main:
             save_weights(autoencoder, ctx.out_dir / AUTOENCODER_FILE)
-    mu, logvar, y_all = encode_dataset(autoencoder, train, ctx.device)
+    mu, logvar, y_all = encode_dataset(autoencoder, train)
     optimizer = make_optimizer(unet, cfg.lr, cfg.weight_decay, ctx.device)
     scheduler = warmup_cosine(optimizer, cfg.warmup_steps, cfg.steps)
     ema = EMA(unet, cfg.ema_decay)

@@ -8,8 +8,9 @@ import logging
 import torch
 import torch.nn.functional as F
 
-from data import Split, augment, to_model_range
-from models.generate import eval_mode
+from data import Split, augment, to_model_range, to_unit_range
+from evaluation.metrics import psnr
+from models.batched import encode_images, eval_mode, reconstruct_images
 from models.vae import SimpleAutoencoder
 from training.common import (
     AUTOENCODER_FILE,
@@ -87,32 +88,20 @@ def train_step(model, optimizer, scheduler, x, y, weights, perceptual, cfg, ctx,
 
 
 @torch.no_grad()
-def evaluate(model: SimpleAutoencoder, data: Split, device: torch.device, batch_size: int = 500) -> dict[str, float]:
+def evaluate(model: SimpleAutoencoder, data: Split) -> dict[str, float]:
     """Reconstruction PSNR (dB, images in [0, 1], decoding mu) and latent-classifier accuracy on `data`."""
-    mse, correct = [], 0
+    mu, _ = encode_images(model, data.x)
     with eval_mode(model):
-        for start in range(0, len(data), batch_size):
-            x = to_model_range(data.x[start : start + batch_size].to(device))
-            mu, _ = model.encode(x)
-            x_hat = model.decode(mu).clamp(-1, 1)
-            mse.append(((x_hat - x) / 2).pow(2).mean(dim=(1, 2, 3)).cpu())
-            correct += (model.classify(mu).argmax(1).cpu() == data.y[start : start + batch_size]).sum().item()
-    mse = torch.cat(mse)
-    return {"psnr": (-10 * torch.log10(mse.clamp(min=1e-10))).mean().item(), "latent_acc": correct / len(data)}
+        predicted = model.classify(mu).argmax(1).cpu()
+    recon_psnr = psnr(to_unit_range(to_model_range(data.x)), reconstruct_images(model, data.x))
+    return {"psnr": recon_psnr, "latent_acc": (predicted == data.y).float().mean().item()}
 
 
 @torch.no_grad()
-def fit_latent_normalization(
-    model: SimpleAutoencoder, data: Split, device: torch.device, batch_size: int = 500
-) -> None:
+def fit_latent_normalization(model: SimpleAutoencoder, data: Split) -> None:
     """Set latent_shift/latent_scale to the per-dimension mean and std of q(z|x) over `data` (mixture moments)."""
-    mus, variances = [], []
-    with eval_mode(model):
-        for start in range(0, len(data), batch_size):
-            mu, logvar = model.encode(to_model_range(data.x[start : start + batch_size].to(device)))
-            mus.append(mu.double())
-            variances.append(logvar.double().exp())
-    mu, var = torch.cat(mus), torch.cat(variances)
+    mu, logvar = encode_images(model, data.x)
+    mu, var = mu.double(), logvar.double().exp()
     model.latent_shift.copy_(mu.mean(0))
     model.latent_scale.copy_((mu.var(0, unbiased=False) + var.mean(0)).sqrt().clamp(min=1e-4))
 
@@ -164,8 +153,8 @@ def train_vae(
         describe,
         visualize and (lambda step: visualize(step, model)),
     )
-    fit_latent_normalization(model, train, ctx.device)
-    scores = evaluate(model, held, ctx.device)
+    fit_latent_normalization(model, train)
+    scores = evaluate(model, held)
     metrics.write({"step": step, "eval": scores})
     log.info("VAE: held-out PSNR %.2f dB, latent-classifier accuracy %.3f", scores["psnr"], scores["latent_acc"])
     if ctx.is_main:

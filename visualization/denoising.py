@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw
 from sklearn.decomposition import PCA
 
 from data import CLASS_NAMES, Split, class_index, to_unit_range
-from models.generate import eval_mode
+from models.batched import eval_mode
 from visualization.latents import CLASS_COLORS, encode_means, save_figure
 from visualization.samples import ensure_generator, tile
 

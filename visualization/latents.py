@@ -13,7 +13,8 @@ from sklearn.metrics import silhouette_score
 from sklearn.model_selection import cross_val_score
 
 from data import CLASS_NAMES, Split, to_model_range, to_unit_range
-from models.generate import eval_mode
+from evaluation.metrics import psnr
+from models.batched import encode_images, reconstruct_images
 
 CLASS_COLORS = ("tab:orange", "tab:blue")
 
@@ -27,17 +28,9 @@ def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
     return path
 
 
-@torch.no_grad()
-def encode_means(autoencoder, data: Split, batch_size: int = 500) -> torch.Tensor:
-    """Latent means mu (N, D) of `data`, in batches, on the CPU."""
-    device = next(autoencoder.parameters()).device
-    with eval_mode(autoencoder):
-        return torch.cat(
-            [
-                autoencoder.encode(to_model_range(data.x[i : i + batch_size].to(device)))[0].cpu()
-                for i in range(0, len(data), batch_size)
-            ]
-        )
+def encode_means(autoencoder, data: Split) -> torch.Tensor:
+    """Latent means mu (N, D) of `data`, on the CPU."""
+    return encode_images(autoencoder, data.x)[0].cpu()
 
 
 @torch.no_grad()
@@ -47,11 +40,7 @@ def visualize_reconstructions(
     """Held-out originals (top row) above their reconstructions from mu (bottom row), labelled by class."""
     num_images = min(num_images, len(data))
     idx = torch.linspace(0, len(data) - 1, num_images).long()  # both classes, spread over the split
-    x = to_model_range(data.x[idx].to(next(autoencoder.parameters()).device))
-    with eval_mode(autoencoder):
-        x_hat = autoencoder.decode(autoencoder.encode(x)[0])
-    originals, recons = to_unit_range(x).cpu(), to_unit_range(x_hat).cpu()
-    psnr = (-10 * torch.log10((originals - recons).pow(2).mean(dim=(1, 2, 3)).clamp(min=1e-10))).mean().item()
+    originals, recons = to_unit_range(to_model_range(data.x[idx])), reconstruct_images(autoencoder, data.x[idx])
     fig, axes = plt.subplots(2, num_images, figsize=(1.1 * num_images, 2.7), squeeze=False)
     for j in range(num_images):
         for row, images in enumerate((originals, recons)):
@@ -61,7 +50,7 @@ def visualize_reconstructions(
         axes[0, j].set_title(CLASS_NAMES[data.y[idx[j]]], fontsize=9)
     axes[0, 0].set_ylabel("original", fontsize=9)
     axes[1, 0].set_ylabel("reconstruction", fontsize=9)
-    fig.suptitle(f"{title} (PSNR {psnr:.1f} dB on these images)", fontsize=10)
+    fig.suptitle(f"{title} (PSNR {psnr(originals, recons):.1f} dB on these images)", fontsize=10)
     return save_figure(fig, path)
 
 

@@ -58,7 +58,7 @@ def test_vae_loss_falls_when_overfitting_a_tiny_batch():
 def test_latent_normalization_gives_unit_variance():
     ae = SimpleAutoencoder().eval()
     data = Split(torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8), torch.randint(0, 2, (64,)))
-    fit_latent_normalization(ae, data, torch.device("cpu"))
+    fit_latent_normalization(ae, data)
     mu, logvar = ae.encode(to_model_range(data.x))
     z = ae.normalize_latent(ae.reparameterize(mu, logvar, torch.Generator().manual_seed(0)))
     assert z.mean(0).abs().mean() < 0.3 and 0.7 < z.std(0).mean() < 1.3
@@ -67,7 +67,7 @@ def test_latent_normalization_gives_unit_variance():
 def test_evaluate_reports_psnr_and_accuracy():
     ae = SimpleAutoencoder()
     data = Split(torch.randint(0, 256, (10, 3, 32, 32), dtype=torch.uint8), torch.randint(0, 2, (10,)))
-    scores = evaluate(ae, data, torch.device("cpu"), batch_size=4)
+    scores = evaluate(ae, data)
     assert 0 < scores["psnr"] < 40 and 0 <= scores["latent_acc"] <= 1
     assert ae.training  # evaluate restored the mode it found
 
@@ -90,3 +90,19 @@ def test_missing_vgg_weights_mean_a_warning_and_no_perceptual_term(monkeypatch, 
     assert "VGG16 weights unavailable" in caplog.text and "without the perceptual loss" in caplog.text
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     assert loss(x, x).item() == pytest.approx(0.0, abs=1e-6) and loss(x.flip(3), x).item() > 0
+
+
+def test_batched_encoding_equals_one_batch_and_restores_the_mode():
+    from models.batched import encode_images, reconstruct_images
+
+    ae = SimpleAutoencoder().train()
+    x = torch.randint(0, 256, (10, 3, 32, 32), dtype=torch.uint8)
+    mu_small, logvar_small = encode_images(ae, x, batch_size=3)
+    mu_all, logvar_all = encode_images(ae, x, batch_size=500)
+    assert mu_small.shape == (10, 256) and torch.allclose(mu_small, mu_all, atol=1e-5)
+    assert torch.allclose(logvar_small, logvar_all, atol=1e-5)
+    mu_flip, _ = encode_images(ae, x, flip=True)
+    assert torch.allclose(mu_flip, encode_images(ae, x.flip(3))[0], atol=1e-6)
+    recon = reconstruct_images(ae, x, batch_size=4)
+    assert recon.shape == (10, 3, 32, 32) and 0 <= recon.min() and recon.max() <= 1
+    assert ae.training
