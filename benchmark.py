@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from models import ConditionalDenoiseDiffusion, ConditionalUNet, SimpleAutoencoder, generate_class_samples
+from training.common import native_bf16
 from training.perceptual import VGGPerceptualLoss
 from training.run import resolve_device
 from training.vae import vae_losses
@@ -148,7 +149,7 @@ def main() -> None:
     parser.add_argument("--out", help="also write the results as JSON here")
     args = parser.parse_args()
     device = resolve_device(args.device)
-    amp = device.type == "cuda"
+    amp = native_bf16(device)
     big = device.type == "cuda"
     reps = 3 if args.quick else (50 if big else 8)
     vae_b, diff_b, n_fast, n_slow = (1024, 2048, 1000, 1000) if big else (64, 128, 100, 20 if args.quick else 100)

@@ -83,7 +83,7 @@ class ConditionalDenoiseDiffusion:
         eps = torch.randn(z0.shape, device=z0.device, dtype=z0.dtype, generator=generator)
         drop = torch.rand(n, device=z0.device, generator=generator) < self.class_dropout
         y = torch.where(drop, torch.full_like(y, self.model.null_class), y)
-        eps_hat = (model or self.model)(self.q_sample(z0, t, eps), t, y)
+        eps_hat = (self.model if model is None else model)(self.q_sample(z0, t, eps), t, y)
         per_sample = F.mse_loss(eps_hat.float(), eps, reduction="none").mean(dim=1)  # (N,)
         if self.min_snr_gamma <= 0:
             return per_sample.mean(), t, per_sample

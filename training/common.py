@@ -60,8 +60,22 @@ class RunContext:
         return torch.arange(self.rank, n, self.world_size, device=self.device)
 
     def autocast(self):
-        """bf16 autocast on CUDA when amp is on; a no-op context elsewhere."""
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp and self.device.type == "cuda")
+        """bf16 autocast when amp is on (make_context turns it on only where bf16 is native); else a no-op context."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes in bf16 natively: a CUDA GPU that supports it, or a CPU with AVX512-BF16 or AMX
+    (read from /proc/cpuinfo; elsewhere False). Without such hardware bf16 is emulated and slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    try:
+        flags = {word for line in open("/proc/cpuinfo") if line.startswith("flags") for word in line.split()}
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 def atomic_save(obj, path: Path) -> None:

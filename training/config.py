@@ -30,7 +30,7 @@ class RunConfig:
     )
     max_images: int | None = opt(None, "use at most this many training images (half per class); for quick runs")
     threads: int | None = opt(None, "CPU threads for torch (default: torch's choice)")
-    amp: bool = opt(True, "bf16 autocast on CUDA (ignored on the CPU)")
+    amp: bool = opt(True, "bf16 autocast for training where bf16 is native (CUDA; CPUs with AVX512-BF16 or AMX)")
     compile: bool = opt(False, "torch.compile the networks for training (falls back with a warning where unavailable)")
     log_every: int = opt(100, "steps between metric logs (host syncs happen only then)")
     checkpoint_every: int = opt(1000, "steps between resumable training-state checkpoints")
@@ -142,7 +142,7 @@ PRESETS: dict[str, dict[str, dict]] = {
     "cpu": {
         "run": {"log_every": 50, "checkpoint_every": 500},
         "vae": {"steps": 1000, "batch_size": 64, "lr": 2e-3, "warmup_steps": 50, "perceptual_weight": 0.0},
-        "diffusion": {"steps": 1300, "batch_size": 128, "lr": 5e-4, "warmup_steps": 100, "ema_decay": 0.995},
+        "diffusion": {"steps": 2800, "batch_size": 128, "lr": 5e-4, "warmup_steps": 100, "ema_decay": 0.998},
     },
     "smoke": {
         "run": {"max_images": 600, "log_every": 10, "checkpoint_every": 20},

@@ -23,6 +23,7 @@ from training.common import (
     check_state_dict,
     load_file,
     load_weights,
+    native_bf16,
 )
 from training.config import DiffusionConfig, RunConfig
 
@@ -99,7 +100,7 @@ def make_context(run: RunConfig) -> RunContext:
     return RunContext(
         device=device,
         out_dir=out_dir,
-        amp=run.amp and device.type == "cuda",
+        amp=run.amp and native_bf16(device),
         compile=run.compile,
         log_every=run.log_every,
         checkpoint_every=run.checkpoint_every,
@@ -118,6 +119,7 @@ def write_config(configs: dict, ctx: RunContext, name: str = "config.json") -> N
     record["run_facts"] = {
         "device": str(ctx.device),
         "world_size": ctx.world_size,
+        "bf16_autocast": ctx.amp,
         "torch": torch.__version__,
         "python": platform.python_version(),
         **ctx.extra,

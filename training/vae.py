@@ -61,6 +61,7 @@ def vae_losses(
 ) -> dict[str, torch.Tensor]:
     """Every loss term, unweighted: pixel MSE, perceptual, KL (summed over dims), cross-entropy, center."""
     x_hat, mu, logvar, _ = model(x, generator)
+    mu, logvar = mu.float(), logvar.float()  # the KL sums 256 terms: never in bf16
     ae = model.module if hasattr(model, "module") else model
     losses = {
         "pixel": F.mse_loss(x_hat.float(), x),

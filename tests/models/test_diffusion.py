@@ -118,6 +118,27 @@ def test_loss_drops_the_class_at_the_configured_rate():
     assert abs((seen[0] == 2).float().mean().item() - 0.25) < 0.03
 
 
+def test_loss_calls_a_wrapper_that_has_no_truth_value():
+    """torch.compile's wrapper raises on bool()/len(): `model or self.model` once broke --compile for diffusion."""
+
+    class Wrapper(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def __len__(self):
+            raise TypeError("no len()")
+
+        def forward(self, *args):
+            return self.inner(*args)
+
+    diffusion = ConditionalDenoiseDiffusion(_Toy(), n_steps=100, device="cpu")
+    gen = torch.Generator().manual_seed(0)
+    z0, y = torch.randn(6, 8), torch.zeros(6, dtype=torch.long)
+    direct = diffusion.loss(z0, y, torch.Generator().manual_seed(0))[0]
+    assert torch.equal(diffusion.loss(z0, y, gen, model=Wrapper(diffusion.model))[0], direct)
+
+
 def test_diffusion_loss_falls_when_overfitting_a_tiny_batch():
     torch.manual_seed(0)
     net = ConditionalUNet()

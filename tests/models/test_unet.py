@@ -1,7 +1,10 @@
 import pytest
 import torch
 
+import torch.nn.functional as F
+
 from models import ConditionalUNet
+from models.unet import depth_to_space, depthwise_conv3x3, space_to_depth
 
 PUBLIC = dict(latent_dim=256, hidden_dims=[256, 512, 1024, 512, 256], time_emb_dim=256, num_classes=2)
 
@@ -55,3 +58,28 @@ def test_bad_hidden_dims_are_refused():
         ConditionalUNet(hidden_dims=[256, 512, 256, 128])
     with pytest.raises(ValueError, match="token grid"):
         ConditionalUNet(hidden_dims=[64, 128, 256, 512, 1024, 512, 256, 128, 64])
+
+
+@pytest.mark.parametrize("side", [1, 2, 4])
+def test_token_depthwise_conv_equals_a_grouped_conv2d(side):
+    x, w = torch.randn(3, side, side, 8), torch.randn(8, 3, 3)
+    expected = F.conv2d(x.permute(0, 3, 1, 2), w[:, None], padding=1, groups=8).permute(0, 2, 3, 1)
+    assert torch.allclose(depthwise_conv3x3(x, w), expected, atol=1e-5)
+
+
+def test_merge_and_split_are_strided_convolutions_on_tokens():
+    """A linear map after space_to_depth is a 2x2 stride-2 convolution; depth_to_space undoes space_to_depth."""
+    x = torch.randn(2, 4, 4, 6)
+    assert torch.equal(depth_to_space(space_to_depth(x, 2), 2), x)
+    weight = torch.randn(5, 6, 2, 2)  # Conv2d layout (out, in, kh, kw)
+    as_linear = weight.permute(0, 2, 3, 1).reshape(5, 24)  # tokens are merged row-major, channels last
+    expected = F.conv2d(x.permute(0, 3, 1, 2), weight, stride=2).permute(0, 2, 3, 1)
+    assert torch.allclose(space_to_depth(x, 2) @ as_linear.T, expected, atol=1e-5)
+
+
+def test_latent_layout_round_trips_through_the_patches():
+    """Patching reads the latent in its VAE layout (C, 8, 8): a 2x2 patch holds 4 neighbouring positions."""
+    z = torch.arange(256.0).view(1, 4, 8, 8)
+    patches = space_to_depth(z.permute(0, 2, 3, 1), 2)  # (1, 4, 4, 16)
+    assert patches.shape == (1, 4, 4, 16)
+    assert patches[0, 0, 0].view(2, 2, 4).permute(2, 0, 1).tolist() == z[0, :, :2, :2].tolist()

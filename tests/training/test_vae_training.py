@@ -34,6 +34,16 @@ def test_losses_have_the_right_shapes_and_classification_runs():
     assert all(v.ndim == 0 and torch.isfinite(v) for v in losses.values())
 
 
+def test_losses_stay_float32_under_bf16_autocast():
+    ae = SimpleAutoencoder()
+    x, y = torch.rand(4, 3, 32, 32) * 2 - 1, torch.tensor([0, 1, 1, 0])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = vae_losses(ae, x, y, None, torch.Generator().manual_seed(0))
+    assert all(v.dtype == torch.float32 for v in losses.values())  # the KL sums 256 terms: bf16 would round it
+    exact = vae_losses(ae, x, y, None, torch.Generator().manual_seed(0))
+    assert losses["kl"].item() == pytest.approx(exact["kl"].item(), rel=0.05)
+
+
 def test_vae_loss_falls_when_overfitting_a_tiny_batch():
     torch.manual_seed(0)
     ae = SimpleAutoencoder()
