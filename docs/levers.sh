@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The commands behind the README's quality table (2-core CPU, the shared 10,000 cat/dog images, 10% held out,
-# seed 0, 200 generated images per class, one judge classifier for every row).
-# Usage: bash docs/levers.sh DATA_DIR RUNS_DIR   (about 75 minutes on 2 cores)
+# The commands behind the README's quality tables (2-core CPU, the shared 10,000 cat/dog images, 10% held out,
+# seed 0, 200 generated images per class, one judge classifier for every row of a table).
+# Usage: bash docs/levers.sh DATA_DIR RUNS_DIR [--earlier]   (about 50 minutes on 2 cores; --earlier: 60 more)
+# The first table's "previous CPU preset" row is commit c3cbc24's own `--preset cpu` run, evaluated with that
+# commit's code after copying this script's judge (RUNS_DIR/final/catdog_classifier.pt) into its run folder.
 set -euo pipefail
 D=${1:?data dir}; R=${2:?runs dir}
 E=(--eval-samples 200 --device cpu)
@@ -12,18 +14,31 @@ python main.py evaluate --output-dir "$R/final" "${E[@]}" --eval-name eval_final
 python main.py evaluate --output-dir "$R/final" "${E[@]}" --eta 0 --guidance-scale 2 --eval-name eval_baseline
 J="$R/final/catdog_classifier.pt"
 
-# each lever switched off alone
+# each sampling-time lever changed alone
 python main.py evaluate --output-dir "$R/final" "${E[@]}" --eval-weights raw --eval-name eval_no_ema
 python main.py evaluate --output-dir "$R/final" "${E[@]}" --guidance-scale 1 --eval-name eval_no_guidance
+python main.py evaluate --output-dir "$R/final" "${E[@]}" --guidance-scale 6 --eval-name eval_g6
 python main.py evaluate --output-dir "$R/final" "${E[@]}" --eta 0 --eval-name eval_eta0
+
+# denoiser training variants on the same VAE
+for variant in "steps4000_compiled:--diffusion-steps 4000 --diffusion-compile" \
+    "steps3300_lr1e-3:--diffusion-steps 3300 --diffusion-lr 1e-3"; do
+    name=${variant%%:*}; read -ra flags <<< "${variant#*:}"
+    mkdir -p "$R/$name"
+    cp "$R/final"/{cifar_cat_dog_autoencoder.pt,vae_train_state.pt} "$J" "$R/$name/"
+    python main.py --preset cpu "${flags[@]}" --data-dir "$D" --output-dir "$R/$name"
+    python main.py evaluate --output-dir "$R/$name" "${E[@]}" --eval-name eval_final
+done
+
+[[ "${3:-}" == "--earlier" ]] || exit 0
+# The second table (measured at commit c3cbc24, 1,300 denoiser steps): the full DDPM chain, no latent
+# normalisation, a 10x stronger KL weight, and Min-SNR loss weighting on top of it.
 python main.py evaluate --output-dir "$R/final" "${E[@]}" --sampler ddpm --sample-steps 1000 --eval-name eval_ddpm1000
 mkdir -p "$R/no_norm"
 cp "$R/final"/{cifar_cat_dog_autoencoder.pt,vae_train_state.pt} "$J" "$R/no_norm/"
 python main.py --preset cpu --no-diffusion-normalize-latents --retrain-diffusion --no-figures --data-dir "$D" \
     --output-dir "$R/no_norm"
 python main.py evaluate --output-dir "$R/no_norm" "${E[@]}" --eval-name eval_no_norm
-
-# levers tried and not kept: a 10x stronger KL weight, and Min-SNR loss weighting on top of it
 for variant in "kl1e-4:--vae-kl-weight 1e-4" "kl1e-4_minsnr5:--vae-kl-weight 1e-4 --diffusion-min-snr-gamma 5"; do
     name=${variant%%:*}; read -ra flags <<< "${variant#*:}"
     python main.py --preset cpu "${flags[@]}" --data-dir "$D" --output-dir "$R/$name"

@@ -34,7 +34,6 @@ class RunContext:
     device: torch.device
     out_dir: Path
     amp: bool = False
-    compile: bool = False
     log_every: int = 100
     checkpoint_every: int = 1000
     resume: bool = True

@@ -96,7 +96,7 @@ def train_diffusion(
     state_path = ctx.out_dir / DIFFUSION_STATE_FILE
     parts = dict(model=unet, ema=ema, optimizer=optimizer, scheduler=scheduler)
     step = resume_train_state(state_path, ctx, generator, **parts)
-    net = maybe_compile(ctx.wrap(unet), ctx.compile)
+    net = maybe_compile(ctx.wrap(unet), cfg.compile)
     shard = ctx.shard(len(y_all))
 
     def step_fn(step: int) -> dict[str, torch.Tensor]:

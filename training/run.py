@@ -101,7 +101,6 @@ def make_context(run: RunConfig) -> RunContext:
         device=device,
         out_dir=out_dir,
         amp=run.amp and native_bf16(device),
-        compile=run.compile,
         log_every=run.log_every,
         checkpoint_every=run.checkpoint_every,
         resume=run.resume,

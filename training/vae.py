@@ -127,7 +127,7 @@ def train_vae(
     state_path = ctx.out_dir / VAE_STATE_FILE
     parts = dict(model=model, optimizer=optimizer, scheduler=scheduler)
     step = resume_train_state(state_path, ctx, generator, **parts)
-    net = maybe_compile(ctx.wrap(model), ctx.compile)
+    net = maybe_compile(ctx.wrap(model), cfg.compile)
     x_all, y_all = train.x.to(ctx.device), train.y.to(ctx.device)  # the whole data set lives on the device
     shard = ctx.shard(len(y_all))
 
