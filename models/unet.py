@@ -7,6 +7,9 @@ level splits them back and concatenates the skip from the same level of the down
 runs over the tokens of each sample (never across the batch). Time and class enter every block
 through an adaptive GroupNorm scale and shift (as in Dhariwal & Nichol 2021). The network never
 sees a noise schedule.
+
+Tokens are kept channel-last, (N, H, W, C), so that every per-token map, merge and split is one
+matrix multiply (the same arithmetic as 1x1 / 2x2-stride-2 convolutions, much faster on a CPU).
 """
 
 from __future__ import annotations
@@ -34,8 +37,8 @@ def group_norm(norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
 def depthwise_conv3x3(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Depthwise 3x3 convolution with zero padding of channel-last tokens (N, H, W, C); weight (C, 3, 3).
 
-    Nine shifted multiply-adds: on grids of 4x4 tokens and smaller this is several times faster on the CPU
-    than a grouped convolution (whose backward pass dominated the step) and equal to it."""
+    Nine shifted multiply-adds, equal to a grouped F.conv2d; on grids of 4x4 tokens and smaller the grouped
+    convolution's backward pass was among the slowest kernels of a CPU training step (11 ms on a 1x1 grid)."""
     h, w = x.shape[1:3]
     padded = F.pad(x, (0, 0, 1, 1, 1, 1))  # (N, H+2, W+2, C)
     out = None
