@@ -49,20 +49,30 @@ class CatDogClassifier(nn.Module):
 def train_classifier(
     data: Split, device: torch.device, *, epochs: int, batch_size: int, lr: float, generator: torch.Generator
 ) -> CatDogClassifier:
-    """Train the classifier with flips and shifts, AdamW and a one-cycle schedule; returns it in eval mode."""
-    model = CatDogClassifier().to(device)
-    steps = max(1, epochs * len(data) // batch_size)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=5e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
-    x_all, y_all = data.x.to(device), data.y.to(device)
-    model.train()
-    for _ in tqdm(range(steps), desc="Classifier", dynamic_ncols=True):
-        idx = torch.randint(0, len(data), (batch_size,), device=device, generator=generator)
-        loss = F.cross_entropy(model(augment(to_model_range(x_all[idx]), generator)), y_all[idx], label_smoothing=0.1)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+    """Train the classifier with flips and shifts, AdamW and a one-cycle schedule; returns it in eval mode.
+
+    The result depends on `generator` only: initialisation and dropout, which draw from the global RNG, run under a
+    seed taken from it, and the global RNG state is restored afterwards."""
+    seed = int(torch.randint(2**62, (1,), generator=generator, device=generator.device))
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.default_generator.manual_seed(seed)
+        if device.type == "cuda":
+            with torch.cuda.device(device):
+                torch.cuda.manual_seed(seed)
+        model = CatDogClassifier().to(device)
+        steps = max(1, epochs * len(data) // batch_size)
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=5e-4)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+        x_all, y_all = data.x.to(device), data.y.to(device)
+        model.train()
+        for _ in tqdm(range(steps), desc="Classifier", dynamic_ncols=True):
+            idx = torch.randint(0, len(data), (batch_size,), device=device, generator=generator)
+            x = augment(to_model_range(x_all[idx]), generator)
+            loss = F.cross_entropy(model(x), y_all[idx], label_smoothing=0.1)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
     return model.eval()
 
 
