@@ -24,7 +24,7 @@ def test_frechet_distance_is_zero_for_the_same_gaussian_and_the_squared_shift_ot
 
 
 def test_judge_classifier_learns_a_separable_task(image_folder):
-    """15 epochs (45 steps) as the default: after 8, BatchNorm's running statistics can still be far off."""
+    """15 epochs (45 steps here), the default: after 8, BatchNorm's running statistics could still leave it at 50%."""
     data, _ = load_image_folder(image_folder)
     model = train_classifier(
         data, torch.device("cpu"), epochs=15, batch_size=16, lr=3e-3, generator=torch.Generator().manual_seed(0)
