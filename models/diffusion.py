@@ -1,7 +1,8 @@
 """Gaussian diffusion in the (normalised) latent space: schedule, forward noising, loss, sampling.
 
-Schedule: cosine (Nichol & Dhariwal 2021). Loss: eps-prediction MSE (Ho et al. 2020) with class
-dropout for classifier-free guidance (Ho & Salimans 2022).
+Schedule: cosine (Nichol & Dhariwal 2021). Loss: MSE of the network's target, the noise eps (Ho et al.
+2020) or v = sqrt(a) eps - sqrt(1 - a) z_0 (Salimans & Ho 2022), as the model's `prediction` says, with
+class dropout for classifier-free guidance (Ho & Salimans 2022). The samplers always get eps.
 """
 
 from __future__ import annotations
@@ -66,6 +67,25 @@ class ConditionalDenoiseDiffusion:
         a = self.alphas_cumprod[t][:, None]
         return a.sqrt() * z0 + (1 - a).sqrt() * eps
 
+    @property
+    def prediction(self) -> str:
+        """What the model outputs: "eps" or "v" (models without the attribute predict eps)."""
+        return getattr(self.model, "prediction", "eps")
+
+    def target(self, z0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """What the network is trained to output for z_t = q_sample(z0, t, eps): eps, or v."""
+        if self.prediction == "eps":
+            return eps
+        a = self.alphas_cumprod[t][:, None]
+        return a.sqrt() * eps - (1 - a).sqrt() * z0
+
+    def to_eps(self, out: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The network's output at (z_t, t) as a noise prediction: eps = sqrt(1 - a) z_t + sqrt(a) v for v."""
+        if self.prediction == "eps":
+            return out
+        a = self.alphas_cumprod[t][:, None]
+        return (1 - a).sqrt() * z_t + a.sqrt() * out
+
     def loss(
         self,
         z0: torch.Tensor,
@@ -73,33 +93,36 @@ class ConditionalDenoiseDiffusion:
         generator: torch.Generator | None = None,
         model: nn.Module | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Eps-prediction MSE with class dropout; returns (loss, timesteps (N,), unweighted per-sample MSE (N,)).
+        """MSE to the target (eps or v) with class dropout; returns (loss, timesteps (N,), unweighted MSE (N,)).
 
-        With min_snr_gamma > 0 each sample is weighted by min(SNR_t, gamma) / SNR_t (Min-SNR, Hang et al. 2023),
-        which stops the nearly noise-free timesteps from dominating training. `model` overrides the wrapped network
-        (e.g. its DistributedDataParallel or compiled wrapper)."""
+        With min_snr_gamma > 0 each sample's eps-MSE is weighted by min(SNR_t, gamma) / SNR_t (Min-SNR, Hang et al.
+        2023; for v the same weight in z_0 terms, min(SNR_t, gamma) / (SNR_t + 1)), which stops the nearly
+        noise-free timesteps from dominating training. `model` overrides the wrapped network (e.g. its
+        DistributedDataParallel or compiled wrapper)."""
         n = z0.shape[0]
         t = torch.randint(0, self.n_steps, (n,), device=z0.device, generator=generator)
         eps = torch.randn(z0.shape, device=z0.device, dtype=z0.dtype, generator=generator)
         drop = torch.rand(n, device=z0.device, generator=generator) < self.class_dropout
         y = torch.where(drop, torch.full_like(y, self.model.null_class), y)
-        eps_hat = (self.model if model is None else model)(self.q_sample(z0, t, eps), t, y)
-        per_sample = F.mse_loss(eps_hat.float(), eps, reduction="none").mean(dim=1)  # (N,)
+        out = (self.model if model is None else model)(self.q_sample(z0, t, eps), t, y)
+        per_sample = F.mse_loss(out.float(), self.target(z0, t, eps), reduction="none").mean(dim=1)  # (N,)
         if self.min_snr_gamma <= 0:
             return per_sample.mean(), t, per_sample
         a = self.alphas_cumprod[t]
         snr = a / (1 - a)
-        return (per_sample * snr.clamp(max=self.min_snr_gamma) / snr).mean(), t, per_sample
+        weight = snr.clamp(max=self.min_snr_gamma) / (snr if self.prediction == "eps" else snr + 1)
+        return (per_sample * weight).mean(), t, per_sample
 
     def predict_eps(
         self, z_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor, guidance_scale: float = 1.0
     ) -> torch.Tensor:
-        """Noise prediction with classifier-free guidance: eps_u + s * (eps_c - eps_u); s = 1 is plain conditional."""
+        """Noise prediction with classifier-free guidance: eps_u + s * (eps_c - eps_u); s = 1 is plain conditional.
+        (For a v-predicting model the guidance is applied to v, which gives the same eps: the map is affine.)"""
         if guidance_scale == 1.0:
-            return self.model(z_t, t, y)
+            return self.to_eps(self.model(z_t, t, y), z_t, t)
         null = torch.full_like(y, self.model.null_class)
-        eps_c, eps_u = self.model(torch.cat([z_t, z_t]), torch.cat([t, t]), torch.cat([y, null])).chunk(2)
-        return eps_u + guidance_scale * (eps_c - eps_u)
+        out_c, out_u = self.model(torch.cat([z_t, z_t]), torch.cat([t, t]), torch.cat([y, null])).chunk(2)
+        return self.to_eps(out_u + guidance_scale * (out_c - out_u), z_t, t)
 
     @torch.no_grad()
     def sample(

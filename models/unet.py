@@ -1,4 +1,4 @@
-"""The latent noise predictor `ConditionalUNet`: `model(z_t, t, y) -> eps_hat`, shaped like z_t.
+"""The latent denoiser `ConditionalUNet`: `model(z_t, t, y) -> eps_hat` (or v_hat), shaped like z_t.
 
 The 256-d latent is read in its VAE layout (4 channels on an 8x8 grid) and cut into 2x2 patches:
 16 tokens of one sample. A U-shaped stack of residual blocks works on these tokens: each down level
@@ -122,12 +122,19 @@ class Level(nn.Module):
         return x
 
 
+PREDICTIONS = ("eps", "v")
+
+
 class ConditionalUNet(nn.Module):
-    """Class- and time-conditional noise predictor for flat latents (Ho et al. 2020, eps-prediction).
+    """Class- and time-conditional denoiser for flat latents.
 
     `hidden_dims` is symmetric, e.g. [256, 512, 1024, 512, 256]: the first half (with the middle)
     are the widths of the down levels, the rest those of the up levels. Class index `num_classes`
     is the null class used for classifier-free guidance.
+
+    `prediction` is what the output means: "eps", the noise (Ho et al. 2020), or "v" = sqrt(a) eps -
+    sqrt(1 - a) z_0 (Salimans & Ho 2022). It is stored in the state dict (buffer `v_prediction`), so a
+    loaded checkpoint sets it; files written before the buffer existed load as "eps".
     """
 
     def __init__(
@@ -141,6 +148,7 @@ class ConditionalUNet(nn.Module):
         patch_size: int = 2,
         blocks_per_level: int = 1,
         attention_min_tokens: int = 4,
+        prediction: str = "eps",
     ):
         super().__init__()
         hidden_dims = list(hidden_dims)
@@ -196,6 +204,25 @@ class ConditionalUNet(nn.Module):
         self.out = nn.Linear(down_dims[0], patch_values)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
+        self.register_buffer("v_prediction", torch.tensor(False))
+        self.set_prediction(prediction)
+        self._register_load_state_dict_pre_hook(self._load_prediction, with_module=True)
+
+    optional_state_keys = ("v_prediction",)  # absent from checkpoints written before it existed
+
+    def set_prediction(self, prediction: str) -> None:
+        """Set what the network predicts ("eps" or "v"); only meaningful before training."""
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+        self.prediction = prediction  # a Python copy of the buffer: reading it needs no device sync
+        self.v_prediction.fill_(prediction == "v")
+
+    @staticmethod
+    def _load_prediction(module, state_dict, prefix, *args) -> None:
+        key = prefix + "v_prediction"
+        if key not in state_dict:
+            state_dict[key] = torch.tensor(False)
+        module.prediction = "v" if bool(state_dict[key]) else "eps"
 
     @property
     def null_class(self) -> int:
@@ -203,7 +230,7 @@ class ConditionalUNet(nn.Module):
         return self.num_classes
 
     def forward(self, z_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Predict the noise in z_t (N, latent_dim) at timesteps t (N,) for labels y (N,)."""
+        """Predict the noise (or v) in z_t (N, latent_dim) at timesteps t (N,) for labels y (N,)."""
         cond = self.time_mlp(timestep_embedding(t, self.time_emb_dim)) + self.class_emb(y)  # (N, E)
         grid = z_t.view(-1, self.latent_channels, self.side, self.side).permute(0, 2, 3, 1)  # (N, S, S, C)
         h = self.patch_in(space_to_depth(grid, self.patch_size))  # (N, G, G, D0) tokens, channel-last

@@ -127,7 +127,7 @@ def load_weights(model: nn.Module, path: str | Path, map_location: str | torch.d
 def check_state_dict(model: nn.Module, state: dict, path: str | Path) -> None:
     """Raise UserInputError naming `path` and what differs if `state` does not fit `model`."""
     own = model.state_dict()
-    missing = sorted(set(own) - set(state))
+    missing = sorted(set(own) - set(state) - set(getattr(model, "optional_state_keys", ())))
     unexpected = sorted(set(state) - set(own))
     shapes = [
         f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"

@@ -85,6 +85,9 @@ class DiffusionConfig:
     ema_decay: float = opt(0.999, "EMA decay of the weights used for sampling")
     n_steps: int = opt(1000, "diffusion timesteps")
     schedule: str = opt("cosine", "noise schedule", choices=("cosine", "linear"))
+    prediction: str = opt(
+        "eps", "what the denoiser predicts: eps (the noise) or v (Salimans & Ho 2022)", choices=("eps", "v")
+    )
     class_dropout: float = opt(0.1, "probability of replacing the label by the null class (classifier-free guidance)")
     min_snr_gamma: float = opt(0.0, "Min-SNR loss weighting min(SNR, gamma)/SNR (Hang et al. 2023); 0 = plain MSE")
     normalize_latents: bool = opt(True, "scale latents to unit variance per dimension (stats stored in the VAE file)")

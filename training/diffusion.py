@@ -76,6 +76,7 @@ def train_diffusion(
 ) -> ConditionalUNet:
     """Train the denoiser for cfg.steps on cached latents; write the EMA weights as the public state dict.
     `visualize(step, diffusion)` is called every ctx.visualize_every steps with a diffusion around the EMA model."""
+    unet.set_prediction(cfg.prediction)  # a resumed training state restores the same value
     diffusion = ConditionalDenoiseDiffusion(
         unet,
         cfg.n_steps,

@@ -27,10 +27,15 @@ def phase_starts(vae_config: dict) -> list[tuple[int, str]]:
 
 
 def plot_loss_curves(
-    vae_metrics: str | Path, diffusion_metrics: str | Path, path: str | Path, vae_config: dict | None = None
+    vae_metrics: str | Path,
+    diffusion_metrics: str | Path,
+    path: str | Path,
+    vae_config: dict | None = None,
+    prediction: str = "eps",
 ) -> Path:
     """Two panels (log scale): every VAE loss term, with its phase boundaries marked when `vae_config` (the run's
-    config.json "vae" section) is given; the diffusion loss overall and per timestep quartile."""
+    config.json "vae" section) is given; the diffusion loss (MSE of `prediction`, eps or v) overall and per
+    timestep quartile. A panel without metrics says so."""
     vae = [r for r in read_jsonl(vae_metrics) if "total" in r]
     diff = [r for r in read_jsonl(diffusion_metrics) if "total" in r]
     fig, (ax_v, ax_d) = plt.subplots(1, 2, figsize=(12, 4.2))
@@ -47,9 +52,12 @@ def plot_loss_curves(
         ax_d.plot(steps, [r["total"] for r in diff], c="black", lw=1.5, label="all timesteps")
         for q in range(4):
             ax_d.plot(steps, [r["loss_quartiles"][q] for r in diff], lw=0.9, label=f"t in quartile {q + 1}")
-    ax_d.set(yscale="log", xlabel="step", ylabel="eps-MSE", title="Diffusion loss (quartile 1 = least noise)")
-    for ax in (ax_v, ax_d):
-        if ax.lines:
+    ax_d.set(yscale="log", xlabel="step", ylabel=f"{prediction}-MSE", title="Diffusion loss (quartile 1 = least noise)")
+    for ax, records, stage in ((ax_v, vae, "VAE"), (ax_d, diff, "diffusion")):
+        if not records:
+            message = f"no {stage} training metrics in this folder\n(stage skipped, or trained in another folder)"
+            ax.text(0.5, 0.5, message, transform=ax.transAxes, ha="center", va="center", color="grey")
+        if ax.get_legend_handles_labels()[1]:
             ax.legend(fontsize=8)
         ax.grid(alpha=0.3, which="both")
     fig.tight_layout()

@@ -84,12 +84,13 @@ def write_diffusion_figures(
 def write_loss_curves(out_dir: Path) -> Path:
     """Loss curves of both stages from the run's metrics files (phase boundaries from its config.json)."""
     config = out_dir / "config.json"
-    vae_config = json.loads(config.read_text())["vae"] if config.is_file() else None
+    run_config = json.loads(config.read_text()) if config.is_file() else {}
     path = plot_loss_curves(
         out_dir / "metrics_vae.jsonl",
         out_dir / "metrics_diffusion.jsonl",
         out_dir / "curves" / "loss_curves.png",
-        vae_config,
+        run_config.get("vae"),
+        run_config.get("diffusion", {}).get("prediction", "eps"),
     )
     log.info("wrote %s", path)
     return path

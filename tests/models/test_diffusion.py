@@ -139,15 +139,17 @@ def test_loss_calls_a_wrapper_that_has_no_truth_value():
     assert torch.equal(diffusion.loss(z0, y, gen, model=Wrapper(diffusion.model))[0], direct)
 
 
-def test_diffusion_loss_falls_when_overfitting_a_tiny_batch():
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+def test_diffusion_loss_falls_when_overfitting_a_tiny_batch(prediction):
     torch.manual_seed(0)
-    net = ConditionalUNet()
+    net = ConditionalUNet(prediction=prediction)
     diffusion = ConditionalDenoiseDiffusion(net, n_steps=1000, device="cpu", class_dropout=0.0)
-    z0, y = torch.randn(8, 256), torch.tensor([0, 1] * 4)
+    y = torch.tensor([0, 1] * 4)
+    z0 = torch.randn(2, 256)[y]  # one point per class: the class determines z_0, so both targets can be learned
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     gen = torch.Generator().manual_seed(0)
     losses = []
-    for _ in range(40):
+    for _ in range(60):
         loss, _, _ = diffusion.loss(z0, y, gen)
         opt.zero_grad()
         loss.backward()
@@ -184,3 +186,54 @@ def test_min_snr_weighting_scales_each_sample_by_min_snr_gamma_over_snr():
     snr = plain.alphas_cumprod[t_p] / (1 - plain.alphas_cumprod[t_p])
     assert torch.isclose(loss_w, (per_p * torch.clamp(snr, max=5.0) / snr).mean())
     assert loss_w < loss_p  # low-noise timesteps (SNR > 5) are down-weighted
+
+
+def _v_toy():
+    toy = _Toy()
+    toy.prediction = "v"
+    return ConditionalDenoiseDiffusion(toy, n_steps=100, device="cpu")
+
+
+def test_v_target_converts_back_to_the_noise_and_to_z0():
+    diffusion = _v_toy()
+    gen = torch.Generator().manual_seed(0)
+    z0, eps = torch.randn(50, 8, generator=gen), torch.randn(50, 8, generator=gen)
+    t = torch.randint(0, 100, (50,), generator=gen)
+    z_t = diffusion.q_sample(z0, t, eps)
+    v = diffusion.target(z0, t, eps)
+    assert torch.allclose(diffusion.to_eps(v, z_t, t), eps, atol=1e-5)
+    a = diffusion.alphas_cumprod[t][:, None]
+    assert torch.allclose(a.sqrt() * z_t - (1 - a).sqrt() * v, z0, atol=1e-5)  # v's own route to z_0
+    high = torch.full((50,), 99)  # nearly pure noise: v is nearly -z0, so a v-network predicts z_0 directly
+    assert torch.allclose(diffusion.target(z0, high, eps), -z0, atol=0.05)
+
+
+def test_v_loss_and_guidance_use_v_and_hand_the_samplers_eps():
+    diffusion = _v_toy()
+    z0, y = torch.randn(64, 8), torch.zeros(64, dtype=torch.long)
+    gen = torch.Generator().manual_seed(0)
+    loss, t, per_sample = diffusion.loss(z0, y, gen)
+    gen = torch.Generator().manual_seed(0)  # replay the loss's draws: t, eps, class dropout
+    t_again = torch.randint(0, 100, (64,), generator=gen)
+    eps = torch.randn(z0.shape, generator=gen)
+    drop = torch.rand(64, generator=gen) < diffusion.class_dropout
+    y_used = torch.where(drop, torch.full_like(y, 2), y)
+    out = diffusion.model(diffusion.q_sample(z0, t, eps), t, y_used)
+    assert torch.equal(t, t_again)
+    assert torch.allclose(per_sample, ((out - diffusion.target(z0, t, eps)) ** 2).mean(1), atol=1e-6)
+    z, tt, yy = torch.randn(3, 8), torch.tensor([5, 50, 99]), torch.tensor([0, 1, 0])
+    v_c, v_u = diffusion.model(z, tt, yy), diffusion.model(z, tt, torch.full_like(yy, 2))
+    expected = diffusion.to_eps(v_u + 3.0 * (v_c - v_u), z, tt)
+    assert torch.allclose(diffusion.predict_eps(z, tt, yy, 3.0), expected, atol=1e-6)
+    eps_c, eps_u = diffusion.to_eps(v_c, z, tt), diffusion.to_eps(v_u, z, tt)
+    assert torch.allclose(expected, eps_u + 3.0 * (eps_c - eps_u), atol=1e-5)  # guiding v = guiding eps
+
+
+def test_min_snr_weight_for_v_is_the_same_weight_in_z0_terms():
+    plain = _v_toy()
+    weighted = ConditionalDenoiseDiffusion(plain.model, n_steps=100, device="cpu", min_snr_gamma=5.0)
+    z0, y = torch.randn(64, 8), torch.zeros(64, dtype=torch.long)
+    loss_p, t, per = plain.loss(z0, y, torch.Generator().manual_seed(0))
+    loss_w, _, _ = weighted.loss(z0, y, torch.Generator().manual_seed(0))
+    snr = plain.alphas_cumprod[t] / (1 - plain.alphas_cumprod[t])
+    assert torch.isclose(loss_w, (per * torch.clamp(snr, max=5.0) / (snr + 1)).mean())

@@ -82,3 +82,20 @@ def test_latent_layout_round_trips_through_the_patches():
     patches = space_to_depth(z.permute(0, 2, 3, 1), 2)  # (1, 4, 4, 16)
     assert patches.shape == (1, 4, 4, 16)
     assert patches[0, 0, 0].view(2, 2, 4).permute(2, 0, 1).tolist() == z[0, :, :2, :2].tolist()
+
+
+def test_prediction_travels_in_the_state_dict_and_old_files_load_as_eps(tmp_path):
+    from training.common import load_weights, save_weights
+
+    trained = ConditionalUNet(**PUBLIC, prediction="v")
+    save_weights(trained, tmp_path / "v.pt")
+    fresh = ConditionalUNet(**PUBLIC)  # as in the README's notebook snippet: no prediction given
+    assert fresh.prediction == "eps"
+    load_weights(fresh, tmp_path / "v.pt")
+    assert fresh.prediction == "v" and bool(fresh.v_prediction)
+    old = {k: v for k, v in trained.state_dict().items() if k != "v_prediction"}  # a file from before the buffer
+    torch.save(old, tmp_path / "old.pt")
+    load_weights(fresh, tmp_path / "old.pt")
+    assert fresh.prediction == "eps" and not bool(fresh.v_prediction)
+    with pytest.raises(ValueError, match="prediction"):
+        ConditionalUNet(prediction="x0")

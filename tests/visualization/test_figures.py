@@ -1,5 +1,7 @@
 """Every figure function writes a real, decodable file; none touches the global RNG or leaves a mode changed."""
 
+import warnings
+
 import imageio.v3 as iio
 import matplotlib.pyplot as plt
 import numpy as np
@@ -145,4 +147,9 @@ def test_loss_curves_from_metrics_files(tmp_path):
     assert phase_starts(config) == [(1, "kl"), (4, "classifier"), (7, "finetune")]
     path = plot_loss_curves(vae, diff, tmp_path / "c.png", config)
     assert png_size(path)[0] > 800
-    assert plot_loss_curves(tmp_path / "none.jsonl", tmp_path / "none2.jsonl", tmp_path / "e.png").is_file()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. matplotlib's "No artists with labels found to put in legend"
+        # a run whose VAE stage was skipped: phase lines but no VAE metrics, and a v-predicting denoiser
+        skipped = plot_loss_curves(tmp_path / "none.jsonl", diff, tmp_path / "s.png", config, prediction="v")
+        assert plot_loss_curves(tmp_path / "none.jsonl", tmp_path / "none2.jsonl", tmp_path / "e.png").is_file()
+    assert png_size(skipped)[0] > 800
