@@ -21,10 +21,11 @@ log = logging.getLogger(__name__)
 CLASSIFIER_FILE = "catdog_classifier.pt"
 
 
-def reconstruction_scores(autoencoder, held: Split) -> dict[str, float]:
-    """PSNR and SSIM of held-out images against their reconstructions from mu."""
+def reconstruction_scores(autoencoder, held: Split) -> tuple[dict[str, float], list[torch.Tensor]]:
+    """PSNR and SSIM of held-out images against their reconstructions from mu; and the reconstructions per class."""
     originals, recons = to_unit_range(to_model_range(held.x)), reconstruct_images(autoencoder, held.x)
-    return {"psnr": psnr(originals, recons), "ssim": ssim(originals, recons)}
+    per_class = [recons[held.y == label] for label in range(len(CLASS_NAMES))]
+    return {"psnr": psnr(originals, recons), "ssim": ssim(originals, recons)}, per_class
 
 
 def get_classifier(
@@ -99,9 +100,12 @@ def evaluate_run(
         )
     judge, judge_acc = get_classifier(out_dir, train, held, eval_cfg, device, seed)
     samples, rate = sample_classes(autoencoder, diffusion, eval_cfg.samples_per_class, sample_kwargs, seed)
+    reconstruction, reconstructions = reconstruction_scores(autoencoder, held)
     result = {
-        "reconstruction": reconstruction_scores(autoencoder, held),
+        "reconstruction": reconstruction,
         "classifier_real_accuracy": judge_acc,
+        # the decoder's own ceiling: the same scores for the held-out images passed through the VAE
+        "reconstructions_judged": sample_scores(reconstructions, held, judge, inception),
         "samples": sample_scores(samples, held, judge, inception),
         "sampling": {
             **sample_kwargs,
@@ -129,7 +133,12 @@ def format_table(result: dict) -> str:
         f"{smp['samples_per_class']} per class, {smp['s_per_1000_images']:.1f} s per 1000 images on {smp['device']}",
         f"{'':10s}{'class fidelity':>16s}{'feature FD':>12s}{'FID':>9s}{'KID':>9s}",
     ]
-    for name, s in result["samples"].items():
+    rows = [*result["samples"].items(), ("(reconstructions of the held-out images, for reference)", None)]
+    rows += result["reconstructions_judged"].items()
+    for name, s in rows:
+        if s is None:
+            lines.append(name)
+            continue
         fid = f"{s['fid']:9.2f}{s['kid_mean']:9.4f}" if "fid" in s else f"{'n/a':>9s}{'n/a':>9s}"
         lines.append(f"{name:10s}{s['class_fidelity']:16.1%}{s['feature_fd']:12.3f}{fid}")
     return "\n".join(lines)

@@ -214,7 +214,7 @@ class ConditionalUNet(nn.Module):
         """Set what the network predicts ("eps" or "v"); only meaningful before training."""
         if prediction not in PREDICTIONS:
             raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
-        self.prediction = prediction  # a Python copy of the buffer: reading it needs no device sync
+        self.prediction = self.config["prediction"] = prediction  # Python copies: reading them needs no device sync
         self.v_prediction.fill_(prediction == "v")
 
     @staticmethod
@@ -222,7 +222,7 @@ class ConditionalUNet(nn.Module):
         key = prefix + "v_prediction"
         if key not in state_dict:
             state_dict[key] = torch.tensor(False)
-        module.prediction = "v" if bool(state_dict[key]) else "eps"
+        module.prediction = module.config["prediction"] = "v" if bool(state_dict[key]) else "eps"
 
     @property
     def null_class(self) -> int:

@@ -90,6 +90,9 @@ class DiffusionConfig:
     )
     class_dropout: float = opt(0.1, "probability of replacing the label by the null class (classifier-free guidance)")
     min_snr_gamma: float = opt(0.0, "Min-SNR loss weighting min(SNR, gamma)/SNR (Hang et al. 2023); 0 = plain MSE")
+    posterior_sample: bool = opt(
+        True, "train on z drawn from q(z|x) each step (--no-diffusion-posterior-sample: on its mean mu)"
+    )
     normalize_latents: bool = opt(True, "scale latents to unit variance per dimension (stats stored in the VAE file)")
 
 

@@ -102,7 +102,7 @@ def train_diffusion(
 
     def step_fn(step: int) -> dict[str, torch.Tensor]:
         idx = shard[torch.randint(0, len(shard), (cfg.batch_size,), device=ctx.device, generator=generator)]
-        z = autoencoder.reparameterize(mu[idx], logvar[idx], generator)
+        z = autoencoder.reparameterize(mu[idx], logvar[idx], generator) if cfg.posterior_sample else mu[idx]
         return train_step(
             net, diffusion, optimizer, scheduler, ema, autoencoder.normalize_latent(z), y_all[idx], cfg, ctx, generator
         )

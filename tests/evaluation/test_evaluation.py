@@ -1,4 +1,5 @@
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -6,6 +7,7 @@ import torch
 
 from data import load_image_folder, to_model_range, to_unit_range
 from evaluation.classifier import classify, train_classifier
+from evaluation.evaluate import sample_scores
 from evaluation.metrics import InceptionMetrics, frechet_distance, psnr, ssim
 from conftest import run_main
 
@@ -50,6 +52,21 @@ def test_judge_depends_on_its_generator_only_and_leaves_the_global_rng_alone(ima
     assert not torch.equal(other.state_dict()["head.1.weight"], weights[0]["head.1.weight"])
 
 
+@pytest.mark.filterwarnings("ignore:Matrix is singular")  # 48 images, 128 features: a rank-deficient covariance
+def test_sample_scores_of_the_real_images_themselves(image_folder):
+    """Scoring the held-out images as if generated: fidelity = the judge's real accuracy, feature FD = 0."""
+    held, _ = load_image_folder(image_folder)
+    judge = train_classifier(
+        held, torch.device("cpu"), epochs=2, batch_size=16, lr=3e-3, generator=torch.Generator().manual_seed(0)
+    )
+    real = to_unit_range(to_model_range(held.x))
+    as_samples = [real[held.y == label] for label in (0, 1)]
+    scores = sample_scores(as_samples, held, judge, SimpleNamespace(available=False))
+    preds, _ = classify(judge, real)
+    assert scores["overall"]["class_fidelity"] == pytest.approx((preds == held.y).float().mean().item())
+    assert scores["overall"]["feature_fd"] == pytest.approx(0.0, abs=1e-3)
+
+
 def test_missing_inception_weights_are_reported_not_raised(tmp_path):
     metrics = InceptionMetrics(str(tmp_path / "missing.pth"), torch.device("cpu"))
     assert not metrics.available and metrics.reason
@@ -80,6 +97,8 @@ def test_evaluate_command_writes_json_and_table(trained_run):
     assert 0 <= result["samples"]["overall"]["class_fidelity"] <= 1
     assert result["samples"]["cat"]["feature_fd"] >= 0
     assert result["reconstruction"]["psnr"] > 5 and -1 <= result["reconstruction"]["ssim"] <= 1
+    assert set(result["reconstructions_judged"]) == {"cat", "dog", "overall"}
+    assert "reconstructions of the held-out images" in proc.stdout
     assert result["sampling"]["steps"] == 4 and result["sampling"]["samples_per_class"] == 6
     assert result["held_out_images"] == 4  # the run's own split (10% of 48, per class), read from its config.json
     assert (out / "catdog_classifier.pt").is_file()

@@ -92,7 +92,7 @@ def test_prediction_travels_in_the_state_dict_and_old_files_load_as_eps(tmp_path
     fresh = ConditionalUNet(**PUBLIC)  # as in the README's notebook snippet: no prediction given
     assert fresh.prediction == "eps"
     load_weights(fresh, tmp_path / "v.pt")
-    assert fresh.prediction == "v" and bool(fresh.v_prediction)
+    assert fresh.prediction == fresh.config["prediction"] == "v" and bool(fresh.v_prediction)
     old = {k: v for k, v in trained.state_dict().items() if k != "v_prediction"}  # a file from before the buffer
     torch.save(old, tmp_path / "old.pt")
     load_weights(fresh, tmp_path / "old.pt")
