@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The commands behind the README's quality tables (2-core CPU, the shared 10,000 cat/dog images, 10% held out,
 # seed 0, 200 generated images per class, one judge classifier for every row of a table).
-# Usage: bash docs/levers.sh DATA_DIR RUNS_DIR [--earlier]   (about 50 minutes on 2 cores; --earlier: 60 more)
+# Usage: bash docs/levers.sh DATA_DIR RUNS_DIR [--earlier]   (about 100 minutes on 2 cores; --earlier: 60 more)
 # The first table's "previous CPU preset" row is commit c3cbc24's own `--preset cpu` run, evaluated with that
 # commit's code after copying this script's judge (RUNS_DIR/final/catdog_classifier.pt) into its run folder.
 set -euo pipefail
@@ -22,13 +22,22 @@ python main.py evaluate --output-dir "$R/final" "${E[@]}" --eta 0 --eval-name ev
 
 # denoiser training variants on the same VAE
 for variant in "steps4000_compiled:--diffusion-steps 4000 --diffusion-compile" \
-    "steps3300_lr1e-3:--diffusion-steps 3300 --diffusion-lr 1e-3"; do
+    "steps3300_lr1e-3:--diffusion-steps 3300 --diffusion-lr 1e-3" \
+    "v_prediction:--diffusion-prediction v" \
+    "posterior_mean:--no-diffusion-posterior-sample"; do
     name=${variant%%:*}; read -ra flags <<< "${variant#*:}"
     mkdir -p "$R/$name"
     cp "$R/final"/{cifar_cat_dog_autoencoder.pt,vae_train_state.pt} "$J" "$R/$name/"
     python main.py --preset cpu "${flags[@]}" --data-dir "$D" --output-dir "$R/$name"
     python main.py evaluate --output-dir "$R/$name" "${E[@]}" --eval-name eval_final
 done
+
+python main.py evaluate --output-dir "$R/v_prediction" "${E[@]}" --guidance-scale 6 --eval-name eval_g6
+
+# time moved from the VAE to the denoiser (both retrained)
+python main.py --preset cpu --vae-steps 700 --diffusion-steps 3500 --data-dir "$D" --output-dir "$R/vae700"
+cp "$J" "$R/vae700/"
+python main.py evaluate --output-dir "$R/vae700" "${E[@]}" --eval-name eval_final
 
 [[ "${3:-}" == "--earlier" ]] || exit 0
 # The second table (measured at commit c3cbc24, 1,300 denoiser steps): the full DDPM chain, no latent
