@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The commands behind the README's quality tables (2-core CPU, the shared 10,000 cat/dog images, 10% held out,
 # seed 0, 200 generated images per class, one judge classifier for every row of a table).
-# Usage: bash docs/levers.sh DATA_DIR RUNS_DIR [--earlier]   (about 100 minutes on 2 cores; --earlier: 60 more)
+# Usage: bash docs/levers.sh DATA_DIR RUNS_DIR [--earlier]   (about 2 hours on 2 cores; --earlier: 60 more)
 # The first table's "previous CPU preset" row is commit c3cbc24's own `--preset cpu` run, evaluated with that
 # commit's code after copying this script's judge (RUNS_DIR/final/catdog_classifier.pt) into its run folder.
 set -euo pipefail
@@ -38,6 +38,11 @@ python main.py evaluate --output-dir "$R/v_prediction" "${E[@]}" --guidance-scal
 python main.py --preset cpu --vae-steps 700 --diffusion-steps 3500 --data-dir "$D" --output-dir "$R/vae700"
 cp "$J" "$R/vae700/"
 python main.py evaluate --output-dir "$R/vae700" "${E[@]}" --eval-name eval_final
+
+# bf16 autocast off: both stages in fp32
+python main.py --preset cpu --no-amp --data-dir "$D" --output-dir "$R/fp32"
+cp "$J" "$R/fp32/"
+python main.py evaluate --output-dir "$R/fp32" "${E[@]}" --eval-name eval_final
 
 [[ "${3:-}" == "--earlier" ]] || exit 0
 # The second table (measured at commit c3cbc24, 1,300 denoiser steps): the full DDPM chain, no latent
