@@ -214,15 +214,20 @@ class ConditionalUNet(nn.Module):
         """Set what the network predicts ("eps" or "v"); only meaningful before training."""
         if prediction not in PREDICTIONS:
             raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
-        self.prediction = self.config["prediction"] = prediction  # Python copies: reading them needs no device sync
+        self.config["prediction"] = prediction
         self.v_prediction.fill_(prediction == "v")
+
+    @property
+    def prediction(self) -> str:
+        """What the output means, "eps" or "v": a Python copy of the buffer `v_prediction` (no device sync)."""
+        return self.config["prediction"]
 
     @staticmethod
     def _load_prediction(module, state_dict, prefix, *args) -> None:
         key = prefix + "v_prediction"
         if key not in state_dict:
             state_dict[key] = torch.tensor(False)
-        module.prediction = module.config["prediction"] = "v" if bool(state_dict[key]) else "eps"
+        module.config["prediction"] = "v" if bool(state_dict[key]) else "eps"
 
     @property
     def null_class(self) -> int:
