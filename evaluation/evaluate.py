@@ -28,10 +28,8 @@ def reconstruction_scores(autoencoder, held: Split) -> tuple[dict[str, float], l
     return {"psnr": psnr(originals, recons), "ssim": ssim(originals, recons)}, per_class
 
 
-def get_classifier(
-    out_dir: Path, train: Split, held: Split, cfg, device: torch.device, seed: int
-) -> tuple[CatDogClassifier, float]:
-    """Load the run's judge classifier (or train and save it) and return it with its held-out accuracy."""
+def get_classifier(out_dir: Path, train: Split, cfg, device: torch.device, seed: int) -> CatDogClassifier:
+    """Load the run's judge classifier (or train and save it), in eval mode."""
     model, path = CatDogClassifier().to(device), out_dir / CLASSIFIER_FILE
     if path.is_file() and not cfg.retrain_classifier:
         load_weights(model, path, device)
@@ -45,8 +43,7 @@ def get_classifier(
             generator=torch.Generator(device).manual_seed(seed),
         )
         atomic_save({k: v.cpu() for k, v in model.state_dict().items()}, path)
-    preds, _ = classify(model.eval(), to_unit_range(to_model_range(held.x)))
-    return model, (preds == held.y).float().mean().item()
+    return model.eval()
 
 
 def sample_classes(autoencoder, diffusion, n: int, sample_kwargs: dict, seed: int) -> tuple[list[torch.Tensor], float]:
@@ -61,11 +58,15 @@ def sample_classes(autoencoder, diffusion, n: int, sample_kwargs: dict, seed: in
 
 
 def sample_scores(
-    samples: list[torch.Tensor], held: Split, judge: CatDogClassifier, inception: InceptionMetrics
+    samples: list[torch.Tensor],
+    held: Split,
+    real_feat: torch.Tensor,
+    judge: CatDogClassifier,
+    inception: InceptionMetrics,
 ) -> dict:
-    """Per class and overall: class fidelity, classifier-feature Frechet distance, and FID/KID when available."""
+    """Per class and overall: class fidelity, classifier-feature Frechet distance to the held-out images (whose judge
+    features are `real_feat`), and FID/KID when available."""
     real = to_unit_range(to_model_range(held.x))
-    real_pred, real_feat = classify(judge, real)
     scores, fakes, fake_feats, labels = {}, [], [], []
     for label, (name, fake) in enumerate(zip(CLASS_NAMES, samples)):
         pred, feat = classify(judge, fake)
@@ -98,15 +99,16 @@ def evaluate_run(
             "(pt_inception-2015-12-05-6726825d.pth)",
             inception.reason,
         )
-    judge, judge_acc = get_classifier(out_dir, train, held, eval_cfg, device, seed)
+    judge = get_classifier(out_dir, train, eval_cfg, device, seed)
+    real_pred, real_feat = classify(judge, to_unit_range(to_model_range(held.x)))
     samples, rate = sample_classes(autoencoder, diffusion, eval_cfg.samples_per_class, sample_kwargs, seed)
     reconstruction, reconstructions = reconstruction_scores(autoencoder, held)
     result = {
         "reconstruction": reconstruction,
-        "classifier_real_accuracy": judge_acc,
+        "classifier_real_accuracy": (real_pred == held.y).float().mean().item(),
         # the decoder's own ceiling: the same scores for the held-out images passed through the VAE
-        "reconstructions_judged": sample_scores(reconstructions, held, judge, inception),
-        "samples": sample_scores(samples, held, judge, inception),
+        "reconstructions_judged": sample_scores(reconstructions, held, real_feat, judge, inception),
+        "samples": sample_scores(samples, held, real_feat, judge, inception),
         "sampling": {
             **sample_kwargs,
             "samples_per_class": eval_cfg.samples_per_class,

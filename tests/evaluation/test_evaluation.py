@@ -61,8 +61,8 @@ def test_sample_scores_of_the_real_images_themselves(image_folder):
     )
     real = to_unit_range(to_model_range(held.x))
     as_samples = [real[held.y == label] for label in (0, 1)]
-    scores = sample_scores(as_samples, held, judge, SimpleNamespace(available=False))
-    preds, _ = classify(judge, real)
+    preds, features = classify(judge, real)
+    scores = sample_scores(as_samples, held, features, judge, SimpleNamespace(available=False))
     assert scores["overall"]["class_fidelity"] == pytest.approx((preds == held.y).float().mean().item())
     assert scores["overall"]["feature_fd"] == pytest.approx(0.0, abs=1e-3)
 
