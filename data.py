@@ -19,7 +19,8 @@ from errors import UserInputError
 log = logging.getLogger(__name__)
 
 CLASS_NAMES = ("cat", "dog")
-CIFAR_LABELS = (3, 5)  # CIFAR-10 indices of cat and dog, in CLASS_NAMES order
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR_LABELS = tuple(CIFAR10_CLASSES.index(name) for name in CLASS_NAMES)  # (3, 5)
 IMAGE_SIZE = 32
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -57,8 +58,8 @@ def class_index(name_or_index: int | str) -> int:
     return int(name_or_index)
 
 
-def load_cifar_catdog(root: str | Path, *, train: bool = True, download: bool = True) -> Split:
-    """Download (if needed) CIFAR-10 through torchvision and keep cats and dogs, relabelled 0/1."""
+def load_cifar10(root: str | Path, *, train: bool = True, download: bool = True) -> Split:
+    """All of CIFAR-10 (labels 0-9 in CIFAR10_CLASSES order) through torchvision, downloaded if needed."""
     import torchvision  # imported here: only this loader needs it
 
     try:
@@ -68,11 +69,14 @@ def load_cifar_catdog(root: str | Path, *, train: bool = True, download: bool = 
             f"could not download CIFAR-10 to {root} ({err.__class__.__name__}: {err}); "
             "offline, pass --data-dir DIR with cat/ and dog/ image folders"
         ) from None
-    labels = torch.as_tensor(ds.targets)
-    keep = (labels == CIFAR_LABELS[0]) | (labels == CIFAR_LABELS[1])
-    x = torch.from_numpy(ds.data).permute(0, 3, 1, 2)[keep].contiguous()  # (N, 3, 32, 32)
-    y = (labels[keep] == CIFAR_LABELS[1]).long()
-    return Split(x, y)
+    return Split(torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.as_tensor(ds.targets))
+
+
+def load_cifar_catdog(root: str | Path, *, train: bool = True, download: bool = True) -> Split:
+    """CIFAR-10's cats and dogs, relabelled 0/1."""
+    data = load_cifar10(root, train=train, download=download)
+    keep = (data.y == CIFAR_LABELS[0]) | (data.y == CIFAR_LABELS[1])
+    return Split(data.x[keep].contiguous(), (data.y[keep] == CIFAR_LABELS[1]).long())
 
 
 def _read_image(path: Path) -> np.ndarray | None:
@@ -95,20 +99,47 @@ def _read_class_folder(folder: Path) -> tuple[list[np.ndarray], int]:
     return good, len(images) - len(good)
 
 
-def _load_split_folder(root: Path) -> Split:
-    """Load `root/cat` and `root/dog` into one split; corrupt files are skipped and counted."""
+def _load_class_folders(folders: list[Path]) -> Split:
+    """Load one folder per class (label = position in `folders`) into one split; corrupt files are skipped and
+    counted, a folder without a readable image is a UserInputError."""
     xs, ys = [], []
-    for label, name in enumerate(CLASS_NAMES):
-        images, bad = _read_class_folder(root / name)
+    for label, folder in enumerate(folders):
+        images, bad = _read_class_folder(folder)
         if bad:
-            log.warning("skipped %d unreadable image file(s) in %s", bad, root / name)
+            log.warning("skipped %d unreadable image file(s) in %s", bad, folder)
         if not images:
-            raise UserInputError(
-                f"class folder {root / name} has no readable images ({', '.join(sorted(IMAGE_SUFFIXES))})"
-            )
+            raise UserInputError(f"class folder {folder} has no readable images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         xs.append(torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2))
         ys.append(torch.full((len(images),), label, dtype=torch.long))
     return Split(torch.cat(xs).contiguous(), torch.cat(ys))
+
+
+def _load_split_folder(root: Path) -> Split:
+    """Load `root/cat` and `root/dog` into one split."""
+    return _load_class_folders([root / name for name in CLASS_NAMES])
+
+
+def load_labelled_folders(roots: list[str | Path]) -> tuple[Split, tuple[str, ...]]:
+    """Images in one sub-folder per class, gathered over several roots (a class may appear in only one root):
+    returns the split and the class names, in CIFAR-10's order where they are CIFAR-10 classes, then by name."""
+    folders: dict[str, list[Path]] = {}
+    for root in map(Path, roots):
+        if not root.is_dir():
+            raise UserInputError(f"reference dir {root} does not exist")
+        for sub in sorted(p for p in root.iterdir() if p.is_dir()):
+            folders.setdefault(sub.name.lower(), []).append(sub)
+    order = {name: i for i, name in enumerate(CIFAR10_CLASSES)}
+    names = tuple(sorted(folders, key=lambda n: (order.get(n, len(order)), n)))
+    missing = [n for n in CLASS_NAMES if n not in folders]
+    if missing:
+        raise UserInputError(
+            f"reference dirs {', '.join(map(str, roots))} have no {' or '.join(missing)} folder: "
+            "expected one sub-folder per class, cat/ and dog/ among them"
+        )
+    parts = [(_load_class_folders(folders[name]), label) for label, name in enumerate(names)]
+    x = torch.cat([split.x for split, _ in parts])
+    y = torch.cat([torch.full((len(split),), label, dtype=torch.long) for split, label in parts])
+    return Split(x, y), names
 
 
 def _has_class_folders(root: Path) -> bool:
@@ -139,7 +170,7 @@ def split_holdout(data: Split, fraction: float, generator: torch.Generator) -> t
     if not 0.0 < fraction < 1.0:
         raise UserInputError(f"holdout fraction must be in (0, 1), got {fraction}")
     train_idx, held_idx = [], []
-    for label in range(len(CLASS_NAMES)):
+    for label in data.y.unique().tolist():  # every label present (0 and 1 for cats and dogs)
         idx = torch.nonzero(data.y == label).flatten()
         idx = idx[torch.randperm(len(idx), generator=generator)]
         n_held = max(1, round(fraction * len(idx)))

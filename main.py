@@ -23,6 +23,7 @@ from errors import UserInputError
 from models import ConditionalDenoiseDiffusion, ConditionalUNet, SimpleAutoencoder, generate_class_samples
 from training.common import AUTOENCODER_FILE, DIFFUSION_FILE, load_weights
 from evaluation.evaluate import evaluate_run, format_table
+from evaluation.judge import get_judge, load_reference
 from training.config import PRESETS, SECTIONS, add_config_args, explicit_flags, flag_of, resolve_configs
 from training.diffusion import train_diffusion
 from training.run import load_pipeline, make_context, setup_logging, write_config
@@ -209,8 +210,14 @@ def evaluate(cfg: dict, given: set[str]) -> None:
         run = dataclasses.replace(run, **{k: recorded[k] for k in DATA | {"seed"} if k not in given})
     train_set, held = load_splits(run)
     autoencoder, diffusion = load_pipeline(ctx.out_dir, ctx.device, raw_weights=cfg["eval"].weights == "raw")
+    reference = load_reference(
+        cfg["eval"].reference_dirs, run.data_dir, run.download_dir, train_set, held, torch.Generator().manual_seed(0)
+    )
+    judge = get_judge(ctx.out_dir, reference, cfg["eval"], ctx.device, run.seed)
     seed = s.sample_seed if s.sample_seed is not None else run.seed  # run.seed may come from the run's config.json
-    result = evaluate_run(autoencoder, diffusion, train_set, held, ctx.out_dir, cfg["eval"], sampler_kwargs(s), seed)
+    result = evaluate_run(
+        autoencoder, diffusion, held, reference, judge, ctx.out_dir, cfg["eval"], sampler_kwargs(s), seed
+    )
     print(format_table(result))
     print(f"written to {ctx.out_dir / (cfg['eval'].name + '.json')}")
 

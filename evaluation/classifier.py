@@ -1,4 +1,4 @@
-"""An independent cat/dog image classifier, trained on the real training split, that judges generated samples."""
+"""An independent image classifier, trained on real images, whose features and verdicts judge generated samples."""
 
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ def _conv(c_in: int, c_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
 
 
-class CatDogClassifier(nn.Module):
-    """A small VGG-style CNN on 32x32 images in [-1, 1]: `features` (N, 128) and `forward` logits (N, 2)."""
+class JudgeClassifier(nn.Module):
+    """A small VGG-style CNN on 32x32 images in [-1, 1]: `features` (N, 4*width) and `forward` logits."""
 
-    def __init__(self, width: int = 32, num_classes: int = 2):
+    def __init__(self, num_classes: int = 10, width: int = 32):
         super().__init__()
         w = width
         self.body = nn.Sequential(
@@ -39,7 +39,7 @@ class CatDogClassifier(nn.Module):
         self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(4 * w, num_classes))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Penultimate features (N, 4*width), the space of the feature Frechet distance."""
+        """Penultimate features (N, 4*width): the space of the feature Frechet distance, precision and recall."""
         return self.body(x).flatten(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -47,8 +47,16 @@ class CatDogClassifier(nn.Module):
 
 
 def train_classifier(
-    data: Split, device: torch.device, *, epochs: int, batch_size: int, lr: float, generator: torch.Generator
-) -> CatDogClassifier:
+    data: Split,
+    device: torch.device,
+    *,
+    num_classes: int,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    generator: torch.Generator,
+    width: int = 32,
+) -> JudgeClassifier:
     """Train the classifier with flips and shifts, AdamW and a one-cycle schedule; returns it in eval mode.
 
     The result depends on `generator` only: initialisation and dropout, which draw from the global RNG, run under a
@@ -59,13 +67,13 @@ def train_classifier(
         if device.type == "cuda":
             with torch.cuda.device(device):
                 torch.cuda.manual_seed(seed)
-        model = CatDogClassifier().to(device)
+        model = JudgeClassifier(num_classes, width).to(device)
         steps = max(1, epochs * len(data) // batch_size)
         opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=5e-4)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
         x_all, y_all = data.x.to(device), data.y.to(device)
         model.train()
-        for _ in tqdm(range(steps), desc="Classifier", dynamic_ncols=True):
+        for _ in tqdm(range(steps), desc="Judge classifier", dynamic_ncols=True):
             idx = torch.randint(0, len(data), (batch_size,), device=device, generator=generator)
             x = augment(to_model_range(x_all[idx]), generator)
             loss = F.cross_entropy(model(x), y_all[idx], label_smoothing=0.1)
@@ -77,7 +85,7 @@ def train_classifier(
 
 
 @torch.no_grad()
-def classify(model: CatDogClassifier, images: torch.Tensor, batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+def classify(model: JudgeClassifier, images: torch.Tensor, batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
     """(predicted labels (N,), features (N, F)) of images (N, 3, 32, 32) in [0, 1]."""
     device = next(model.parameters()).device
     preds, feats = [], []

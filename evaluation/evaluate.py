@@ -1,49 +1,42 @@
-"""`python main.py evaluate`: numbers for a trained run, on held-out real images, written to JSON and printed."""
+"""`python main.py evaluate`: numbers for a trained run against held-out real images, with calibration rows that show
+the scale of every number; written to JSON, printed as a table, and a sheet of samples to look at.
+
+Every set of images is scored per class in the judge's features against the held-out images of that class:
+Frechet distance, precision and recall (k = 3); how often the judge calls an image its class, and what else it
+calls it. The calibration sets (real held-out images, blurred ones, a few images repeated, the VAE's
+reconstructions) show which numbers can see blur and a lack of variety: only those should be believed.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import logging
+import math
 import time
 from pathlib import Path
 
 import torch
 
 from data import CLASS_NAMES, Split, to_model_range, to_unit_range
-from evaluation.classifier import CatDogClassifier, classify, train_classifier
-from evaluation.metrics import InceptionMetrics, frechet_distance, psnr, ssim
+from evaluation.classifier import JudgeClassifier, classify
+from evaluation.judge import Reference, judge_accuracy
+from evaluation.metrics import InceptionMetrics, frechet_distance, gaussian_blur, precision_recall, psnr, ssim
 from models.batched import reconstruct_images
 from models.generate import generate_class_samples
-from training.common import atomic_save, load_weights
+from visualization.samples import save_sample_sheet
 
 log = logging.getLogger(__name__)
-CLASSIFIER_FILE = "catdog_classifier.pt"
+STEREOTYPE_IMAGES = 20  # distinct images in the stereotype set
+SHEET_SAMPLES = 64  # samples per class on the sheet
+# Calibration: a metric can see a failure if the failure scores clearly worse than real images, by these margins.
+CLEARLY_WORSE = {"fd": 2.0, "precision": 0.1, "recall": 0.1, "fidelity": 0.1}  # FD: a ratio; the rest: differences
 
 
-def reconstruction_scores(autoencoder, held: Split) -> tuple[dict[str, float], list[torch.Tensor]]:
-    """PSNR and SSIM of held-out images against their reconstructions from mu; and the reconstructions per class."""
+def reconstruction_scores(autoencoder, held: Split) -> tuple[dict[str, float], torch.Tensor]:
+    """PSNR and SSIM of held-out images against their reconstructions from mu; and the reconstructions."""
     originals, recons = to_unit_range(to_model_range(held.x)), reconstruct_images(autoencoder, held.x)
-    per_class = [recons[held.y == label] for label in range(len(CLASS_NAMES))]
-    return {"psnr": psnr(originals, recons), "ssim": ssim(originals, recons)}, per_class
-
-
-def get_classifier(out_dir: Path, train: Split, cfg, device: torch.device, seed: int) -> CatDogClassifier:
-    """Load the run's judge classifier (or train and save it), in eval mode."""
-    model, path = CatDogClassifier().to(device), out_dir / CLASSIFIER_FILE
-    if path.is_file() and not cfg.retrain_classifier:
-        load_weights(model, path, device)
-    else:
-        model = train_classifier(
-            train,
-            device,
-            epochs=cfg.classifier_epochs,
-            batch_size=cfg.classifier_batch_size,
-            lr=cfg.classifier_lr,
-            generator=torch.Generator(device).manual_seed(seed),
-        )
-        atomic_save({k: v.cpu() for k, v in model.state_dict().items()}, path)
-    return model.eval()
+    return {"psnr": psnr(originals, recons), "ssim": ssim(originals, recons)}, recons
 
 
 def sample_classes(autoencoder, diffusion, n: int, sample_kwargs: dict, seed: int) -> tuple[list[torch.Tensor], float]:
@@ -57,58 +50,106 @@ def sample_classes(autoencoder, diffusion, n: int, sample_kwargs: dict, seed: in
     return samples, len(CLASS_NAMES) * n / (time.perf_counter() - start)
 
 
-def sample_scores(
-    samples: list[torch.Tensor],
-    held: Split,
-    real_feat: torch.Tensor,
-    judge: CatDogClassifier,
-    inception: InceptionMetrics,
-) -> dict:
-    """Per class and overall: class fidelity, classifier-feature Frechet distance to the held-out images (whose judge
-    features are `real_feat`), and FID/KID when available."""
-    real = to_unit_range(to_model_range(held.x))
-    scores, fakes, fake_feats, labels = {}, [], [], []
-    for label, (name, fake) in enumerate(zip(CLASS_NAMES, samples)):
-        pred, feat = classify(judge, fake)
-        sel = held.y == label
-        scores[name] = {
-            "class_fidelity": (pred == label).float().mean().item(),
-            "feature_fd": frechet_distance(feat.numpy(), real_feat[sel].numpy()),
-        }
-        if inception.available:
-            scores[name].update(inception.compute(real[sel], fake))
-        fakes.append(fake), fake_feats.append(feat), labels.append(pred == label)
-    scores["overall"] = {
-        "class_fidelity": torch.cat(labels).float().mean().item(),
-        "feature_fd": frechet_distance(torch.cat(fake_feats).numpy(), real_feat.numpy()),
+def calibration_sets(real: list[torch.Tensor], recons: list[torch.Tensor], generator: torch.Generator) -> dict:
+    """Per class (lists in CLASS_NAMES order): each calibration set as (images, reference images) in [0, 1].
+
+    The reference is the class's held-out images, except for the real row, which compares one random half of them
+    with the other (the floor of every distance, at half the images)."""
+    sets: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {
+        "real held-out, half vs half": [],
+        "blurred, sigma 0.7": [],
+        "blurred, sigma 1.0": [],
+        f"stereotype, {STEREOTYPE_IMAGES} images repeated": [],
+        "VAE reconstructions": [],
     }
-    if inception.available:
-        scores["overall"].update(inception.compute(real, torch.cat(fakes)))
+    for images, recon in zip(real, recons):
+        order = torch.randperm(len(images), generator=generator)
+        half = len(images) // 2
+        few = images[order[:STEREOTYPE_IMAGES]]
+        sets["real held-out, half vs half"].append((images[order[half:]], images[order[:half]]))
+        sets["blurred, sigma 0.7"].append((gaussian_blur(images, 0.7), images))
+        sets["blurred, sigma 1.0"].append((gaussian_blur(images, 1.0), images))
+        repeated = few.repeat(-(-len(images) // len(few)), 1, 1, 1)[: len(images)]
+        sets[f"stereotype, {STEREOTYPE_IMAGES} images repeated"].append((repeated, images))
+        sets["VAE reconstructions"].append((recon, images))
+    return sets
+
+
+class Features:
+    """The judge's verdicts and features of image sets, computed once per set (the reference sets recur)."""
+
+    def __init__(self, judge):
+        self.judge, self.memo = judge, {}
+
+    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if id(images) not in self.memo:
+            self.memo[id(images)] = (images, classify(self.judge, images))  # the tensor is kept: its id stays unique
+        return self.memo[id(images)][1]
+
+
+def score_set(pairs: list[tuple[torch.Tensor, torch.Tensor]], features: Features, classes: tuple[str, ...]) -> dict:
+    """Per class: FD, precision, recall (k = 3) in the judge's features against the reference, and its verdicts."""
+    scores = {}
+    for name, (images, reference) in zip(CLASS_NAMES, pairs):
+        pred, feat = features(images)
+        precision, recall = precision_recall(features(reference)[1], feat, k=3)
+        called = torch.bincount(pred, minlength=len(classes)).float() / len(pred)
+        top = called.topk(min(3, len(classes)))
+        scores[name] = {
+            "n": len(images),
+            "fd": frechet_distance(feat.numpy(), features(reference)[1].numpy()),
+            "precision": precision,
+            "recall": recall,
+            "fidelity": called[classes.index(name)].item(),
+            "called": [[classes[i], v] for v, i in zip(top.values.tolist(), top.indices.tolist())],
+        }
     return scores
 
 
+def blind_check(calibration: dict) -> dict[str, bool]:
+    """Which metrics rank blurred images (sigma 1.0) and the stereotype clearly worse than real images, for both
+    classes: a metric that does not is blind to the failures it must catch."""
+    real = calibration["real held-out, half vs half"]
+    failures = [calibration["blurred, sigma 1.0"], calibration[f"stereotype, {STEREOTYPE_IMAGES} images repeated"]]
+    seen = {}
+    for metric, margin in CLEARLY_WORSE.items():
+        if metric == "fd":
+            ok = lambda r, f: f >= margin * r  # noqa: E731
+        else:
+            ok = lambda r, f: f <= r - margin  # noqa: E731
+        seen[metric] = all(ok(real[c][metric], bad[c][metric]) for bad in failures for c in CLASS_NAMES)
+    return seen
+
+
 def evaluate_run(
-    autoencoder, diffusion, train: Split, held: Split, out_dir: Path, eval_cfg, sample_kwargs: dict, seed: int
+    autoencoder,
+    diffusion,
+    held: Split,
+    reference: Reference,
+    judge: JudgeClassifier,
+    out_dir: Path,
+    eval_cfg,
+    sample_kwargs: dict,
+    seed: int,
 ) -> dict:
-    """Every number of the evaluation as one JSON-ready dict (also written to out_dir/<eval_cfg.name>.json)."""
+    """Every number of the evaluation as one JSON-ready dict (also written to out_dir/<eval_cfg.name>.json), and the
+    sample sheet (out_dir/<eval_cfg.name>_sheet.png); samples are drawn from `seed`."""
     device = diffusion.device
-    inception = InceptionMetrics(eval_cfg.fid_weights, device)
-    if not inception.available:
-        log.warning(
-            "FID/KID skipped: Inception weights unavailable (%s); pass --fid-weights PATH "
-            "(pt_inception-2015-12-05-6726825d.pth)",
-            inception.reason,
-        )
-    judge = get_classifier(out_dir, train, eval_cfg, device, seed)
-    real_pred, real_feat = classify(judge, to_unit_range(to_model_range(held.x)))
+    accuracy = judge_accuracy(judge, reference, to_unit_range(to_model_range(reference.held.x)))
     samples, rate = sample_classes(autoencoder, diffusion, eval_cfg.samples_per_class, sample_kwargs, seed)
-    reconstruction, reconstructions = reconstruction_scores(autoencoder, held)
+    reconstruction, recons = reconstruction_scores(autoencoder, held)
+    real_all = to_unit_range(to_model_range(held.x))
+    real = [real_all[held.y == label] for label in range(len(CLASS_NAMES))]
+    features = Features(judge)
+    recons_per_class = [recons[held.y == label] for label in range(len(CLASS_NAMES))]
+    sets = calibration_sets(real, recons_per_class, torch.Generator().manual_seed(seed))
+    calibration = {name: score_set(pairs, features, reference.classes) for name, pairs in sets.items()}
     result = {
         "reconstruction": reconstruction,
-        "classifier_real_accuracy": (real_pred == held.y).float().mean().item(),
-        # the decoder's own ceiling: the same scores for the held-out images passed through the VAE
-        "reconstructions_judged": sample_scores(reconstructions, held, real_feat, judge, inception),
-        "samples": sample_scores(samples, held, real_feat, judge, inception),
+        "judge": {"classes": list(reference.classes), "source": reference.source, "accuracy": accuracy},
+        "samples": score_set(list(zip(samples, real)), features, reference.classes),
+        "calibration": calibration,
+        "metric_sees_failures": blind_check(calibration),
         "sampling": {
             **sample_kwargs,
             "samples_per_class": eval_cfg.samples_per_class,
@@ -118,29 +159,80 @@ def evaluate_run(
             "device": str(device),
         },
         "held_out_images": len(held),
-        "fid_available": inception.available,
         "eval_config": dataclasses.asdict(eval_cfg),
     }
+    inception_scores(result, samples, real, eval_cfg, device)
+    result["sheet"] = str(
+        save_sample_sheet([s[:SHEET_SAMPLES] for s in samples], CLASS_NAMES, out_dir / f"{eval_cfg.name}_sheet.png")
+    )
+    result = _nan_to_none(result)
     (out_dir / f"{eval_cfg.name}.json").write_text(json.dumps(result, indent=2))
     return result
 
 
+def _nan_to_none(value):
+    """NaN (a metric undefined on too few images) as None, so the JSON file is strict JSON."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_nan_to_none(v) for v in value]
+    return value
+
+
+def inception_scores(result: dict, samples: list[torch.Tensor], real: list[torch.Tensor], eval_cfg, device) -> None:
+    """Add FID and KID per class to the samples' scores where Inception weights can be had; else say why not."""
+    inception = InceptionMetrics(eval_cfg.fid_weights, device)
+    result["fid_available"] = inception.available
+    if not inception.available:
+        log.warning(
+            "FID/KID skipped: Inception weights unavailable (%s); pass --fid-weights PATH "
+            "(pt_inception-2015-12-05-6726825d.pth)",
+            inception.reason,
+        )
+        return
+    for name, fake, reference in zip(CLASS_NAMES, samples, real):
+        result["samples"][name].update(inception.compute(reference, fake))
+
+
+def _pair(scores: dict, metric: str, fmt: str) -> str:
+    values = [scores[c][metric] for c in CLASS_NAMES]
+    return " / ".join("n/a" if v is None else format(v, fmt) for v in values)
+
+
 def format_table(result: dict) -> str:
-    """The evaluation as a plain-text table."""
-    rec, smp = result["reconstruction"], result["sampling"]
+    """The evaluation as a plain-text table: the samples' row, then the calibration rows."""
+    rec, smp, judge = result["reconstruction"], result["sampling"], result["judge"]
+    acc = judge["accuracy"]
+    per_class = ", ".join(f"{c} {acc['per_class'][c]:.0%}" for c in CLASS_NAMES)
     lines = [
         f"reconstruction (held-out, n={result['held_out_images']}): PSNR {rec['psnr']:.2f} dB, SSIM {rec['ssim']:.3f}",
-        f"judge classifier accuracy on real held-out images: {result['classifier_real_accuracy']:.1%}",
+        f"judge: {len(judge['classes'])}-way classifier trained on {judge['source']}; accuracy on held-out images "
+        f"{acc['overall']:.1%} ({per_class})",
         f"sampling: {smp['sampler']} {smp['steps']} steps, eta {smp['eta']}, guidance {smp['guidance_scale']}, "
         f"{smp['samples_per_class']} per class, {smp['s_per_1000_images']:.1f} s per 1000 images on {smp['device']}",
-        f"{'':10s}{'class fidelity':>16s}{'feature FD':>12s}{'FID':>9s}{'KID':>9s}",
+        "per class (cat / dog), in the judge's features against the held-out images of the class:",
+        f"{'set':38s}{'n':>11s}{'FD':>15s}{'precision':>15s}{'recall':>15s}{'called its class':>19s}",
     ]
-    rows = [*result["samples"].items(), ("(reconstructions of the held-out images, for reference)", None)]
-    rows += result["reconstructions_judged"].items()
+    rows = [("samples", result["samples"]), ("-- calibration --", None), *result["calibration"].items()]
     for name, s in rows:
         if s is None:
             lines.append(name)
             continue
-        fid = f"{s['fid']:9.2f}{s['kid_mean']:9.4f}" if "fid" in s else f"{'n/a':>9s}{'n/a':>9s}"
-        lines.append(f"{name:10s}{s['class_fidelity']:16.1%}{s['feature_fd']:12.3f}{fid}")
+        lines.append(
+            f"{name:38s}{_pair(s, 'n', 'd'):>11s}{_pair(s, 'fd', '.2f'):>15s}{_pair(s, 'precision', '.2f'):>15s}"
+            f"{_pair(s, 'recall', '.2f'):>15s}{_pair(s, 'fidelity', '.0%'):>19s}"
+        )
+    for c in CLASS_NAMES:
+        called = ", ".join(f"{name} {v:.0%}" for name, v in result["samples"][c]["called"])
+        fid = result["samples"][c]
+        fid_text = f"; FID {fid['fid']:.2f}, KID {fid['kid_mean']:.4f}" if "fid" in fid else ""
+        lines.append(f"samples of {c}s are called: {called}{fid_text}")
+    seen = result["metric_sees_failures"]
+    lines.append(
+        "metrics that rank blur (sigma 1.0) and the stereotype clearly worse than real images: "
+        + ", ".join(f"{m} {'yes' if ok else 'NO'}" for m, ok in seen.items())
+    )
+    lines.append(f"sample sheet: {result['sheet']}")
     return "\n".join(lines)

@@ -1,11 +1,15 @@
-"""Image metrics: PSNR, SSIM, Frechet distance of features, and FID/KID through torchmetrics when weights exist."""
+"""Image metrics: PSNR, SSIM, Frechet distance, precision and recall of features, blur (for calibration), and
+FID/KID through torchmetrics when weights exist."""
 
 from __future__ import annotations
 
 import logging
+import math
+import warnings
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy import linalg
 
 log = logging.getLogger(__name__)
@@ -25,14 +29,64 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def frechet_distance(x: np.ndarray, y: np.ndarray) -> float:
-    """Frechet distance between Gaussians fitted to feature sets x (N, F) and y (M, F) (Heusel et al. 2017)."""
+    """Frechet distance between Gaussians fitted to feature sets x (N, F) and y (M, F) (Heusel et al. 2017).
+
+    With fewer images than feature dimensions a covariance is singular: one warning says so and the covariances
+    are regularised (the value is then biased and only comparable between sets of the same sizes)."""
+    if min(len(x), len(y)) < 2:
+        log.warning("feature FD needs at least 2 images per set, got %d and %d: reported as n/a", len(x), len(y))
+        return float("nan")
+    singular = min(len(x), len(y)) <= x.shape[1]
+    if singular:
+        log.warning(
+            "feature FD on %d and %d images in %d dimensions: fewer images than dimensions, so the value is biased",
+            len(x),
+            len(y),
+            x.shape[1],
+        )
     mu1, mu2 = x.mean(0), y.mean(0)
-    s1, s2 = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
-    covmean = linalg.sqrtm(s1 @ s2)
-    if not np.isfinite(covmean).all():  # near-singular product: regularise as the reference implementation does
-        eps = np.eye(len(s1)) * 1e-6
-        covmean = linalg.sqrtm((s1 + eps) @ (s2 + eps))
+    s1, s2 = np.atleast_2d(np.cov(x, rowvar=False)), np.atleast_2d(np.cov(y, rowvar=False))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        covmean = None if singular else linalg.sqrtm(s1 @ s2)
+        if covmean is None or not np.isfinite(covmean).all():  # regularise as the reference implementation does
+            eps = np.eye(len(s1)) * 1e-6
+            covmean = linalg.sqrtm((s1 + eps) @ (s2 + eps))
     return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean.real))
+
+
+def _knn_radii(feats: torch.Tensor, k: int) -> torch.Tensor:
+    """Distance of every point (N, F) to its k-th nearest other point (N,)."""
+    d = torch.cdist(feats, feats)
+    return d.kthvalue(k + 1, dim=1).values  # +1: the point itself is at distance 0
+
+
+def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> tuple[float, float]:
+    """Improved precision and recall (Kynkaanniemi et al. 2019) of feature sets real (N, F) and fake (M, F).
+
+    Each set's manifold is the union of balls around its points reaching their k-th nearest neighbour. Precision:
+    the share of fakes inside the real manifold (are samples realistic?); recall: the share of reals inside the
+    fake manifold (do samples cover the data?). A set of a few repeated images has high precision and low recall."""
+    real, fake = real.double(), fake.double()
+    k_real, k_fake = min(k, len(real) - 1), min(k, len(fake) - 1)
+    if k_real < 1 or k_fake < 1:
+        return float("nan"), float("nan")
+    d = torch.cdist(fake, real)  # (M, N)
+    precision = (d <= _knn_radii(real, k_real)[None, :]).any(dim=1).double().mean().item()
+    recall = (d <= _knn_radii(fake, k_fake)[:, None]).any(dim=0).double().mean().item()
+    return precision, recall
+
+
+def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Blur images (N, C, H, W) with a Gaussian of std `sigma` pixels (kernel 2*ceil(3 sigma)+1, reflect padding)."""
+    radius = max(1, math.ceil(3 * sigma))
+    taps = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
+    kernel = torch.exp(-(taps**2) / (2 * sigma**2))
+    kernel = kernel / kernel.sum()
+    c = images.shape[1]
+    out = F.pad(images, (radius,) * 4, mode="reflect")
+    out = F.conv2d(out, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)  # rows
+    return F.conv2d(out, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)  # columns
 
 
 class InceptionMetrics:

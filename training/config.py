@@ -114,7 +114,14 @@ class SampleConfig:
 class EvalConfig:
     """The evaluate command: how many samples, and the judge classifier trained on real images."""
 
-    samples_per_class: int = opt(500, "generated images per class", flag="--eval-samples")
+    samples_per_class: int = opt(1000, "generated images per class", flag="--eval-samples")
+    reference_dirs: list[str] | None = opt(
+        None,
+        "folders of real images in one sub-folder per class (CIFAR-10's ten classes) for the ten-way judge; several "
+        "folders are merged; default: CIFAR-10's training set when the run downloaded it, else a two-way judge",
+        flag="--eval-reference-dir",
+        nargs="+",
+    )
     fid_weights: str | None = opt(
         None,
         "Inception weights file for FID/KID (pt_inception-2015-12-05-6726825d.pth) on offline machines",
@@ -122,10 +129,11 @@ class EvalConfig:
     )
     name: str = opt("evaluation", "results go to OUTPUT_DIR/NAME.json", flag="--eval-name")
     classifier_epochs: int = opt(15, "epochs of the judge classifier")
+    judge_width: int = opt(32, "channels of the judge's first layer (its features have 4x as many)")
     classifier_batch_size: int = opt(128, "batch size of the judge classifier")
     classifier_lr: float = opt(3e-3, "peak learning rate of the judge classifier")
     retrain_classifier: bool = opt(
-        False, "train the judge classifier again even if OUTPUT_DIR/catdog_classifier.pt exists"
+        False, "train the judge classifier again even if OUTPUT_DIR/judge_classifier.pt fits"
     )
     weights: str = opt(
         "ema",
@@ -172,6 +180,7 @@ POSITIVE = {
     "samples_per_class",
     "classifier_epochs",
     "classifier_batch_size",
+    "judge_width",
     "classifier_lr",
     "log_every",
     "checkpoint_every",
@@ -239,8 +248,9 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
                 "default": None,
                 "help": f"{f.metadata['help']} (default: {f.default})",
             }
-            if f.metadata.get("choices"):
-                kw["choices"] = f.metadata["choices"]
+            for key in ("choices", "nargs"):
+                if f.metadata.get(key):
+                    kw[key] = f.metadata[key]
             if f.type in ("bool", bool):
                 group.add_argument(_flag(f, prefix), action=argparse.BooleanOptionalAction, **kw)
             else:

@@ -7,7 +7,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from data import CLASS_NAMES
 from models.generate import generate_class_samples
@@ -42,6 +42,30 @@ def save_image_grid(images: torch.Tensor, path: str | Path, nrow: int = 8, scale
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(path)
+    return path
+
+
+def save_sample_sheet(
+    per_class: list[torch.Tensor], names: tuple[str, ...], path: str | Path, nrow: int = 8, scale: int = 4
+) -> Path:
+    """One PNG of samples to judge by eye: a labelled block of images (N, 3, H, W) in [0, 1] per class, one above
+    the other, each pixel enlarged `scale` times (nearest neighbour, so nothing is smoothed)."""
+    blocks = [Image.fromarray(tile(images, nrow, pad=1)) for images in per_class]
+    blocks = [b.resize((b.width * scale, b.height * scale), Image.NEAREST) for b in blocks]
+    try:
+        font = ImageFont.load_default(size=28)
+    except TypeError:  # Pillow < 10.1 has one fixed size
+        font = ImageFont.load_default()
+    label_h = 40
+    sheet = Image.new("RGB", (max(b.width for b in blocks), sum(b.height + label_h for b in blocks)), "white")
+    y = 0
+    for block, name, images in zip(blocks, names, per_class):
+        ImageDraw.Draw(sheet).text((8, y + 4), f"{name} ({len(images)} samples)", fill="black", font=font)
+        sheet.paste(block, (0, y + label_h))
+        y += block.height + label_h
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)
     return path
 
 

@@ -1,15 +1,14 @@
 import json
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 import torch
 
 from data import load_image_folder, to_model_range, to_unit_range
 from evaluation.classifier import classify, train_classifier
-from evaluation.evaluate import sample_scores
 from evaluation.metrics import InceptionMetrics, frechet_distance, psnr, ssim
-from conftest import run_main
+from PIL import Image
+
+from conftest import make_images, run_main
 
 
 def test_psnr_and_ssim_known_values():
@@ -29,7 +28,13 @@ def test_judge_classifier_learns_a_separable_task(image_folder):
     """15 epochs (45 steps here), the default: after 8, BatchNorm's running statistics could still leave it at 50%."""
     data, _ = load_image_folder(image_folder)
     model = train_classifier(
-        data, torch.device("cpu"), epochs=15, batch_size=16, lr=3e-3, generator=torch.Generator().manual_seed(0)
+        data,
+        torch.device("cpu"),
+        num_classes=2,
+        epochs=15,
+        batch_size=16,
+        lr=3e-3,
+        generator=torch.Generator().manual_seed(0),
     )
     preds, feats = classify(model, to_unit_range(to_model_range(data.x)))
     assert (preds == data.y).float().mean() > 0.9
@@ -39,7 +44,7 @@ def test_judge_classifier_learns_a_separable_task(image_folder):
 def test_judge_depends_on_its_generator_only_and_leaves_the_global_rng_alone(image_folder):
     """Initialisation and dropout come from the generator: the global RNG neither changes the judge nor is changed."""
     data, _ = load_image_folder(image_folder)
-    kwargs = dict(epochs=1, batch_size=16, lr=3e-3)
+    kwargs = dict(num_classes=2, epochs=1, batch_size=16, lr=3e-3)
     weights = []
     for global_seed in (1, 2):
         torch.manual_seed(global_seed)
@@ -52,28 +57,15 @@ def test_judge_depends_on_its_generator_only_and_leaves_the_global_rng_alone(ima
     assert not torch.equal(other.state_dict()["head.1.weight"], weights[0]["head.1.weight"])
 
 
-@pytest.mark.filterwarnings("ignore:Matrix is singular")  # 48 images, 128 features: a rank-deficient covariance
-def test_sample_scores_of_the_real_images_themselves(image_folder):
-    """Scoring the held-out images as if generated: fidelity = the judge's real accuracy, feature FD = 0."""
-    held, _ = load_image_folder(image_folder)
-    judge = train_classifier(
-        held, torch.device("cpu"), epochs=2, batch_size=16, lr=3e-3, generator=torch.Generator().manual_seed(0)
-    )
-    real = to_unit_range(to_model_range(held.x))
-    as_samples = [real[held.y == label] for label in (0, 1)]
-    preds, features = classify(judge, real)
-    scores = sample_scores(as_samples, held, features, judge, SimpleNamespace(available=False))
-    assert scores["overall"]["class_fidelity"] == pytest.approx((preds == held.y).float().mean().item())
-    assert scores["overall"]["feature_fd"] == pytest.approx(0.0, abs=1e-3)
-
-
 def test_missing_inception_weights_are_reported_not_raised(tmp_path):
     metrics = InceptionMetrics(str(tmp_path / "missing.pth"), torch.device("cpu"))
     assert not metrics.available and metrics.reason
 
 
-def test_evaluate_command_writes_json_and_table(trained_run):
+def test_evaluate_command_writes_json_table_and_sheet(trained_run, tmp_path):
     out = trained_run / "cifar_cat_dog_conditional_improved"
+    make_images(tmp_path / "others" / "frog", 12, 5, color=1)
+    config = json.loads((out / "config.json").read_text())
     proc = run_main(
         "evaluate",
         "--output-dir",
@@ -86,19 +78,30 @@ def test_evaluate_command_writes_json_and_table(trained_run):
         "2",
         "--sample-steps",
         "4",
+        "--eval-reference-dir",
+        config["run"]["data_dir"],
+        str(tmp_path / "others"),
         "--fid-weights",
         str(out / "no_such_file.pth"),
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "FID/KID skipped" in proc.stderr and "class fidelity" in proc.stdout
+    assert "FID/KID skipped" in proc.stderr and "calibration" in proc.stdout and "recall" in proc.stdout
     result = json.loads((out / "evaluation.json").read_text())
     assert result["fid_available"] is False
-    assert set(result["samples"]) == {"cat", "dog", "overall"}
-    assert 0 <= result["samples"]["overall"]["class_fidelity"] <= 1
-    assert result["samples"]["cat"]["feature_fd"] >= 0
+    assert result["judge"]["classes"] == ["cat", "dog", "frog"]
+    assert set(result["samples"]) == {"cat", "dog"}
+    assert result["samples"]["cat"]["n"] == 6 and 0 <= result["samples"]["dog"]["fidelity"] <= 1
+    assert set(result["calibration"]) == {
+        "real held-out, half vs half",
+        "blurred, sigma 0.7",
+        "blurred, sigma 1.0",
+        "stereotype, 20 images repeated",
+        "VAE reconstructions",
+    }
+    assert set(result["metric_sees_failures"]) == {"fd", "precision", "recall", "fidelity"}
     assert result["reconstruction"]["psnr"] > 5 and -1 <= result["reconstruction"]["ssim"] <= 1
-    assert set(result["reconstructions_judged"]) == {"cat", "dog", "overall"}
-    assert "reconstructions of the held-out images" in proc.stdout
     assert result["sampling"]["steps"] == 4 and result["sampling"]["samples_per_class"] == 6
     assert result["held_out_images"] == 4  # the run's own split (10% of 48, per class), read from its config.json
-    assert (out / "catdog_classifier.pt").is_file()
+    assert (out / "judge_classifier.pt").is_file()
+    sheet = Image.open(out / "evaluation_sheet.png")
+    assert sheet.width >= 3 * 6 * 32  # 6 samples in a row, enlarged at least 3x
