@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import logging
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -24,9 +24,16 @@ from models import ConditionalDenoiseDiffusion, ConditionalUNet, SimpleAutoencod
 from training.common import AUTOENCODER_FILE, DIFFUSION_FILE, load_weights
 from evaluation.evaluate import evaluate_run, format_table
 from evaluation.judge import get_judge, load_reference
-from training.config import PRESETS, SECTIONS, add_config_args, explicit_flags, flag_of, resolve_configs
+from training.config import PRESETS, SECTIONS, RunConfig, add_config_args, explicit_flags, flag_of, resolve_configs
 from training.diffusion import train_diffusion
-from training.run import load_pipeline, make_context, setup_logging, write_config
+from training.run import (
+    check_output_dir,
+    load_pipeline,
+    make_context,
+    prepare_output_dir,
+    setup_logging,
+    write_config,
+)
 from training.vae import train_vae
 from visualization import save_image_grid, save_samples, write_diffusion_figures, write_loss_curves, write_vae_figures
 
@@ -53,9 +60,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--preset",
-        default="default",
+        default=None,
         choices=tuple(PRESETS),
-        help="default: full run for a GPU; cpu: ~15 min on 2 cores; smoke: a 1-minute end-to-end check",
+        help="default: full run for a GPU; cpu: a quarter of an hour on 2 cores; smoke: the whole pipeline in under a "
+        "minute. sample and evaluate take their defaults from the run's config.json unless --preset is given "
+        "(default: default)",
     )
     add_config_args(parser)
     return parser.parse_args(argv)
@@ -90,8 +99,13 @@ def train(cfg: dict) -> None:
     """Run the stages in order: data, VAE (unless done), diffusion (unless done), figures."""
     run = cfg["run"]
     ctx = make_context(run)
+    setup_logging(None, ctx.is_main)
+    check_output_dir(ctx.out_dir)
+    train_set, held = load_splits(run)  # bad data fails here, before the output folder exists
+    if ctx.is_main:
+        prepare_output_dir(ctx.out_dir)
     setup_logging(ctx.out_dir, ctx.is_main)
-    train_set, held = load_splits(run)
+    log.info("data: %d training and %d held-out images", len(train_set), len(held))
     torch.manual_seed(run.seed)  # model initialisation only; identical on every rank
     autoencoder, unet = SimpleAutoencoder().to(ctx.device), ConditionalUNet().to(ctx.device)
     vae_trained = vae_stage(autoencoder, train_set, held, cfg, ctx)
@@ -199,16 +213,12 @@ def sample(cfg: dict) -> None:
         print(f"{CLASS_NAMES[label]}: {len(images)} images in {folder}/, grid {grid}")
 
 
-def evaluate(cfg: dict, given: set[str]) -> None:
-    """Score a trained run on its own held-out split (data options default to those in its config.json)."""
+def evaluate(cfg: dict) -> None:
+    """Score a trained run on its own held-out split (options default to those in its config.json)."""
     run, s = cfg["run"], cfg["sample"]
+    train_set, held = load_splits(run)
     ctx = make_context(run)
     setup_logging(None, True)
-    saved = ctx.out_dir / "config.json"
-    if saved.is_file():
-        recorded = json.loads(saved.read_text())["run"]
-        run = dataclasses.replace(run, **{k: recorded[k] for k in DATA | {"seed"} if k not in given})
-    train_set, held = load_splits(run)
     autoencoder, diffusion = load_pipeline(ctx.out_dir, ctx.device, raw_weights=cfg["eval"].weights == "raw")
     reference = load_reference(
         cfg["eval"].reference_dirs, run.data_dir, run.download_dir, train_set, held, torch.Generator().manual_seed(0)
@@ -222,17 +232,41 @@ def evaluate(cfg: dict, given: set[str]) -> None:
     print(f"written to {ctx.out_dir / (cfg['eval'].name + '.json')}")
 
 
+def recorded_config(args: argparse.Namespace) -> dict:
+    """For sample and evaluate: the options recorded in the run's config.json that the command takes, except where
+    the run was and where it runs now (output folder, device, threads); {} when there is no readable record."""
+    out_dir = getattr(args, "run.output_dir") or RunConfig.output_dir
+    path = Path(out_dir) / "config.json"
+    try:
+        record = json.loads(path.read_text()) if args.command != "train" and path.is_file() else {}
+    except (OSError, ValueError) as err:
+        log.warning("ignoring %s (%s): using the preset's options", path, err)
+        return {}
+    local = {"output_dir", "device", "threads"}
+    return {
+        section: {k: v for k, v in record.get(section, {}).items() if (names is None or k in names) and k not in local}
+        for section, names in ALLOWED[args.command].items()
+    }
+
+
+INTERRUPTED = {
+    "train": "interrupted: training state saved; run the same command again to resume",
+    "sample": "interrupted: images written so far are kept",
+    "evaluate": "interrupted: nothing was written",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         check_flags(args)
-        cfg = resolve_configs(args, args.preset)
+        cfg = resolve_configs(args, args.preset, recorded_config(args))
         if args.command == "train":
             train(cfg)
         elif args.command == "sample":
             sample(cfg)
         else:
-            evaluate(cfg, explicit_flags(args, "run"))
+            evaluate(cfg)
     except UserInputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -240,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 3
     except KeyboardInterrupt:
-        print("\ninterrupted: training state saved; run the same command again to resume", file=sys.stderr)
+        print(f"\n{INTERRUPTED[args.command]}", file=sys.stderr)
         return 130
     finally:
         if torch.distributed.is_initialized():

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
+os.environ["OMP_NUM_THREADS"] = "1"  # before torch starts: this process and every main.py it runs use one thread
+
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +14,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+torch.set_num_threads(1)  # a test never waits on a core that another process holds
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,7 +26,7 @@ TINY_RUN = [
     "--device",
     "cpu",
     "--threads",
-    "2",
+    "1",
     "--vae-steps",
     "12",
     "--vae-batch-size",

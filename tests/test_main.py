@@ -152,3 +152,45 @@ def test_unwritable_output_dir(tmp_path, capsys):
     blocker.write_text("not a folder")
     assert main.main(["--output-dir", str(blocker / "out"), "--device", "cpu"]) == 2
     assert "not writable" in capsys.readouterr().err
+
+
+def test_a_command_that_fails_on_its_input_leaves_no_output_folder(tmp_path, capsys):
+    """Before: an output folder holding only an empty log.txt was left behind."""
+    assert main.main(["--data-dir", str(tmp_path / "missing"), "--output-dir", str(tmp_path / "o")]) == 2
+    assert main.main(["sample", "--output-dir", str(tmp_path / "s"), "--device", "cpu"]) == 2
+    assert main.main(["evaluate", "--output-dir", str(tmp_path / "e"), "--device", "cpu"]) == 2
+    assert not any((tmp_path / name).exists() for name in ("o", "s", "e"))
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_help_shows_each_default_once_and_the_presets_that_change_it(capsys):
+    with pytest.raises(SystemExit):
+        main.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "(default: None)" not in text and "(default: torch's choice)" not in text
+    assert "--visualize-every VISUALIZE_EVERY also write visualisations" in text
+    assert "(default: 0) (preset: default 5000)" in text
+    assert "1-minute" not in text
+
+
+@pytest.mark.parametrize("command", ["train", "sample", "evaluate"])
+def test_ctrl_c_says_what_was_kept(command, tmp_path, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(main, command, interrupted)
+    args = [] if command == "train" else [command]
+    assert main.main([*args, "--output-dir", str(tmp_path), "--device", "cpu"]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and ("training state saved" in err) == (command == "train")
+
+
+def test_evaluate_takes_its_defaults_from_the_runs_preset(trained_run):
+    """Before: a smoke run was evaluated with the default preset's 500 samples per class and a 15-epoch judge."""
+    out = trained_run / OUT
+    proc = run_main("evaluate", "--output-dir", str(out), "--device", "cpu", "--eval-name", "from_config")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((out / "from_config.json").read_text())
+    assert result["samples"]["cat"]["n"] == 50 and result["eval_config"]["classifier_epochs"] == 1  # smoke's
+    assert result["sampling"]["steps"] == 4  # the run's own --sample-steps, recorded in its config.json
+    assert "LinAlgWarning" not in proc.stderr and "Traceback" not in proc.stderr

@@ -1,5 +1,6 @@
 """Kills, interrupts, NaNs and repeat runs: no work is lost and the same seed gives the same weights."""
 
+import json
 import signal
 import subprocess
 import sys
@@ -85,9 +86,17 @@ def test_same_seed_gives_identical_checkpoints(image_folder, reference, tmp_path
     assert same_weights(reference, tmp_path)
 
 
+def logged_steps(path) -> list[int]:
+    return [json.loads(line)["step"] for line in path.read_text().splitlines() if "total" in line]
+
+
 def test_sigkill_mid_stage_then_resume_equals_an_uninterrupted_run(image_folder, reference, tmp_path):
     proc = start(image_folder, tmp_path)
     wait_for(tmp_path / "vae_train_state.pt", proc)  # first VAE checkpoint (step 8 of 40) is on disk
+    deadline = time.time() + 60
+    while 12 not in logged_steps(tmp_path / "metrics_vae.jsonl"):  # logged past the checkpoint: lost on resume
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / PUBLIC[0]).exists()  # it really died mid-stage
@@ -96,6 +105,10 @@ def test_sigkill_mid_stage_then_resume_equals_an_uninterrupted_run(image_folder,
     assert "resuming from step" in resumed.stderr
     assert not list(tmp_path.glob(".*.tmp"))
     assert same_weights(reference, tmp_path)
+    # the resumed stage dropped the log lines past its checkpoint: every step once, as in an uninterrupted run
+    for name in ("metrics_vae.jsonl", "metrics_diffusion.jsonl"):
+        assert logged_steps(tmp_path / name) == logged_steps(reference / name)
+    assert logged_steps(tmp_path / "metrics_vae.jsonl") == list(range(4, 41, 4))
 
 
 def test_ctrl_c_saves_state_and_says_how_to_resume(image_folder, tmp_path):

@@ -8,8 +8,10 @@ import json
 import logging
 import math
 import os
-import pickle
+import pickletools
 import tempfile
+import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,20 +101,62 @@ def save_weights(model: nn.Module, path: Path) -> None:
 
 
 def load_file(path: str | Path, map_location: str | torch.device = "cpu"):
-    """torch.load with weights_only=True (a checkpoint never runs code), with one-line errors."""
+    """torch.load with weights_only=True (a checkpoint never runs code), with one-line errors: "refused" for a pickle
+    that would import and call something, "cannot read" for any other file that is not a readable torch file."""
     path = Path(path)
     if not path.is_file():
         raise UserInputError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise UserInputError(
-            f"refused to load {path}: it is not a plain weights file ({str(err).splitlines()[0]})"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise UserInputError(
-            f"cannot read checkpoint {path} (truncated or not a torch file): {str(err).splitlines()[0]}"
-        ) from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about the pickle protocol of foreign files before refusing
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises EOFError, KeyError, RuntimeError, ... for damaged files
+        imports = _foreign_imports(path)
+        if imports:
+            raise UserInputError(
+                f"refused to load {path}: unpickling it would call {', '.join(sorted(imports)[:3])} "
+                "(checkpoints are read as plain weights and never run code)"
+            ) from None
+        raise UserInputError(f"cannot read checkpoint {path} ({_what_is_wrong(path, err)})") from None
+
+
+def _what_is_wrong(path: Path, err: Exception) -> str:
+    """A short description of an unreadable file, from its first bytes (torch's own messages are long or empty)."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head:
+        return "empty file"
+    if head == b"PK\x03\x04":  # a zip archive, as torch.save writes, that torch could not read
+        return f"damaged torch archive: truncated or corrupted, {type(err).__name__}"
+    return "not a torch file"
+
+
+SAFE_MODULES = ("torch", "collections", "numpy")  # what torch's own files import when unpickled
+
+
+def _pickle_bytes(path: Path) -> bytes:
+    """The pickle stream of a torch file: the data.pkl member of its zip, or the file itself (legacy or raw)."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if n.endswith("data.pkl")]
+            return archive.read(names[0]) if names else b""
+    return path.read_bytes()
+
+
+def _foreign_imports(path: Path) -> set[str]:
+    """Names outside torch's own that the file's pickle would import (and could call); empty if none or unreadable."""
+    found, strings = set(), []
+    try:
+        for op, arg, _ in pickletools.genops(_pickle_bytes(path)):
+            if op.name in ("GLOBAL", "INST"):
+                found.add(arg.replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.add(f"{strings[-2]}.{strings[-1]}")
+            elif isinstance(arg, str):
+                strings.append(arg)
+    except Exception:  # noqa: BLE001 - a damaged stream: report what was found before the damage
+        pass
+    return {name for name in found if name.split(".")[0] not in SAFE_MODULES}
 
 
 def load_weights(model: nn.Module, path: str | Path, map_location: str | torch.device = "cpu") -> None:
@@ -211,16 +255,32 @@ def maybe_compile(model: nn.Module, enabled: bool) -> nn.Module:
 
 
 class MetricsLog:
-    """Appends one JSON object per line to a file (only on the main process)."""
+    """Appends one JSON object per line to a file (only on the main process).
 
-    def __init__(self, path: Path, enabled: bool = True):
+    A stage that starts at `start_step` (0: afresh; else resumed from its checkpoint) first drops the records past
+    that step, which a killed run wrote after its last checkpoint: every step is then logged once."""
+
+    def __init__(self, path: Path, enabled: bool = True, start_step: int = 0):
         self.path, self.enabled = Path(path), enabled
+        if enabled and self.path.is_file():
+            kept = [line for line in self.path.read_text().splitlines() if _step_of(line) <= start_step]
+            tmp = self.path.with_name(f".{self.path.name}.tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            os.replace(tmp, self.path)
 
     def write(self, record: dict) -> None:
         if not self.enabled:
             return
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+
+
+def _step_of(line: str) -> float:
+    """The step of one metrics record; a damaged line (a kill mid-write) counts as past every step."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
 
 def check_finite(losses: dict[str, float], step: int, stage: str) -> None:

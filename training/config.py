@@ -28,8 +28,14 @@ class RunConfig:
     holdout_fraction: float = opt(
         0.1, "share of the training images held out for validation when no test/ split exists"
     )
-    max_images: int | None = opt(None, "use at most this many training images (half per class); for quick runs")
-    threads: int | None = opt(None, "CPU threads for torch (default: torch's choice)")
+    max_images: int | None = opt(
+        None, "use at most this many training images (half per class); for quick runs (default: all)"
+    )
+    threads: int | None = opt(
+        None,
+        "CPU threads for torch (default: $OMP_NUM_THREADS, else the CPUs this process may use after affinity and "
+        "cgroup quota); on a machine where another process is busy, 1 avoids threads waiting on each other",
+    )
     amp: bool = opt(True, "bf16 autocast for training where bf16 is native (CUDA; CPUs with AVX512-BF16 or AMX)")
     log_every: int = opt(100, "steps between metric logs (host syncs happen only then)")
     checkpoint_every: int = opt(1000, "steps between resumable training-state checkpoints")
@@ -124,7 +130,8 @@ class EvalConfig:
     )
     fid_weights: str | None = opt(
         None,
-        "Inception weights file for FID/KID (pt_inception-2015-12-05-6726825d.pth) on offline machines",
+        "Inception weights file for FID/KID (pt_inception-2015-12-05-6726825d.pth) on offline machines (default: "
+        "torchmetrics' download)",
         flag="--fid-weights",
     )
     name: str = opt("evaluation", "results go to OUTPUT_DIR/NAME.json", flag="--eval-name")
@@ -243,11 +250,7 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
     for section, (cls, prefix) in SECTIONS.items():
         group = parser.add_argument_group(f"{section} options ({cls.__doc__.strip()})")
         for f in dataclasses.fields(cls):
-            kw = {
-                "dest": f"{section}.{f.name}",
-                "default": None,
-                "help": f"{f.metadata['help']} (default: {f.default})",
-            }
+            kw = {"dest": f"{section}.{f.name}", "default": None, "help": _help(section, f)}
             for key in ("choices", "nargs"):
                 if f.metadata.get(key):
                     kw[key] = f.metadata[key]
@@ -257,25 +260,33 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
                 group.add_argument(_flag(f, prefix), type=_parse_type(f), metavar=f.name.upper(), **kw)
 
 
+def _help(section: str, f: dataclasses.Field) -> str:
+    """A field's help, its default (unless the help already says it) and the presets that change it."""
+    text = f.metadata["help"]
+    if "default:" not in text and f.default is not None:  # a None default is described by the help itself
+        text += f" (default: {f.default})"
+    changed = [
+        f"{name} {values[section][f.name]}" for name, values in PRESETS.items() if f.name in values.get(section, {})
+    ]
+    return text + (f" (preset: {', '.join(changed)})" if changed else "")
+
+
 def _parse_type(f: dataclasses.Field):
     text = str(f.type)
     return int if text.startswith("int") else float if text.startswith("float") else str
 
 
-def resolve_configs(args: argparse.Namespace, preset: str) -> dict:
-    """Build each section's dataclass from its defaults, the preset, and the flags given on the command line."""
-    if preset not in PRESETS:
+def resolve_configs(args: argparse.Namespace, preset: str | None, recorded: dict | None = None) -> dict:
+    """Build each section's dataclass: its defaults, then the preset (or, with no --preset, the values `recorded`
+    by the run being sampled or evaluated, {section: {field: value}}), then the flags given on the command line."""
+    if preset is not None and preset not in PRESETS:
         raise UserInputError(f"unknown preset {preset!r}: use one of {', '.join(PRESETS)}")
+    base = PRESETS[preset or "default"] if preset is not None or not recorded else recorded
     out = {}
     for section, (cls, _) in SECTIONS.items():
-        values = dict(PRESETS[preset].get(section, {}))
-        values.update(
-            {
-                f.name: getattr(args, f"{section}.{f.name}")
-                for f in dataclasses.fields(cls)
-                if getattr(args, f"{section}.{f.name}") is not None
-            }
-        )
+        fields = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in base.get(section, {}).items() if k in fields}  # keys of other versions: ignored
+        values.update({name: getattr(args, f"{section}.{name}") for name in explicit_flags(args, section)})
         out[section] = cls(**values)
         validate(section, out[section])
     if out["sample"].sample_steps > out["diffusion"].n_steps:

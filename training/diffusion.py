@@ -110,7 +110,7 @@ def train_diffusion(
     checkpoint = checkpointer(ctx, state_path, generator, cfg, **parts)
 
     unet.train()
-    metrics = MetricsLog(ctx.out_dir / "metrics_diffusion.jsonl", ctx.is_main)
+    metrics = MetricsLog(ctx.out_dir / "metrics_diffusion.jsonl", ctx.is_main, start_step=step)
     ema_diffusion = ConditionalDenoiseDiffusion(ema.model, cfg.n_steps, ctx.device, schedule=cfg.schedule)
     step = run_steps(
         "Diffusion",

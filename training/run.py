@@ -58,6 +58,17 @@ def init_distributed(device_name: str) -> tuple[int, int, torch.device]:
     return 0, 1, device
 
 
+def check_output_dir(path: str | Path) -> None:
+    """Refuse an output folder that could not be created or written, without creating anything yet."""
+    path = Path(path).absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        problem = "not a folder" if not existing.is_dir() else "no write permission"
+        raise UserInputError(
+            f"output dir {path} is not writable ({problem}: {existing}); pick another with --output-dir"
+        )
+
+
 def prepare_output_dir(path: str | Path) -> Path:
     """Create the output folder and check that it is writable."""
     path = Path(path)
@@ -88,12 +99,28 @@ def setup_logging(out_dir: Path | None, is_main: bool) -> None:
     )
 
 
+def available_cpus() -> int:
+    """CPUs this process may use: its affinity mask, capped by a cgroup CPU quota (containers) where one is set.
+    torch's own default counts the machine's cores, which oversubscribes a container limited to fewer."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]  # cgroup v2: "max 100000" if none
+        if quota != "max":
+            cpus = min(cpus, max(1, int(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cpus
+
+
 def make_context(run: RunConfig) -> RunContext:
-    """Threads, process group, device and output folder of a run, as one RunContext."""
+    """Threads, process group and device of a run, as one RunContext; the output folder is only named here (training
+    creates it with prepare_output_dir once its input has proved valid; sample and evaluate read an existing one)."""
     if run.threads is not None:
         torch.set_num_threads(run.threads)
+    elif "OMP_NUM_THREADS" not in os.environ:  # torchrun sets it (1 per process); a user may too
+        torch.set_num_threads(available_cpus())
     rank, world, device = init_distributed(run.device)
-    out_dir = prepare_output_dir(run.output_dir) if rank == 0 else Path(run.output_dir)
+    out_dir = Path(run.output_dir)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

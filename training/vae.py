@@ -141,7 +141,7 @@ def train_vae(
     checkpoint = checkpointer(ctx, state_path, generator, cfg, **parts)
 
     model.train()
-    metrics = MetricsLog(ctx.out_dir / "metrics_vae.jsonl", ctx.is_main)
+    metrics = MetricsLog(ctx.out_dir / "metrics_vae.jsonl", ctx.is_main, start_step=step)
     describe = lambda step: {"phase": PHASES[phase_of(step - 1, cfg)], "lr": scheduler.get_last_lr()[0]}  # noqa: E731
     step = run_steps(
         "VAE",
