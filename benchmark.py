@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from models import ConditionalDenoiseDiffusion, ConditionalUNet, SimpleAutoencoder, generate_class_samples
-from training.common import native_bf16
+from training.context import native_bf16
 from training.perceptual import VGGPerceptualLoss
 from training.run import resolve_device
 from training.vae import vae_losses

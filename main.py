@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import sys
@@ -20,15 +21,21 @@ import torch
 
 from data import CLASS_NAMES, class_index, load_dataset
 from errors import UserInputError
-from models import ConditionalDenoiseDiffusion, ConditionalUNet, SimpleAutoencoder, generate_class_samples
-from training.common import AUTOENCODER_FILE, DIFFUSION_FILE, load_weights
+from models import (
+    ConditionalDenoiseDiffusion,
+    ConditionalUNet,
+    SamplingOptions,
+    SimpleAutoencoder,
+    generate_class_samples,
+)
+from checkpoints import AUTOENCODER_FILE, DIFFUSION_FILE, DIFFUSION_STATE_FILE, VAE_STATE_FILE, load_file, load_weights
 from evaluation.evaluate import evaluate_run, format_table
 from evaluation.judge import get_judge, load_reference
 from training.config import PRESETS, SECTIONS, RunConfig, add_config_args, explicit_flags, flag_of, resolve_configs
 from training.diffusion import train_diffusion
+from models.pipeline import load_pipeline
 from training.run import (
     check_output_dir,
-    load_pipeline,
     make_context,
     prepare_output_dir,
     setup_logging,
@@ -38,7 +45,7 @@ from training.vae import train_vae
 from visualization import save_image_grid, save_samples, write_diffusion_figures, write_loss_curves, write_vae_figures
 
 log = logging.getLogger("main")
-SAMPLER = {"sampler", "sample_steps", "eta", "guidance_scale", "sample_seed"}
+SAMPLER = {f.name for f in dataclasses.fields(SamplingOptions)} | {"sample_seed"}
 DATA = {"data_dir", "download_dir", "holdout_fraction", "max_images"}
 COMMON = {"output_dir", "device", "seed", "threads"}
 ALLOWED = {  # flags each command takes, by config section (None: all of the section)
@@ -107,13 +114,13 @@ def train(cfg: dict) -> None:
     setup_logging(ctx.out_dir, ctx.is_main)
     log.info("data: %d training and %d held-out images", len(train_set), len(held))
     torch.manual_seed(run.seed)  # model initialisation only; identical on every rank
-    autoencoder, unet = SimpleAutoencoder().to(ctx.device), ConditionalUNet().to(ctx.device)
+    autoencoder = SimpleAutoencoder().to(ctx.device)
+    unet = ConditionalUNet(prediction=cfg["diffusion"].prediction).to(ctx.device)
     vae_trained = vae_stage(autoencoder, train_set, held, cfg, ctx)
     write_config(cfg, ctx)
     diffusion_stage(unet, autoencoder, train_set, held, cfg, ctx, vae_trained)
     if ctx.is_main and run.figures:
-        d, smp = cfg["diffusion"], cfg["sample"]
-        diffusion = ConditionalDenoiseDiffusion(unet.eval(), d.n_steps, ctx.device, schedule=d.schedule)
+        diffusion = ConditionalDenoiseDiffusion(unet.eval(), device=ctx.device)
         with timed(ctx, "figures_seconds"):
             write_diffusion_figures(
                 autoencoder.eval(),
@@ -121,9 +128,9 @@ def train(cfg: dict) -> None:
                 held,
                 ctx.out_dir,
                 "final",
-                sampler_kwargs(smp),
+                cfg["sample"].options(),
                 sample_seed(cfg),
-                smp.num_samples,
+                cfg["sample"].num_samples,
             )
             write_loss_curves(ctx.out_dir)
     write_config(cfg, ctx)
@@ -134,14 +141,23 @@ def stage_generator(cfg: dict, ctx, offset: int) -> torch.Generator:
     return torch.Generator(ctx.device).manual_seed(cfg["run"].seed + offset + 7919 * ctx.rank)
 
 
-def sampler_kwargs(smp) -> dict:
-    """The sampler options of a SampleConfig, as generate_class_samples takes them."""
-    return dict(sampler=smp.sampler, steps=smp.sample_steps, eta=smp.eta, guidance_scale=smp.guidance_scale)
-
-
 def sample_seed(cfg: dict) -> int:
     """--sample-seed, or the run's --seed."""
     return cfg["sample"].sample_seed if cfg["sample"].sample_seed is not None else cfg["run"].seed
+
+
+def record_skipped_stage(cfg: dict, ctx, section: str, state_file: str) -> None:
+    """A stage skipped because its checkpoint exists: config.json records the options it was trained with (from its
+    training state), not this command's, or says that they are unknown."""
+    path = ctx.out_dir / state_file
+    trained_with = load_file(path).get("config") if path.is_file() else None
+    if isinstance(trained_with, dict):
+        cls = type(cfg[section])
+        known = {f.name for f in dataclasses.fields(cls)}
+        cfg[section] = cls(**{k: v for k, v in trained_with.items() if k in known})
+        ctx.extra[f"{section}_stage"] = "skipped: its checkpoint exists; options as recorded in its training state"
+    else:
+        ctx.extra[f"{section}_stage"] = "skipped: its checkpoint exists; the options it was trained with are unknown"
 
 
 def vae_stage(autoencoder, train_set, held, cfg: dict, ctx) -> bool:
@@ -149,6 +165,7 @@ def vae_stage(autoencoder, train_set, held, cfg: dict, ctx) -> bool:
     if (ctx.out_dir / AUTOENCODER_FILE).is_file() and not cfg["run"].retrain_vae:
         log.info("VAE checkpoint found, skipping VAE training (--retrain-vae to train it again)")
         load_weights(autoencoder, ctx.out_dir / AUTOENCODER_FILE, ctx.device)
+        record_skipped_stage(cfg, ctx, "vae", VAE_STATE_FILE)
         return False
     write_config(cfg, ctx)
     figures = lambda step, ae: write_vae_figures(ae, held, ctx.out_dir, f"step_{step}")  # noqa: E731
@@ -165,6 +182,7 @@ def diffusion_stage(unet, autoencoder, train_set, held, cfg: dict, ctx, vae_trai
     if not vae_trained and (ctx.out_dir / DIFFUSION_FILE).is_file() and not cfg["run"].retrain_diffusion:
         log.info("diffusion checkpoint found, skipping diffusion training (--retrain-diffusion to train it again)")
         load_weights(unet, ctx.out_dir / DIFFUSION_FILE, ctx.device)
+        record_skipped_stage(cfg, ctx, "diffusion", DIFFUSION_STATE_FILE)
         return
     smp = cfg["sample"]
 
@@ -175,7 +193,7 @@ def diffusion_stage(unet, autoencoder, train_set, held, cfg: dict, ctx, vae_trai
             held,
             ctx.out_dir,
             f"step_{step}",
-            sampler_kwargs(smp),
+            smp.options(),
             sample_seed(cfg),
             smp.num_samples,
             animations=False,
@@ -205,7 +223,7 @@ def sample(cfg: dict) -> None:
     gen = torch.Generator(ctx.device).manual_seed(seed)
     for label in labels:
         images = generate_class_samples(
-            autoencoder, diffusion, label, s.num_samples, generator=gen, **sampler_kwargs(s)
+            autoencoder, diffusion, label, s.num_samples, options=s.options(), generator=gen
         )
         folder = ctx.out_dir / "samples" / f"{CLASS_NAMES[label]}_seed{seed}"
         save_samples(images, folder, CLASS_NAMES[label], npz=s.save_npz)
@@ -225,9 +243,7 @@ def evaluate(cfg: dict) -> None:
     )
     judge = get_judge(ctx.out_dir, reference, cfg["eval"], ctx.device, run.seed)
     seed = s.sample_seed if s.sample_seed is not None else run.seed  # run.seed may come from the run's config.json
-    result = evaluate_run(
-        autoencoder, diffusion, held, reference, judge, ctx.out_dir, cfg["eval"], sampler_kwargs(s), seed
-    )
+    result = evaluate_run(autoencoder, diffusion, held, reference, judge, ctx.out_dir, cfg["eval"], s.options(), seed)
     print(format_table(result))
     print(f"written to {ctx.out_dir / (cfg['eval'].name + '.json')}")
 

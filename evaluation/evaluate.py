@@ -21,8 +21,9 @@ import torch
 from data import CLASS_NAMES, Split, to_model_range, to_unit_range
 from evaluation.classifier import JudgeClassifier, classify
 from evaluation.judge import Reference, judge_accuracy
-from evaluation.metrics import InceptionMetrics, frechet_distance, gaussian_blur, precision_recall, psnr, ssim
-from models.batched import reconstruct_images
+from evaluation.metrics import InceptionMetrics, frechet_distance, gaussian_blur, precision_recall, ssim
+from models.batched import psnr, reconstruct_images
+from models.diffusion import SamplingOptions
 from models.generate import generate_class_samples
 from visualization.samples import save_sample_sheet
 
@@ -39,12 +40,14 @@ def reconstruction_scores(autoencoder, held: Split) -> tuple[dict[str, float], t
     return {"psnr": psnr(originals, recons), "ssim": ssim(originals, recons)}, recons
 
 
-def sample_classes(autoencoder, diffusion, n: int, sample_kwargs: dict, seed: int) -> tuple[list[torch.Tensor], float]:
+def sample_classes(
+    autoencoder, diffusion, n: int, options: SamplingOptions, seed: int
+) -> tuple[list[torch.Tensor], float]:
     """n samples of each class and the sampling rate in images per second."""
     gen = torch.Generator(diffusion.device).manual_seed(seed)
     start = time.perf_counter()
     samples = [
-        generate_class_samples(autoencoder, diffusion, label, n, generator=gen, **sample_kwargs)
+        generate_class_samples(autoencoder, diffusion, label, n, options=options, generator=gen)
         for label in range(len(CLASS_NAMES))
     ]
     return samples, len(CLASS_NAMES) * n / (time.perf_counter() - start)
@@ -129,14 +132,14 @@ def evaluate_run(
     judge: JudgeClassifier,
     out_dir: Path,
     eval_cfg,
-    sample_kwargs: dict,
+    options: SamplingOptions,
     seed: int,
 ) -> dict:
     """Every number of the evaluation as one JSON-ready dict (also written to out_dir/<eval_cfg.name>.json), and the
     sample sheet (out_dir/<eval_cfg.name>_sheet.png); samples are drawn from `seed`."""
     device = diffusion.device
     accuracy = judge_accuracy(judge, reference, to_unit_range(to_model_range(reference.held.x)))
-    samples, rate = sample_classes(autoencoder, diffusion, eval_cfg.samples_per_class, sample_kwargs, seed)
+    samples, rate = sample_classes(autoencoder, diffusion, eval_cfg.samples_per_class, options, seed)
     reconstruction, recons = reconstruction_scores(autoencoder, held)
     real_all = to_unit_range(to_model_range(held.x))
     real = [real_all[held.y == label] for label in range(len(CLASS_NAMES))]
@@ -151,7 +154,7 @@ def evaluate_run(
         "calibration": calibration,
         "metric_sees_failures": blind_check(calibration),
         "sampling": {
-            **sample_kwargs,
+            **dataclasses.asdict(options),
             "samples_per_class": eval_cfg.samples_per_class,
             "images_per_s": rate,
             "s_per_1000_images": 1000 / rate,
@@ -210,7 +213,8 @@ def format_table(result: dict) -> str:
         f"reconstruction (held-out, n={result['held_out_images']}): PSNR {rec['psnr']:.2f} dB, SSIM {rec['ssim']:.3f}",
         f"judge: {len(judge['classes'])}-way classifier trained on {judge['source']}; accuracy on held-out images "
         f"{acc['overall']:.1%} ({per_class})",
-        f"sampling: {smp['sampler']} {smp['steps']} steps, eta {smp['eta']}, guidance {smp['guidance_scale']}, "
+        f"sampling: {smp['sampler']} {smp['steps']} steps, eta {smp['eta']}, guidance {smp['guidance_scale']} "
+        f"for t/T in {list(smp['guidance_interval'])}, "
         f"{smp['samples_per_class']} per class, {smp['s_per_1000_images']:.1f} s per 1000 images on {smp['device']}",
         "per class (cat / dog), in the judge's features against the held-out images of the class:",
         f"{'set':38s}{'n':>11s}{'FD':>15s}{'precision':>15s}{'recall':>15s}{'called its class':>19s}",

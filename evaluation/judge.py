@@ -13,7 +13,7 @@ import torch
 
 from data import CIFAR10_CLASSES, CLASS_NAMES, Split, load_cifar10, load_labelled_folders, split_holdout
 from evaluation.classifier import JudgeClassifier, classify, train_classifier
-from training.common import atomic_save, check_state_dict, load_file
+from checkpoints import atomic_save, check_state_dict, load_file
 
 log = logging.getLogger(__name__)
 JUDGE_FILE = "judge_classifier.pt"

@@ -1,5 +1,5 @@
-"""Image metrics: PSNR, SSIM, Frechet distance, precision and recall of features, blur (for calibration), and
-FID/KID through torchmetrics when weights exist."""
+"""Image metrics: SSIM, Frechet distance, precision and recall of features, blur (for calibration), and FID/KID
+through torchmetrics when weights exist. (PSNR lives with the VAE's batched helpers, in models/batched.py.)"""
 
 from __future__ import annotations
 
@@ -13,12 +13,6 @@ import torch.nn.functional as F
 from scipy import linalg
 
 log = logging.getLogger(__name__)
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Mean per-image PSNR in dB of images in [0, 1]."""
-    mse = (a - b).pow(2).mean(dim=(1, 2, 3)).clamp(min=1e-10)
-    return (-10 * torch.log10(mse)).mean().item()
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -1,4 +1,5 @@
-"""Running the VAE over a whole split: in batches, without gradients, in eval mode (restored afterwards)."""
+"""Running the VAE over a whole split: in batches, without gradients, in eval mode (restored afterwards); and the PSNR
+by which its reconstructions are measured (training, evaluation and figures all use this one)."""
 
 from __future__ import annotations
 
@@ -49,3 +50,9 @@ def reconstruct_images(autoencoder, x: torch.Tensor, batch_size: int = 500) -> t
         return torch.cat(
             [to_unit_range(autoencoder.decode(mu[i : i + batch_size])).cpu() for i in range(0, len(mu), batch_size)]
         )
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean per-image PSNR in dB of images in [0, 1]."""
+    mse = (a - b).pow(2).mean(dim=(1, 2, 3)).clamp(min=1e-10)
+    return (-10 * torch.log10(mse)).mean().item()

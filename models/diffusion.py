@@ -7,7 +7,9 @@ class dropout for classifier-free guidance (Ho & Salimans 2022). The samplers al
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +36,7 @@ def linear_alphas_cumprod(n_steps: int, beta_start: float = 1e-4, beta_end: floa
 
 
 SCHEDULES = {"cosine": cosine_alphas_cumprod, "linear": linear_alphas_cumprod}
+PROCESS_DEFAULTS = {"n_steps": 1000, "schedule": "cosine", "normalize_latents": True}  # files without a record
 
 
 def spaced_timesteps(n_steps: int, steps: int) -> list[int]:
@@ -41,26 +44,95 @@ def spaced_timesteps(n_steps: int, steps: int) -> list[int]:
     return sorted({round(i * (n_steps - 1) / max(steps - 1, 1)) for i in range(steps)}, reverse=True)
 
 
+@dataclass(frozen=True)
+class SamplingOptions:
+    """How samples are drawn: the one set of defaults and the one validation of every way to sample
+    (`generate_class_samples`, `ConditionalDenoiseDiffusion.sample`, the CLI's `--sampler` ... flags).
+    The defaults are the best measured with `python main.py evaluate` (README)."""
+
+    sampler: str = "ddim"  # a key of SAMPLERS
+    steps: int = 50  # reverse steps, evenly spaced over the process's n_steps timesteps
+    eta: float = 1.0  # DDIM's stochasticity: 0 deterministic, 1 the DDPM posterior's variance
+    guidance_scale: float = 8.0  # classifier-free guidance (Ho & Salimans 2022); 1.0 = none
+    guidance_interval: tuple[float, float] = (0.0, 1.0)  # guide only where t / n_steps lies in [lo, hi]
+
+    def replace(self, **changes) -> "SamplingOptions":
+        """A copy with some options changed; an unknown name is a UserInputError naming the valid ones."""
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - names)
+        if unknown:
+            raise UserInputError(f"unknown sampling option(s) {', '.join(unknown)}: use {', '.join(sorted(names))}")
+        return dataclasses.replace(self, **changes)
+
+    def validate(self, n_steps: int) -> None:
+        """Raise a UserInputError (its `option` names the field) for a value out of range."""
+        lo, hi = self.guidance_interval
+        checks = {
+            "sampler": (self.sampler in SAMPLERS, f"must be one of {', '.join(SAMPLERS)}"),
+            "steps": (
+                isinstance(self.steps, int) and not isinstance(self.steps, bool) and 1 <= self.steps <= n_steps,
+                f"must be an integer in [1, {n_steps}]",
+            ),
+            "eta": (0.0 <= self.eta <= 1.0, "must be in [0, 1]"),
+            "guidance_scale": (
+                math.isfinite(self.guidance_scale) and self.guidance_scale >= 0.0,
+                "must be >= 0 and finite (1.0 = no guidance)",
+            ),
+            "guidance_interval": (0.0 <= lo <= hi <= 1.0, "must be two fractions 0 <= lo <= hi <= 1"),
+        }
+        for name, (ok, rule) in checks.items():
+            if not ok:
+                err = UserInputError(f"{name} {rule}, got {getattr(self, name)!r}")
+                err.option = name
+                raise err
+
+    def guided(self, t: int, n_steps: int) -> bool:
+        """Whether timestep t gets guidance (the interval of Kynkaanniemi et al. 2024)."""
+        lo, hi = self.guidance_interval
+        return self.guidance_scale != 1.0 and lo * (n_steps - 1) <= t <= hi * (n_steps - 1)
+
+
 class ConditionalDenoiseDiffusion:
-    """The diffusion process around a noise predictor `model(z_t, t, y)`."""
+    """The diffusion process around a noise predictor `model(z_t, t, y)`.
+
+    The process (n_steps, schedule, whether the latents are normalised) is what the model's file records
+    (`model.process`, written by training); arguments given here must agree with it. Models without a record
+    (files from before it, or stand-ins) get the arguments, else PROCESS_DEFAULTS."""
 
     def __init__(
         self,
         model: nn.Module,
-        n_steps: int = 1000,
+        n_steps: int | None = None,
         device: torch.device | str | None = None,
         *,
-        schedule: str = "cosine",
+        schedule: str | None = None,
         class_dropout: float = 0.1,
         min_snr_gamma: float = 0.0,
     ):
-        if schedule not in SCHEDULES:
-            raise UserInputError(f"unknown schedule {schedule!r}: use one of {', '.join(SCHEDULES)}")
-        if n_steps < 2:
-            raise UserInputError(f"n_steps must be at least 2, got {n_steps}")
-        self.model, self.n_steps, self.class_dropout, self.min_snr_gamma = model, n_steps, class_dropout, min_snr_gamma
+        recorded = getattr(model, "process", None) or {}
+        given = {k: v for k, v in (("n_steps", n_steps), ("schedule", schedule)) if v is not None}
+        clash = {k: (v, recorded[k]) for k, v in given.items() if k in recorded and recorded[k] != v}
+        if clash:
+            k, (v, r) = next(iter(clash.items()))
+            raise UserInputError(f"this denoiser was trained with {k}={r!r}, not {v!r}: leave {k} out to use its own")
+        process = {**PROCESS_DEFAULTS, **given, **recorded}
+        if process["schedule"] not in SCHEDULES:
+            raise UserInputError(f"unknown schedule {process['schedule']!r}: use one of {', '.join(SCHEDULES)}")
+        if process["n_steps"] < 2:
+            raise UserInputError(f"n_steps must be at least 2, got {process['n_steps']}")
+        self.model, self.class_dropout, self.min_snr_gamma = model, class_dropout, min_snr_gamma
+        self.n_steps, self.schedule = process["n_steps"], process["schedule"]
+        self.normalize_latents = process["normalize_latents"]
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
-        self.alphas_cumprod = SCHEDULES[schedule](n_steps).float().to(self.device)  # (T,)
+        self.alphas_cumprod = SCHEDULES[self.schedule](self.n_steps).float().to(self.device)  # (T,)
+
+    def to_vae_latents(self, autoencoder, z: torch.Tensor) -> torch.Tensor:
+        """Latents of this process (N, D) -> the VAE's, ready for `decode`: the one place latents are rescaled."""
+        return autoencoder.denormalize_latent(z) if self.normalize_latents else z
+
+    def from_vae_latents(self, autoencoder, z: torch.Tensor) -> torch.Tensor:
+        """The VAE's latents (N, D) -> this process's data space (unit variance per dimension when normalised)."""
+        return autoencoder.normalize_latent(z) if self.normalize_latents else z
 
     def q_sample(self, z0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """Forward noising q(z_t | z_0) = N(sqrt(a_t) z_0, (1 - a_t) I)."""
@@ -128,33 +200,25 @@ class ConditionalDenoiseDiffusion:
     def sample(
         self,
         y: torch.Tensor,
+        options: SamplingOptions | None = None,
         *,
-        sampler: str = "ddim",
-        steps: int = 50,
-        eta: float = 0.0,
-        guidance_scale: float = 1.0,
         generator: torch.Generator | None = None,
         callback: Callback = None,
         z_T: torch.Tensor | None = None,
+        **changes,
     ) -> torch.Tensor:
-        """Draw latents (N, D) for labels y (N,) by running the reverse process from pure noise (or from `z_T`)."""
-        check_sampler_options(sampler, steps, eta, guidance_scale, self.n_steps)
+        """Draw latents (N, D) for labels y (N,) by running the reverse process from pure noise (or from `z_T`), as
+        `options` (default: SamplingOptions()) with `changes` (e.g. steps=20) say."""
+        options = (options or SamplingOptions()).replace(**changes)
+        options.validate(self.n_steps)
         if z_T is None:
             z_T = torch.randn((len(y), self.model.latent_dim), device=self.device, generator=generator)
-        eps_fn = lambda z, t: self.predict_eps(z, t, y, guidance_scale)  # noqa: E731
-        timesteps = spaced_timesteps(self.n_steps, steps)
-        return SAMPLERS[sampler](
-            eps_fn, z_T, self.alphas_cumprod, timesteps, generator=generator, eta=eta, callback=callback
+
+        def eps_fn(z: torch.Tensor, t: int) -> torch.Tensor:
+            scale = options.guidance_scale if options.guided(t, self.n_steps) else 1.0
+            return self.predict_eps(z, torch.full((len(z),), t, device=z.device, dtype=torch.long), y, scale)
+
+        timesteps = spaced_timesteps(self.n_steps, options.steps)
+        return SAMPLERS[options.sampler](
+            eps_fn, z_T, self.alphas_cumprod, timesteps, generator=generator, eta=options.eta, callback=callback
         )
-
-
-def check_sampler_options(sampler: str, steps: int, eta: float, guidance_scale: float, n_steps: int) -> None:
-    """Reject sampler options out of range with a message that says the allowed range."""
-    if sampler not in SAMPLERS:
-        raise UserInputError(f"unknown sampler {sampler!r}: use one of {', '.join(SAMPLERS)}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= n_steps:
-        raise UserInputError(f"steps must be an integer in [1, {n_steps}], got {steps!r}")
-    if not 0.0 <= eta <= 1.0:
-        raise UserInputError(f"eta must be in [0, 1], got {eta}")
-    if not math.isfinite(guidance_scale) or guidance_scale < 0.0:
-        raise UserInputError(f"guidance_scale must be finite and >= 0 (1.0 = no guidance), got {guidance_scale}")

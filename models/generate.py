@@ -7,7 +7,7 @@ import torch
 from data import class_index, to_unit_range
 from errors import UserInputError
 from models.batched import eval_mode
-from models.diffusion import ConditionalDenoiseDiffusion, check_sampler_options
+from models.diffusion import ConditionalDenoiseDiffusion, SamplingOptions
 from models.vae import SimpleAutoencoder
 
 
@@ -28,34 +28,32 @@ def generate_class_samples(
     target_class: int | str,
     num_samples: int = 5,
     *,
-    sampler: str = "ddim",
-    steps: int = 50,
-    eta: float = 1.0,
-    guidance_scale: float = 8.0,
+    options: SamplingOptions | None = None,
     seed: int | None = None,
     generator: torch.Generator | None = None,
     batch_size: int = 256,
+    **changes,
 ) -> torch.Tensor:
     """Generate `num_samples` images of `target_class` (0/'cat', 1/'dog'): a float tensor (N, 3, 32, 32) in [0, 1].
 
-    Samples latents with `diffusion` (by default stochastic DDIM, eta=1, in 50 steps with classifier-free guidance 8;
-    `guidance_scale` 1.0 = off), undoes the latent normalisation and decodes them, `batch_size` at a time.
-    The defaults are the best quality per second measured with `python main.py evaluate` (see the README).
+    Samples latents with `diffusion` as `options` (default: SamplingOptions(): stochastic DDIM, eta=1, 50 steps,
+    classifier-free guidance 8) with `changes` (sampler=, steps=, eta=, guidance_scale=, guidance_interval=) say,
+    maps them back to the VAE's latents and decodes them, `batch_size` at a time. For the same options and
+    generator, `diffusion.sample` draws the same latents.
     """
     label = class_index(target_class)
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise UserInputError(f"num_samples must be a positive integer, got {num_samples!r}")
     if batch_size < 1:
         raise UserInputError(f"batch_size must be positive, got {batch_size}")
-    check_sampler_options(sampler, steps, eta, guidance_scale, diffusion.n_steps)
+    options = (options or SamplingOptions()).replace(**changes)
+    options.validate(diffusion.n_steps)
     generator = _make_generator(diffusion.device, seed, generator)
     images = []
     with eval_mode(autoencoder, diffusion.model):
         for start in range(0, num_samples, batch_size):
             n = min(batch_size, num_samples - start)
             y = torch.full((n,), label, dtype=torch.long, device=diffusion.device)
-            z = diffusion.sample(
-                y, sampler=sampler, steps=steps, eta=eta, guidance_scale=guidance_scale, generator=generator
-            )
-            images.append(to_unit_range(autoencoder.decode(autoencoder.denormalize_latent(z))).float().cpu())
+            z = diffusion.to_vae_latents(autoencoder, diffusion.sample(y, options, generator=generator))
+            images.append(to_unit_range(autoencoder.decode(z)).float().cpu())
     return torch.cat(images)

@@ -1,6 +1,7 @@
 """Reverse-process samplers: pure functions with one signature.
 
-Each takes `eps_fn(z_t, t) -> eps_hat`, the starting noise `z_T` (N, D), the schedule's
+Each takes `eps_fn(z_t, t) -> eps_hat` (t a Python int: one timestep for the whole batch), the starting
+noise `z_T` (N, D), the schedule's
 `alphas_cumprod` (n_steps,), the timesteps to visit in decreasing order, a `torch.Generator`
 and an optional `callback(i, t, z)` called after every step with the new latent (the trajectory).
 They return the final latent z_0 (N, D).
@@ -12,7 +13,7 @@ from typing import Callable
 
 import torch
 
-EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+EpsFn = Callable[[torch.Tensor, int], torch.Tensor]
 Callback = Callable[[int, int, torch.Tensor], None] | None
 
 
@@ -35,7 +36,7 @@ def sample_ddim(
     for i, t in enumerate(timesteps):
         t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
         a_t, a_prev = _alpha_bar(alphas_cumprod, t), _alpha_bar(alphas_cumprod, t_prev)
-        eps = eps_fn(z, torch.full((z.shape[0],), t, device=z.device, dtype=torch.long))
+        eps = eps_fn(z, t)
         z0_hat = (z - (1 - a_t).sqrt() * eps) / a_t.sqrt()
         sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).clamp(min=0).sqrt()
         z = a_prev.sqrt() * z0_hat + (1 - a_prev - sigma**2).clamp(min=0).sqrt() * eps
@@ -64,7 +65,7 @@ def sample_ddpm(
         t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
         a_t, a_prev = _alpha_bar(alphas_cumprod, t), _alpha_bar(alphas_cumprod, t_prev)
         beta = 1 - a_t / a_prev
-        eps = eps_fn(z, torch.full((z.shape[0],), t, device=z.device, dtype=torch.long))
+        eps = eps_fn(z, t)
         mean = (z - beta / (1 - a_t).sqrt() * eps) / (1 - beta).sqrt()
         if t_prev >= 0:
             var = beta * (1 - a_prev) / (1 - a_t)

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from checkpoints import config_difference
+
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """Sinusoidal embedding of (N,) timesteps to (N, dim) (Vaswani et al. 2017)."""
@@ -133,8 +135,9 @@ class ConditionalUNet(nn.Module):
     is the null class used for classifier-free guidance.
 
     `prediction` is what the output means: "eps", the noise (Ho et al. 2020), or "v" = sqrt(a) eps -
-    sqrt(1 - a) z_0 (Salimans & Ho 2022). It is stored in the state dict (buffer `v_prediction`), so a
-    loaded checkpoint sets it; files written before the buffer existed load as "eps".
+    sqrt(1 - a) z_0 (Salimans & Ho 2022). The state dict carries it with the other constructor arguments and the
+    diffusion process the network was trained in (`process`), so a loaded file sets them; the network itself never
+    reads the process.
     """
 
     def __init__(
@@ -204,30 +207,49 @@ class ConditionalUNet(nn.Module):
         self.out = nn.Linear(down_dims[0], patch_values)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
-        self.register_buffer("v_prediction", torch.tensor(False))
-        self.set_prediction(prediction)
-        self._register_load_state_dict_pre_hook(self._load_prediction, with_module=True)
-
-    optional_state_keys = ("v_prediction",)  # absent from checkpoints written before it existed
-
-    def set_prediction(self, prediction: str) -> None:
-        """Set what the network predicts ("eps" or "v"); only meaningful before training."""
         if prediction not in PREDICTIONS:
             raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
         self.config["prediction"] = prediction
-        self.v_prediction.fill_(prediction == "v")
+        self.process: dict = {}  # the diffusion process it was trained in (n_steps, schedule, ...), set by training
+        self._register_load_state_dict_pre_hook(self._upgrade_old_file, with_module=True)
+
+    # Files carry the constructor arguments and the process under "_extra_state" (nn.Module's own mechanism, read by
+    # torch.load(weights_only=True)): a file rebuilds its network, and its process, without flags.
+    optional_state_keys = ("_extra_state",)  # absent from files written before it existed
+    legacy_state_keys = ("v_prediction",)  # how such files recorded a v-predicting network
+    config_set_by_file = ("prediction",)  # loading a file sets it; the rest of the config must match
+
+    def get_extra_state(self) -> dict:
+        return {"config": self.config, "process": self.process}
+
+    def set_extra_state(self, state: dict) -> None:
+        if config_difference(self, state):
+            raise ValueError(f"the file describes another ConditionalUNet ({config_difference(self, state)})")
+        self.config["prediction"] = state["config"]["prediction"]
+        self.process = dict(state["process"])
+
+    @staticmethod
+    def _upgrade_old_file(module, state_dict, prefix, *args) -> None:
+        """A file from before "_extra_state": this network's own architecture, eps unless its v_prediction buffer
+        says v, and no recorded process (the diffusion's arguments or defaults apply)."""
+        if prefix + "_extra_state" in state_dict:
+            return
+        v = bool(state_dict.pop(prefix + "v_prediction", False))
+        config = {**module.config, "prediction": "v" if v else "eps"}
+        state_dict[prefix + "_extra_state"] = {"config": config, "process": {}}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> "ConditionalUNet":
+        """Build the network a file describes (public defaults for files without a record) and load its weights."""
+        config = dict(state.get("_extra_state", {}).get("config", {}))
+        net = cls(**config)
+        net.load_state_dict(state)
+        return net
 
     @property
     def prediction(self) -> str:
-        """What the output means, "eps" or "v": a Python copy of the buffer `v_prediction` (no device sync)."""
+        """What the output means, "eps" or "v"."""
         return self.config["prediction"]
-
-    @staticmethod
-    def _load_prediction(module, state_dict, prefix, *args) -> None:
-        key = prefix + "v_prediction"
-        if key not in state_dict:
-            state_dict[key] = torch.tensor(False)
-        module.config["prediction"] = "v" if bool(state_dict[key]) else "eps"
 
     @property
     def null_class(self) -> int:

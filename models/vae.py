@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from checkpoints import config_difference
+
 from models.attention import Downsample, ResidualAttentionBlock, Upsample, group_norm
 
 
@@ -95,6 +97,29 @@ class SimpleAutoencoder(nn.Module):
         self.class_centers = nn.Parameter(torch.zeros(num_classes, latent_dim))  # center loss (Wen et al. 2016)
         self.register_buffer("latent_shift", torch.zeros(latent_dim))
         self.register_buffer("latent_scale", torch.ones(latent_dim))
+        self._register_load_state_dict_pre_hook(self._upgrade_old_file, with_module=True)
+
+    optional_state_keys = ("_extra_state",)  # absent from files written before it existed
+
+    def get_extra_state(self) -> dict:
+        """The constructor arguments, saved in the state dict: a file rebuilds its network without flags."""
+        return {"config": self.config}
+
+    def set_extra_state(self, state: dict) -> None:
+        if config_difference(self, state):
+            raise ValueError(f"the file describes another SimpleAutoencoder ({config_difference(self, state)})")
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> "SimpleAutoencoder":
+        """Build the autoencoder a file describes (public defaults for files without a record) and load it."""
+        model = cls(**state.get("_extra_state", {}).get("config", {}))
+        model.load_state_dict(state)
+        return model
+
+    @staticmethod
+    def _upgrade_old_file(module, state_dict, prefix, *args) -> None:
+        """A file from before "_extra_state" describes this autoencoder's own architecture."""
+        state_dict.setdefault(prefix + "_extra_state", module.get_extra_state())
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Images (N, C, 32, 32) in [-1, 1] -> (mu, logvar), each (N, latent_dim)."""

@@ -94,3 +94,10 @@ def randomize():
         return module
 
     return apply
+
+
+def same_state(a: dict, b: dict) -> bool:
+    """Whether two state dicts hold the same keys, bit-identical tensors and equal extra state."""
+    return a.keys() == b.keys() and all(
+        torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k] for k in a
+    )

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import main
-from conftest import ROOT, TINY_RUN, run_main
+from conftest import ROOT, TINY_RUN, run_main, same_state
 
 OUT = "cifar_cat_dog_conditional_improved"
 
@@ -39,12 +39,15 @@ def test_training_writes_checkpoints_config_metrics_and_samples(trained_run):
     # public files are plain state dicts that weights_only loading accepts
     for name in ("cifar_cat_dog_autoencoder.pt", "conditional_diffusion_final.pt"):
         state = torch.load(out / name, weights_only=True)
-        assert all(isinstance(v, torch.Tensor) for v in state.values())
+        assert all(isinstance(v, torch.Tensor) for k, v in state.items() if k != "_extra_state")
+        assert set(state["_extra_state"]["config"]) >= {"latent_dim", "num_classes"}  # it describes its network
+    process = torch.load(out / "conditional_diffusion_final.pt", weights_only=True)["_extra_state"]["process"]
+    assert process == {"n_steps": 1000, "schedule": "cosine", "normalize_latents": True}
     # the public diffusion file holds the EMA weights
     train_state = torch.load(out / "diffusion_train_state.pt", weights_only=True)
     public = torch.load(out / "conditional_diffusion_final.pt", weights_only=True)
-    assert all(torch.equal(public[k], v) for k, v in train_state["ema"]["model"].items())
-    assert not all(torch.equal(public[k], v) for k, v in train_state["model"].items())
+    assert same_state(public, train_state["ema"]["model"])
+    assert not same_state(public, train_state["model"])
     records = [json.loads(line) for line in (out / "metrics_vae.jsonl").read_text().splitlines()]
     assert records[-1]["eval"]["psnr"] > 5
 

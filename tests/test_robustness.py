@@ -10,8 +10,9 @@ import pytest
 import torch
 
 import main
-from conftest import ROOT, run_main
-from training.common import MetricsLog, RunContext, run_steps
+from conftest import ROOT, run_main, same_state
+from training.context import RunContext
+from training.loop import MetricsLog, run_steps
 
 # Long enough to be killed mid-stage, short enough for CI; no figures, only checkpoints matter here.
 RUN = [
@@ -67,7 +68,7 @@ def wait_for(path, proc, timeout=120):
 def same_weights(a, b) -> bool:
     for name in PUBLIC:
         sa, sb = torch.load(a / name, weights_only=True), torch.load(b / name, weights_only=True)
-        if sa.keys() != sb.keys() or not all(torch.equal(sa[k], sb[k]) for k in sa):
+        if not same_state(sa, sb):
             return False
     return True
 
@@ -162,7 +163,9 @@ def test_nan_loss_ends_the_run_with_one_line(image_folder, tmp_path, capsys, mon
         (["--vae-steps", "0"], "--vae-steps must be positive"),
         (["--vae-kl-start", "0.5", "--vae-cls-start", "0.2"], "VAE phases out of order"),
         (["--holdout-fraction", "1.0"], "--holdout-fraction must be strictly between 0 and 1"),
-        (["--sample-steps", "5000"], "cannot exceed --diffusion-n-steps"),
+        (["--sample-steps", "5000"], "--sample-steps must be an integer in [1, 1000], got 5000"),
+        (["--sample-steps", "600", "--diffusion-n-steps", "500"], "--sample-steps must be an integer in [1, 500]"),
+        (["sample", "--guidance-interval", "0.9", "0.1"], "--guidance-interval must be two fractions"),
         (["sample", "--eta", "1.5"], "--eta must be in [0, 1]"),
         (["sample", "--guidance-scale", "-2"], "--guidance-scale must be >= 0"),
         (["sample", "--num-samples", "0"], "--num-samples must be positive"),
@@ -191,7 +194,7 @@ def test_checkpoint_of_another_architecture_is_named_in_the_error(trained_run, t
 def test_generate_class_samples_refuses_bad_arguments_and_batches_large_requests(trained_run):
     from errors import UserInputError
     from models import generate_class_samples
-    from training.run import load_pipeline
+    from models.pipeline import load_pipeline
 
     ae, diffusion = load_pipeline(trained_run / "cifar_cat_dog_conditional_improved")
     for kwargs in (

@@ -7,11 +7,24 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from errors import UserInputError
+from models.diffusion import PROCESS_DEFAULTS, SCHEDULES, SamplingOptions
+from models.samplers import SAMPLERS
+from models.unet import PREDICTIONS
+
+# The constraints a field may carry (metadata "check"): a test of the value and the words for the error message.
+CHECKS = {
+    "positive": (lambda v: v > 0, "must be positive"),
+    "non_negative": (lambda v: v >= 0, "must be >= 0"),
+    "fraction": (lambda v: 0 <= v <= 1, "must be in [0, 1]"),
+    "open_fraction": (lambda v: 0 < v < 1, "must be strictly between 0 and 1"),
+    "decay": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+}
+SAMPLING = SamplingOptions()  # the defaults of the sampling flags
 
 
-def opt(default, help: str, **kw):
-    """A dataclass field whose help text becomes its CLI flag's help."""
-    return field(default=default, metadata={"help": help, **kw})
+def opt(default, help: str, check: str | None = None, **kw):
+    """A dataclass field whose help text becomes its CLI flag's help; `check` names its constraint in CHECKS."""
+    return field(default=default, metadata={"help": help, "check": check, **kw})
 
 
 @dataclass
@@ -26,26 +39,27 @@ class RunConfig:
     device: str = opt("auto", "cpu, cuda, cuda:N or auto (cuda when available)")
     seed: int = opt(0, "seed of the run's torch.Generator (data split, batches, noise)")
     holdout_fraction: float = opt(
-        0.1, "share of the training images held out for validation when no test/ split exists"
+        0.1, "share of the training images held out for validation when no test/ split exists", "open_fraction"
     )
     max_images: int | None = opt(
-        None, "use at most this many training images (half per class); for quick runs (default: all)"
+        None, "use at most this many training images (half per class); for quick runs (default: all)", "positive"
     )
     threads: int | None = opt(
         None,
         "CPU threads for torch (default: $OMP_NUM_THREADS, else the CPUs this process may use after affinity and "
         "cgroup quota); on a machine where another process is busy, 1 avoids threads waiting on each other",
+        "positive",
     )
     amp: bool = opt(True, "bf16 autocast for training where bf16 is native (CUDA; CPUs with AVX512-BF16 or AMX)")
-    log_every: int = opt(100, "steps between metric logs (host syncs happen only then)")
-    checkpoint_every: int = opt(1000, "steps between resumable training-state checkpoints")
+    log_every: int = opt(100, "steps between metric logs (host syncs happen only then)", "positive")
+    checkpoint_every: int = opt(1000, "steps between resumable training-state checkpoints", "positive")
     resume: bool = opt(True, "continue an interrupted stage from its training state (--no-resume starts it afresh)")
     retrain_vae: bool = opt(
         False, "train the VAE even if its checkpoint exists (implies retraining the diffusion model)"
     )
     retrain_diffusion: bool = opt(False, "train the diffusion model even if its checkpoint exists")
     visualize_every: int = opt(
-        0, "also write visualisations every N steps of each stage (0: only at the end of a stage)"
+        0, "also write visualisations every N steps of each stage (0: only at the end of a stage)", "non_negative"
     )
     figures: bool = opt(True, "write the figures at the end of each stage (--no-figures: checkpoints and metrics only)")
 
@@ -54,26 +68,34 @@ class RunConfig:
 class VAEConfig:
     """Progressive VAE training. Phase boundaries are fractions of `steps`."""
 
-    steps: int = opt(20000, "optimizer steps")
-    batch_size: int = opt(128, "images per step (per process under torchrun)")
-    lr: float = opt(1e-3, "peak AdamW learning rate (cosine-annealed after warm-up)")
-    warmup_steps: int = opt(200, "linear learning-rate warm-up steps")
-    weight_decay: float = opt(0.0, "AdamW weight decay")
-    grad_clip: float = opt(1.0, "gradient-norm clip")
+    steps: int = opt(20000, "optimizer steps", "positive")
+    batch_size: int = opt(128, "images per step (per process under torchrun)", "positive")
+    lr: float = opt(1e-3, "peak AdamW learning rate (cosine-annealed after warm-up)", "positive")
+    warmup_steps: int = opt(200, "linear learning-rate warm-up steps", "positive")
+    weight_decay: float = opt(0.0, "AdamW weight decay", "non_negative")
+    grad_clip: float = opt(1.0, "gradient-norm clip", "positive")
     compile: bool = opt(False, "torch.compile the VAE for training (falls back with a warning where unavailable)")
-    augment_shift: int = opt(2, "max random translation in pixels (with random flips)")
-    kl_start: float = opt(0.1, "phase 2 (KL ramps in) starts at this fraction of steps; before it: reconstruction only")
-    kl_ramp: float = opt(0.2, "fraction of steps over which the KL weight ramps from 0 to kl_weight")
-    cls_start: float = opt(0.4, "phase 3 (classifier and center loss ramp in) starts at this fraction of steps")
-    finetune_start: float = opt(0.7, "phase 4 (fine-tuning with every term at full weight) starts at this fraction")
-    pixel_weight: float = opt(1.0, "weight of the pixel MSE")
-    perceptual_weight: float = opt(
-        0.1, "weight of the VGG16 perceptual loss (0 disables it; off if weights are unavailable)"
+    augment_shift: int = opt(2, "max random translation in pixels (with random flips)", "non_negative")
+    kl_start: float = opt(
+        0.1, "phase 2 (KL ramps in) starts at this fraction of steps; before it: reconstruction only", "fraction"
     )
-    kl_weight: float = opt(1e-5, "final KL weight (KL summed over latent dims, pixel loss averaged over pixels)")
-    cls_weight: float = opt(0.01, "final weight of the latent classifier's cross-entropy")
+    kl_ramp: float = opt(0.2, "fraction of steps over which the KL weight ramps from 0 to kl_weight", "fraction")
+    cls_start: float = opt(
+        0.4, "phase 3 (classifier and center loss ramp in) starts at this fraction of steps", "fraction"
+    )
+    finetune_start: float = opt(
+        0.7, "phase 4 (fine-tuning with every term at full weight) starts at this fraction", "fraction"
+    )
+    pixel_weight: float = opt(1.0, "weight of the pixel MSE", "non_negative")
+    perceptual_weight: float = opt(
+        0.1, "weight of the VGG16 perceptual loss (0 disables it; off if weights are unavailable)", "non_negative"
+    )
+    kl_weight: float = opt(
+        1e-5, "final KL weight (KL summed over latent dims, pixel loss averaged over pixels)", "non_negative"
+    )
+    cls_weight: float = opt(0.01, "final weight of the latent classifier's cross-entropy", "non_negative")
     center_weight: float = opt(
-        0.01, "final weight of the center loss (mean squared distance of mu to its class center)"
+        0.01, "final weight of the center loss (mean squared distance of mu to its class center)", "non_negative"
     )
 
 
@@ -81,46 +103,63 @@ class VAEConfig:
 class DiffusionConfig:
     """Latent diffusion training on cached, normalised VAE latents."""
 
-    steps: int = opt(50000, "optimizer steps")
-    batch_size: int = opt(256, "latents per step (per process under torchrun)")
-    lr: float = opt(3e-4, "peak AdamW learning rate (cosine-annealed after warm-up)")
-    warmup_steps: int = opt(500, "linear learning-rate warm-up steps")
-    weight_decay: float = opt(0.0, "AdamW weight decay")
-    grad_clip: float = opt(1.0, "gradient-norm clip")
+    steps: int = opt(50000, "optimizer steps", "positive")
+    batch_size: int = opt(256, "latents per step (per process under torchrun)", "positive")
+    lr: float = opt(3e-4, "peak AdamW learning rate (cosine-annealed after warm-up)", "positive")
+    warmup_steps: int = opt(500, "linear learning-rate warm-up steps", "positive")
+    weight_decay: float = opt(0.0, "AdamW weight decay", "non_negative")
+    grad_clip: float = opt(1.0, "gradient-norm clip", "positive")
     compile: bool = opt(False, "torch.compile the denoiser for training (falls back with a warning where unavailable)")
-    ema_decay: float = opt(0.999, "EMA decay of the weights used for sampling")
-    n_steps: int = opt(1000, "diffusion timesteps")
-    schedule: str = opt("cosine", "noise schedule", choices=("cosine", "linear"))
+    ema_decay: float = opt(0.999, "EMA decay of the weights used for sampling", "decay")
+    n_steps: int = opt(PROCESS_DEFAULTS["n_steps"], "diffusion timesteps", "positive")
+    schedule: str = opt(PROCESS_DEFAULTS["schedule"], "noise schedule", choices=tuple(SCHEDULES))
     prediction: str = opt(
-        "eps", "what the denoiser predicts: eps (the noise) or v (Salimans & Ho 2022)", choices=("eps", "v")
+        PREDICTIONS[0], "what the denoiser predicts: eps (the noise) or v (Salimans & Ho 2022)", choices=PREDICTIONS
     )
-    class_dropout: float = opt(0.1, "probability of replacing the label by the null class (classifier-free guidance)")
-    min_snr_gamma: float = opt(0.0, "Min-SNR loss weighting min(SNR, gamma)/SNR (Hang et al. 2023); 0 = plain MSE")
+    class_dropout: float = opt(
+        0.1, "probability of replacing the label by the null class (classifier-free guidance)", "fraction"
+    )
+    min_snr_gamma: float = opt(
+        0.0, "Min-SNR loss weighting min(SNR, gamma)/SNR (Hang et al. 2023); 0 = plain MSE", "non_negative"
+    )
     posterior_sample: bool = opt(
         True, "train on z drawn from q(z|x) each step (--no-diffusion-posterior-sample: on its mean mu)"
     )
-    normalize_latents: bool = opt(True, "scale latents to unit variance per dimension (stats stored in the VAE file)")
+    normalize_latents: bool = opt(
+        PROCESS_DEFAULTS["normalize_latents"],
+        "diffuse latents scaled to unit variance per dimension by the VAE's statistics (recorded in the denoiser file)",
+    )
 
 
 @dataclass
 class SampleConfig:
     """How images are drawn: for the run's sample grids and for the `sample` command."""
 
-    sampler: str = opt("ddim", "reverse-process sampler", choices=("ddim", "ddpm"))
-    sample_steps: int = opt(50, "sampler steps (1000 with ddpm = the full ancestral chain)")
-    eta: float = opt(1.0, "DDIM stochasticity: 0 deterministic, 1 DDPM-like")
-    guidance_scale: float = opt(8.0, "classifier-free guidance scale (1.0 = off)")
-    num_samples: int = opt(64, "images per class (sample command) or in total (sample grids)")
+    sampler: str = opt(SAMPLING.sampler, "reverse-process sampler", choices=tuple(SAMPLERS))
+    steps: int = opt(SAMPLING.steps, "sampler steps (1000 with ddpm = the full ancestral chain)", flag="--sample-steps")
+    eta: float = opt(SAMPLING.eta, "DDIM stochasticity: 0 deterministic, 1 DDPM-like")
+    guidance_scale: float = opt(SAMPLING.guidance_scale, "classifier-free guidance scale (1.0 = off)")
+    guidance_interval: tuple[float, float] = opt(
+        SAMPLING.guidance_interval,
+        "guide only at timesteps t with LO <= t / n_steps <= HI (Kynkaanniemi et al. 2024)",
+        nargs=2,
+        metavar=("LO", "HI"),
+    )
+    num_samples: int = opt(64, "images per class (sample command) or in total (sample grids)", "positive")
     target_class: str = opt("both", "sample command: cat, dog, 0, 1 or both", flag="--class")
     sample_seed: int | None = opt(None, "seed for sampling (default: the run's --seed)")
     save_npz: bool = opt(False, "sample command: also write the images as uint8 arrays in an .npz")
+
+    def options(self) -> SamplingOptions:
+        """The sampling options these flags describe."""
+        return SamplingOptions(**{f.name: getattr(self, f.name) for f in dataclasses.fields(SamplingOptions)})
 
 
 @dataclass
 class EvalConfig:
     """The evaluate command: how many samples, and the judge classifier trained on real images."""
 
-    samples_per_class: int = opt(1000, "generated images per class", flag="--eval-samples")
+    samples_per_class: int = opt(1000, "generated images per class", "positive", flag="--eval-samples")
     reference_dirs: list[str] | None = opt(
         None,
         "folders of real images in one sub-folder per class (CIFAR-10's ten classes) for the ten-way judge; several "
@@ -135,10 +174,10 @@ class EvalConfig:
         flag="--fid-weights",
     )
     name: str = opt("evaluation", "results go to OUTPUT_DIR/NAME.json", flag="--eval-name")
-    classifier_epochs: int = opt(15, "epochs of the judge classifier")
-    judge_width: int = opt(32, "channels of the judge's first layer (its features have 4x as many)")
-    classifier_batch_size: int = opt(128, "batch size of the judge classifier")
-    classifier_lr: float = opt(3e-3, "peak learning rate of the judge classifier")
+    classifier_epochs: int = opt(15, "epochs of the judge classifier", "positive")
+    judge_width: int = opt(32, "channels of the judge's first layer (its features have 4x as many)", "positive")
+    classifier_batch_size: int = opt(128, "batch size of the judge classifier", "positive")
+    classifier_lr: float = opt(3e-3, "peak learning rate of the judge classifier", "positive")
     retrain_classifier: bool = opt(
         False, "train the judge classifier again even if OUTPUT_DIR/judge_classifier.pt fits"
     )
@@ -170,75 +209,32 @@ PRESETS: dict[str, dict[str, dict]] = {
         "run": {"max_images": 600, "log_every": 10, "checkpoint_every": 20},
         "vae": {"steps": 30, "batch_size": 32, "warmup_steps": 5, "perceptual_weight": 0.0},
         "diffusion": {"steps": 30, "batch_size": 64, "warmup_steps": 5, "ema_decay": 0.9},
-        "sample": {"sample_steps": 10, "num_samples": 16},
+        "sample": {"steps": 10, "num_samples": 16},
         "eval": {"samples_per_class": 50, "classifier_epochs": 1},
     },
 }
 
 
-POSITIVE = {
-    "steps",
-    "batch_size",
-    "lr",
-    "warmup_steps",
-    "n_steps",
-    "sample_steps",
-    "num_samples",
-    "samples_per_class",
-    "classifier_epochs",
-    "classifier_batch_size",
-    "judge_width",
-    "classifier_lr",
-    "log_every",
-    "checkpoint_every",
-    "threads",
-    "max_images",
-    "grad_clip",
-}
-NON_NEGATIVE = {
-    "weight_decay",
-    "augment_shift",
-    "pixel_weight",
-    "perceptual_weight",
-    "kl_weight",
-    "cls_weight",
-    "center_weight",
-    "guidance_scale",
-    "visualize_every",
-}
-FRACTIONS = {
-    "kl_start",
-    "kl_ramp",
-    "cls_start",
-    "finetune_start",
-    "eta",
-    "class_dropout",
-    "ema_decay",
-    "holdout_fraction",
-}
-
-
 def validate(section: str, cfg) -> None:
-    """Refuse values out of range (and VAE phases out of order), naming the flag and the allowed range."""
+    """Refuse values out of range (each field's check; VAE phases out of order), naming the flag and the rule."""
+    prefix = SECTIONS[section][1]
     for f in dataclasses.fields(cfg):
-        value, flag = getattr(cfg, f.name), _flag(f, SECTIONS[section][1])
-        if value is None or isinstance(value, (str, bool)):
-            continue
-        if f.name in POSITIVE and not value > 0:
-            raise UserInputError(f"{flag} must be positive, got {value}")
-        if f.name in NON_NEGATIVE and not value >= 0:
-            raise UserInputError(f"{flag} must be >= 0, got {value}")
-        if f.name in FRACTIONS and not 0 <= value <= 1:
-            raise UserInputError(f"{flag} must be in [0, 1], got {value}")
+        value, check = getattr(cfg, f.name), f.metadata.get("check")
+        if check and value is not None and not CHECKS[check][0](value):
+            raise UserInputError(f"{_flag(f, prefix)} {CHECKS[check][1]}, got {value}")
     if section == "vae" and not cfg.kl_start <= cfg.cls_start <= cfg.finetune_start:
         raise UserInputError(
             f"VAE phases out of order: --vae-kl-start ({cfg.kl_start}) <= --vae-cls-start "
             f"({cfg.cls_start}) <= --vae-finetune-start ({cfg.finetune_start}) must hold"
         )
-    if section == "run" and not 0 < cfg.holdout_fraction < 1:
-        raise UserInputError(f"--holdout-fraction must be strictly between 0 and 1, got {cfg.holdout_fraction}")
-    if section == "diffusion" and not cfg.ema_decay < 1:
-        raise UserInputError(f"--diffusion-ema-decay must be below 1, got {cfg.ema_decay}")
+
+
+def validate_sampling(cfg: dict) -> None:
+    """The sampling flags, by SamplingOptions' own validation (against the run's n_steps), naming the flag."""
+    try:
+        cfg["sample"].options().validate(cfg["diffusion"].n_steps)
+    except UserInputError as err:
+        raise UserInputError(flag_of("sample", err.option) + str(err)[len(err.option) :]) from None
 
 
 def _flag(f: dataclasses.Field, prefix: str) -> str:
@@ -251,13 +247,14 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
         group = parser.add_argument_group(f"{section} options ({cls.__doc__.strip()})")
         for f in dataclasses.fields(cls):
             kw = {"dest": f"{section}.{f.name}", "default": None, "help": _help(section, f)}
-            for key in ("choices", "nargs"):
+            for key in ("choices", "nargs", "metavar"):
                 if f.metadata.get(key):
                     kw[key] = f.metadata[key]
             if f.type in ("bool", bool):
                 group.add_argument(_flag(f, prefix), action=argparse.BooleanOptionalAction, **kw)
             else:
-                group.add_argument(_flag(f, prefix), type=_parse_type(f), metavar=f.name.upper(), **kw)
+                kw.setdefault("metavar", f.name.upper())
+                group.add_argument(_flag(f, prefix), type=_parse_type(f), **kw)
 
 
 def _help(section: str, f: dataclasses.Field) -> str:
@@ -273,7 +270,7 @@ def _help(section: str, f: dataclasses.Field) -> str:
 
 def _parse_type(f: dataclasses.Field):
     text = str(f.type)
-    return int if text.startswith("int") else float if text.startswith("float") else str
+    return int if text.startswith("int") else float if text.startswith(("float", "tuple[float")) else str
 
 
 def resolve_configs(args: argparse.Namespace, preset: str | None, recorded: dict | None = None) -> dict:
@@ -289,11 +286,7 @@ def resolve_configs(args: argparse.Namespace, preset: str | None, recorded: dict
         values.update({name: getattr(args, f"{section}.{name}") for name in explicit_flags(args, section)})
         out[section] = cls(**values)
         validate(section, out[section])
-    if out["sample"].sample_steps > out["diffusion"].n_steps:
-        raise UserInputError(
-            f"--sample-steps ({out['sample'].sample_steps}) cannot exceed --diffusion-n-steps "
-            f"({out['diffusion'].n_steps})"
-        )
+    validate_sampling(out)
     return out
 
 

@@ -11,21 +11,11 @@ from models.diffusion import ConditionalDenoiseDiffusion
 from models.batched import encode_images
 from models.unet import ConditionalUNet
 from models.vae import SimpleAutoencoder
-from training.common import (
-    AUTOENCODER_FILE,
-    DIFFUSION_FILE,
-    DIFFUSION_STATE_FILE,
-    EMA,
-    MetricsLog,
-    RunContext,
-    make_optimizer,
-    maybe_compile,
-    resume_train_state,
-    run_steps,
-    checkpointer,
-    save_weights,
-    warmup_cosine,
-)
+from checkpoints import DIFFUSION_FILE, DIFFUSION_STATE_FILE, save_weights
+from errors import UserInputError
+from training.context import RunContext
+from training.loop import Stage, train_stage
+from training.optim import EMA
 from training.config import DiffusionConfig
 
 log = logging.getLogger(__name__)
@@ -75,55 +65,38 @@ def train_diffusion(
     visualize=None,
 ) -> ConditionalUNet:
     """Train the denoiser for cfg.steps on cached latents; write the EMA weights as the public state dict.
-    `visualize(step, diffusion)` is called every ctx.visualize_every steps with a diffusion around the EMA model."""
-    unet.set_prediction(cfg.prediction)  # a resumed training state restores the same value
+    `visualize(step, diffusion)` is called every ctx.visualize_every steps with a diffusion around the EMA model.
+
+    The denoiser's file records the process it is trained in (n_steps, schedule, whether latents are normalised by
+    the VAE's statistics): the VAE's file, which the VAE stage owns, is only read here."""
+    if unet.prediction != cfg.prediction:
+        raise ValueError(f"the denoiser predicts {unet.prediction}, the config says {cfg.prediction}")
+    unet.process = {"n_steps": cfg.n_steps, "schedule": cfg.schedule, "normalize_latents": cfg.normalize_latents}
     diffusion = ConditionalDenoiseDiffusion(
-        unet,
-        cfg.n_steps,
-        ctx.device,
-        schedule=cfg.schedule,
-        class_dropout=cfg.class_dropout,
-        min_snr_gamma=cfg.min_snr_gamma,
+        unet, device=ctx.device, class_dropout=cfg.class_dropout, min_snr_gamma=cfg.min_snr_gamma
     )
-    if not cfg.normalize_latents:  # the ablation: diffusion on raw VAE latents; the VAE file records it
-        autoencoder.latent_shift.zero_()
-        autoencoder.latent_scale.fill_(1.0)
-        if ctx.is_main:
-            save_weights(autoencoder, ctx.out_dir / AUTOENCODER_FILE)
     mu, logvar, y_all = encode_dataset(autoencoder, train)
-    optimizer = make_optimizer(unet, cfg.lr, cfg.weight_decay, ctx.device)
-    scheduler = warmup_cosine(optimizer, cfg.warmup_steps, cfg.steps)
     ema = EMA(unet, cfg.ema_decay)
-    state_path = ctx.out_dir / DIFFUSION_STATE_FILE
-    parts = dict(model=unet, ema=ema, optimizer=optimizer, scheduler=scheduler)
-    step = resume_train_state(state_path, ctx, generator, **parts)
-    net = maybe_compile(ctx.wrap(unet), cfg.compile)
     shard = ctx.shard(len(y_all))
 
-    def step_fn(step: int) -> dict[str, torch.Tensor]:
-        idx = shard[torch.randint(0, len(shard), (cfg.batch_size,), device=ctx.device, generator=generator)]
-        z = autoencoder.reparameterize(mu[idx], logvar[idx], generator) if cfg.posterior_sample else mu[idx]
-        return train_step(
-            net, diffusion, optimizer, scheduler, ema, autoencoder.normalize_latent(z), y_all[idx], cfg, ctx, generator
-        )
+    def make_step(net, optimizer, scheduler):
+        if unet.process != ema.model.process or unet.process["n_steps"] != diffusion.n_steps:
+            raise UserInputError("the interrupted diffusion stage was trained with other process options: --no-resume")
 
-    checkpoint = checkpointer(ctx, state_path, generator, cfg, **parts)
+        def step_fn(step: int) -> dict[str, torch.Tensor]:
+            idx = shard[torch.randint(0, len(shard), (cfg.batch_size,), device=ctx.device, generator=generator)]
+            z = autoencoder.reparameterize(mu[idx], logvar[idx], generator) if cfg.posterior_sample else mu[idx]
+            z0 = diffusion.from_vae_latents(autoencoder, z)
+            return train_step(net, diffusion, optimizer, scheduler, ema, z0, y_all[idx], cfg, ctx, generator)
 
-    unet.train()
-    metrics = MetricsLog(ctx.out_dir / "metrics_diffusion.jsonl", ctx.is_main, start_step=step)
-    ema_diffusion = ConditionalDenoiseDiffusion(ema.model, cfg.n_steps, ctx.device, schedule=cfg.schedule)
-    step = run_steps(
-        "Diffusion",
-        step,
-        cfg.steps,
-        step_fn,
-        checkpoint,
-        metrics,
-        ctx,
-        lambda step: {"lr": scheduler.get_last_lr()[0]},
-        visualize and (lambda step: visualize(step, ema_diffusion)),
+        return step_fn
+
+    stage = Stage("Diffusion", unet, cfg, DIFFUSION_STATE_FILE, "metrics_diffusion.jsonl", {"ema": ema})
+    ema_diffusion = ConditionalDenoiseDiffusion(ema.model, device=ctx.device)
+    step = train_stage(
+        stage, ctx, generator, make_step, visualize=visualize and (lambda step: visualize(step, ema_diffusion))
     )
-    checkpoint(step, done=True)
+    stage.checkpoint(step, done=True)  # with the raw weights, before they are replaced by the EMA's
     unet.load_state_dict(ema.model.state_dict())  # from here on the model is the EMA model, as in the public file
     if ctx.is_main:
         save_weights(unet, ctx.out_dir / DIFFUSION_FILE)

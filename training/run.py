@@ -1,4 +1,4 @@
-"""Setting a run up: device, threads, torchrun process group, output folder, logging, config JSON, model loading."""
+"""Setting a run up: device, threads, torchrun process group, output folder, logging, config JSON."""
 
 from __future__ import annotations
 
@@ -13,19 +13,8 @@ from pathlib import Path
 import torch
 
 from errors import UserInputError
-from models import ConditionalDenoiseDiffusion, ConditionalUNet, SimpleAutoencoder
-from training.common import (
-    AUTOENCODER_FILE,
-    DIFFUSION_FILE,
-    DIFFUSION_STATE_FILE,
-    VAE_STATE_FILE,
-    RunContext,
-    check_state_dict,
-    load_file,
-    load_weights,
-    native_bf16,
-)
-from training.config import DiffusionConfig, RunConfig
+from training.context import RunContext, native_bf16
+from training.config import RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -153,33 +142,3 @@ def write_config(configs: dict, ctx: RunContext, name: str = "config.json") -> N
     tmp = ctx.out_dir / f".{name}.tmp"
     tmp.write_text(json.dumps(record, indent=2))
     os.replace(tmp, ctx.out_dir / name)
-
-
-def _model_config(out_dir: Path, state_file: str) -> dict:
-    """Constructor arguments recorded in a training-state file, or {} (public defaults) when there is none."""
-    path = out_dir / state_file
-    return load_file(path).get("model_config", {}) if path.is_file() else {}
-
-
-def load_pipeline(
-    out_dir: str | Path, device: torch.device | str = "cpu", raw_weights: bool = False
-) -> tuple[SimpleAutoencoder, ConditionalDenoiseDiffusion]:
-    """Rebuild the trained VAE and diffusion model from a run folder (public files + recorded architecture);
-    `raw_weights` takes the denoiser's non-EMA weights from its training state instead."""
-    out_dir, device = Path(out_dir), torch.device(device)
-    autoencoder = SimpleAutoencoder(**_model_config(out_dir, VAE_STATE_FILE)).to(device)
-    load_weights(autoencoder, out_dir / AUTOENCODER_FILE, device)
-    unet = ConditionalUNet(**_model_config(out_dir, DIFFUSION_STATE_FILE)).to(device)
-    if raw_weights:
-        state = load_file(out_dir / DIFFUSION_STATE_FILE, device)["model"]
-        check_state_dict(unet, state, out_dir / DIFFUSION_STATE_FILE)
-        unet.load_state_dict(state)
-    else:
-        load_weights(unet, out_dir / DIFFUSION_FILE, device)
-    cfg = DiffusionConfig()
-    config_path = out_dir / "config.json"
-    if config_path.is_file():  # schedule and length of the run; keys of other versions are ignored
-        recorded = json.loads(config_path.read_text()).get("diffusion", {})
-        cfg = DiffusionConfig(**{f.name: recorded[f.name] for f in dataclasses.fields(cfg) if f.name in recorded})
-    diffusion = ConditionalDenoiseDiffusion(unet.eval(), cfg.n_steps, device, schedule=cfg.schedule)
-    return autoencoder.eval(), diffusion

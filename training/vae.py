@@ -9,22 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from data import Split, augment, to_model_range, to_unit_range
-from evaluation.metrics import psnr
-from models.batched import encode_images, eval_mode, reconstruct_images
+from models.batched import encode_images, eval_mode, psnr, reconstruct_images
 from models.vae import SimpleAutoencoder
-from training.common import (
-    AUTOENCODER_FILE,
-    VAE_STATE_FILE,
-    MetricsLog,
-    RunContext,
-    make_optimizer,
-    maybe_compile,
-    resume_train_state,
-    run_steps,
-    checkpointer,
-    save_weights,
-    warmup_cosine,
-)
+from checkpoints import AUTOENCODER_FILE, VAE_STATE_FILE, save_weights
+from training.context import RunContext
+from training.loop import Stage, train_stage
 from training.config import VAEConfig
 from training.perceptual import VGGPerceptualLoss, load_perceptual_loss
 
@@ -122,43 +111,32 @@ def train_vae(
     ctx.extra["perceptual_loss"] = perceptual is not None
     if perceptual is None:
         cfg = dataclasses.replace(cfg, perceptual_weight=0.0)
-    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, ctx.device)
-    scheduler = warmup_cosine(optimizer, cfg.warmup_steps, cfg.steps)
-    state_path = ctx.out_dir / VAE_STATE_FILE
-    parts = dict(model=model, optimizer=optimizer, scheduler=scheduler)
-    step = resume_train_state(state_path, ctx, generator, **parts)
-    net = maybe_compile(ctx.wrap(model), cfg.compile)
     x_all, y_all = train.x.to(ctx.device), train.y.to(ctx.device)  # the whole data set lives on the device
     shard = ctx.shard(len(y_all))
 
-    def step_fn(step: int) -> dict[str, torch.Tensor]:
-        idx = shard[torch.randint(0, len(shard), (cfg.batch_size,), device=ctx.device, generator=generator)]
-        x = augment(to_model_range(x_all[idx]), generator, cfg.augment_shift)
-        return train_step(
-            net, optimizer, scheduler, x, y_all[idx], loss_weights(step, cfg), perceptual, cfg, ctx, generator
-        )
+    def make_step(net, optimizer, scheduler):
+        def step_fn(step: int) -> dict[str, torch.Tensor]:
+            idx = shard[torch.randint(0, len(shard), (cfg.batch_size,), device=ctx.device, generator=generator)]
+            x = augment(to_model_range(x_all[idx]), generator, cfg.augment_shift)
+            weights = loss_weights(step, cfg)
+            return train_step(net, optimizer, scheduler, x, y_all[idx], weights, perceptual, cfg, ctx, generator)
 
-    checkpoint = checkpointer(ctx, state_path, generator, cfg, **parts)
+        return step_fn
 
-    model.train()
-    metrics = MetricsLog(ctx.out_dir / "metrics_vae.jsonl", ctx.is_main, start_step=step)
-    describe = lambda step: {"phase": PHASES[phase_of(step - 1, cfg)], "lr": scheduler.get_last_lr()[0]}  # noqa: E731
-    step = run_steps(
-        "VAE",
-        step,
-        cfg.steps,
-        step_fn,
-        checkpoint,
-        metrics,
+    stage = Stage("VAE", model, cfg, VAE_STATE_FILE, "metrics_vae.jsonl")
+    step = train_stage(
+        stage,
         ctx,
-        describe,
+        generator,
+        make_step,
+        lambda step: {"phase": PHASES[phase_of(step - 1, cfg)]},
         visualize and (lambda step: visualize(step, model)),
     )
     fit_latent_normalization(model, train)
     scores = evaluate(model, held)
-    metrics.write({"step": step, "eval": scores})
+    stage.metrics.write({"step": step, "eval": scores})
     log.info("VAE: held-out PSNR %.2f dB, latent-classifier accuracy %.3f", scores["psnr"], scores["latent_acc"])
     if ctx.is_main:
         save_weights(model, ctx.out_dir / AUTOENCODER_FILE)
-    checkpoint(step, done=True)
+    stage.checkpoint(step, done=True)
     return model

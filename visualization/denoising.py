@@ -14,6 +14,7 @@ from sklearn.decomposition import PCA
 
 from data import CLASS_NAMES, Split, class_index, to_unit_range
 from models.batched import eval_mode
+from models.diffusion import SamplingOptions
 from visualization.latents import CLASS_COLORS, encode_means, save_figure
 from visualization.samples import ensure_generator, tile
 
@@ -28,7 +29,11 @@ class Trajectory:
 
 @torch.no_grad()
 def record_trajectory(
-    diffusion, label: int, num_samples: int = 1, generator: torch.Generator | None = None, **sample_kwargs
+    diffusion,
+    label: int,
+    num_samples: int = 1,
+    generator: torch.Generator | None = None,
+    options: SamplingOptions | None = None,
 ) -> Trajectory:
     """Run the reverse process once for `num_samples` latents of `label`, keeping every intermediate latent."""
     generator = ensure_generator(generator, diffusion.device)
@@ -41,16 +46,16 @@ def record_trajectory(
     y = torch.full((num_samples,), label, dtype=torch.long, device=diffusion.device)
     with eval_mode(diffusion.model):
         start = torch.randn((num_samples, diffusion.model.latent_dim), device=diffusion.device, generator=generator)
-        diffusion.sample(y, z_T=start, generator=generator, callback=keep, **sample_kwargs)
+        diffusion.sample(y, options, z_T=start, generator=generator, callback=keep)
     return Trajectory(torch.stack([start.cpu()] + latents), [diffusion.n_steps] + timesteps)
 
 
 @torch.no_grad()
-def decode_latents(autoencoder, z: torch.Tensor) -> torch.Tensor:
-    """Diffusion-space latents (N, D) -> images (N, 3, 32, 32) in [0, 1], on the CPU."""
+def decode_latents(autoencoder, diffusion, z: torch.Tensor) -> torch.Tensor:
+    """Latents of the diffusion process (N, D) -> images (N, 3, 32, 32) in [0, 1], on the CPU."""
     device = next(autoencoder.parameters()).device
     with eval_mode(autoencoder):
-        return to_unit_range(autoencoder.decode(autoencoder.denormalize_latent(z.to(device)))).cpu()
+        return to_unit_range(autoencoder.decode(diffusion.to_vae_latents(autoencoder, z.to(device)))).cpu()
 
 
 def visualize_denoising_steps(
@@ -61,14 +66,14 @@ def visualize_denoising_steps(
     num_shown: int = 8,
     generator: torch.Generator | None = None,
     max_points: int = 1000,
-    **sample_kwargs,
+    options: SamplingOptions | None = None,
 ) -> dict:
     """Per class: images decoded at `num_shown` steps of ONE reverse trajectory, and that trajectory's path in a
     PCA plane fitted on real (normalised) latents of both classes. Returns what it drew, for checking."""
     generator = ensure_generator(generator, diffusion.device)
     idx = torch.linspace(0, len(data) - 1, min(max_points, len(data))).long()
-    real = autoencoder.normalize_latent(
-        encode_means(autoencoder, data.subset(idx)).to(next(autoencoder.parameters()).device)
+    real = diffusion.from_vae_latents(
+        autoencoder, encode_means(autoencoder, data.subset(idx)).to(next(autoencoder.parameters()).device)
     ).cpu()
     pca = PCA(n_components=2).fit(real.numpy())
     real_2d, real_y = pca.transform(real.numpy()), data.y[idx].numpy()
@@ -80,9 +85,9 @@ def visualize_denoising_steps(
     )
     drawn = {}
     for label, name in enumerate(CLASS_NAMES):
-        traj = record_trajectory(diffusion, label, 1, generator, **sample_kwargs)
+        traj = record_trajectory(diffusion, label, 1, generator, options)
         shown = np.unique(np.linspace(0, len(traj.timesteps) - 1, num_shown).round().astype(int))
-        images = decode_latents(autoencoder, traj.latents[shown, 0])
+        images = decode_latents(autoencoder, diffusion, traj.latents[shown, 0])
         path_2d = pca.transform(traj.latents[:, 0].numpy())
         _draw_strip(axes[2 * label], images, [traj.timesteps[i] for i in shown], name)
         _draw_path(axes[2 * label + 1], real_2d, real_y, path_2d, label, name)
@@ -141,19 +146,20 @@ def create_diffusion_animation(
     generator: torch.Generator | None = None,
     scale: int = 3,
     hold_last_ms: float = 1500.0,
-    **sample_kwargs,
+    options: SamplingOptions | None = None,
 ) -> Path:
     """GIF of real reverse trajectories (`num_samples` side by side) decoding from noise to image: `num_frames`
     frames at `fps`, the final one held `hold_last_ms` longer, looping; built in memory (no temporary files).
     The sampler runs at least num_frames - 1 steps, so every frame is a distinct step of the trajectory."""
     label = class_index(target_class)
     generator = ensure_generator(generator, diffusion.device)
-    sample_kwargs["steps"] = max(sample_kwargs.get("steps", 50), num_frames - 1)
-    traj = record_trajectory(diffusion, label, num_samples, generator, **sample_kwargs)
+    options = options or SamplingOptions()
+    options = options.replace(steps=max(options.steps, num_frames - 1))
+    traj = record_trajectory(diffusion, label, num_samples, generator, options)
     chosen = np.unique(np.linspace(0, len(traj.timesteps) - 1, num_frames).round().astype(int))
     frames = [
         _label_frame(
-            tile(decode_latents(autoencoder, traj.latents[i]), num_samples),
+            tile(decode_latents(autoencoder, diffusion, traj.latents[i]), num_samples),
             f"{CLASS_NAMES[label]}  t={traj.timesteps[i]}",
             scale,
         )

@@ -13,8 +13,7 @@ from sklearn.metrics import silhouette_score
 from sklearn.model_selection import cross_val_score
 
 from data import CLASS_NAMES, Split, to_model_range, to_unit_range
-from evaluation.metrics import psnr
-from models.batched import encode_images, reconstruct_images
+from models.batched import encode_images, psnr, reconstruct_images
 
 CLASS_COLORS = ("tab:orange", "tab:blue")
 

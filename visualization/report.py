@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from data import CLASS_NAMES, Split
+from models.diffusion import SamplingOptions
 from models.generate import generate_class_samples
 from visualization.curves import plot_loss_curves
 from visualization.denoising import create_diffusion_animation, visualize_denoising_steps
@@ -34,7 +35,7 @@ def write_diffusion_figures(
     held: Split,
     out_dir: Path,
     tag: str,
-    sample_kwargs: dict,
+    options: SamplingOptions,
     seed: int,
     num_samples: int = 64,
     animations: bool = True,
@@ -49,11 +50,11 @@ def write_diffusion_figures(
             num_per_class=10,
             generator=gen,
             title=f"Generated samples ({tag})",
-            **sample_kwargs,
+            options=options,
         )
     ]
     for label, name in enumerate(CLASS_NAMES):
-        images = generate_class_samples(autoencoder, diffusion, label, num_samples, generator=gen, **sample_kwargs)
+        images = generate_class_samples(autoencoder, diffusion, label, num_samples, options=options, generator=gen)
         paths.append(save_image_grid(images, out_dir / "samples" / f"sample_class_{name}_{tag}.png"))
     paths.append(
         visualize_denoising_steps(
@@ -62,7 +63,7 @@ def write_diffusion_figures(
             held,
             out_dir / "diffusion_path" / f"denoising_path_{tag}.png",
             generator=gen,
-            **sample_kwargs,
+            options=options,
         )["path"]
     )
     if animations:
@@ -74,7 +75,7 @@ def write_diffusion_figures(
                     name,
                     out_dir / "animation" / f"diffusion_animation_{name}_{tag}.gif",
                     generator=gen,
-                    **sample_kwargs,
+                    options=options,
                 )
             )
     log.info("wrote %s", ", ".join(str(p) for p in paths))

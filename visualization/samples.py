@@ -10,6 +10,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from data import CLASS_NAMES
+from models.diffusion import SamplingOptions
 from models.generate import generate_class_samples
 
 
@@ -90,7 +91,7 @@ def generate_samples_grid(
     num_per_class: int = 10,
     generator: torch.Generator | None = None,
     title: str = "Generated samples",
-    **sample_kwargs,
+    options: SamplingOptions | None = None,
 ) -> Path:
     """Draw `num_per_class` samples of every class and save one labelled row per class."""
     generator = ensure_generator(generator, diffusion.device)
@@ -99,7 +100,7 @@ def generate_samples_grid(
     )
     for label, (ax, name) in enumerate(zip(axes[:, 0], CLASS_NAMES)):
         images = generate_class_samples(
-            autoencoder, diffusion, label, num_per_class, generator=generator, **sample_kwargs
+            autoencoder, diffusion, label, num_per_class, options=options, generator=generator
         )
         ax.imshow(tile(images, num_per_class), interpolation="nearest")
         ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=12)

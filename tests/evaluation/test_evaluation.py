@@ -5,7 +5,8 @@ import torch
 
 from data import load_image_folder, to_model_range, to_unit_range
 from evaluation.classifier import classify, train_classifier
-from evaluation.metrics import InceptionMetrics, frechet_distance, psnr, ssim
+from evaluation.metrics import InceptionMetrics, frechet_distance, ssim
+from models.batched import psnr
 from PIL import Image
 
 from conftest import make_images, run_main

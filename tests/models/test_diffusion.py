@@ -42,7 +42,7 @@ def test_samplers_recover_a_point_mass_with_the_exact_noise(sampler, steps):
     """For data = one point z*, the true eps(z_t, t) is known in closed form; both samplers must land on z*."""
     a = cosine_alphas_cumprod(1000).float()
     target = torch.randn(1, 16)
-    eps_fn = lambda z, t: (z - a[t][:, None].sqrt() * target) / (1 - a[t][:, None]).sqrt()  # noqa: E731
+    eps_fn = lambda z, t: (z - a[t].sqrt() * target) / (1 - a[t]).sqrt()  # noqa: E731
     z_T = torch.randn(8, 16, generator=torch.Generator().manual_seed(0))
     out = sampler(eps_fn, z_T, a, spaced_timesteps(1000, steps), generator=torch.Generator().manual_seed(1))
     assert torch.allclose(out, target.expand_as(out), atol=1e-3)
@@ -161,7 +161,9 @@ def test_diffusion_loss_falls_when_overfitting_a_tiny_batch(prediction):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"sampler": "euler"}, "unknown sampler"),
+        ({"sampler": "euler"}, "sampler must be one of ddim, ddpm"),
+        ({"guidance_interval": (0.8, 0.2)}, "guidance_interval"),
+        ({"temperature": 0.5}, "unknown sampling option"),
         ({"steps": 0}, "steps"),
         ({"steps": 1001}, "steps"),
         ({"eta": 1.5}, "eta"),
@@ -237,3 +239,42 @@ def test_min_snr_weight_for_v_is_the_same_weight_in_z0_terms():
     loss_w, _, _ = weighted.loss(z0, y, torch.Generator().manual_seed(0))
     snr = plain.alphas_cumprod[t] / (1 - plain.alphas_cumprod[t])
     assert torch.isclose(loss_w, (per * torch.clamp(snr, max=5.0) / (snr + 1)).mean())
+
+
+def test_guidance_interval_guides_only_the_timesteps_inside_it():
+    """Kynkaanniemi et al. 2024: classifier-free guidance only over a middle range of noise levels."""
+    diffusion = ConditionalDenoiseDiffusion(_Toy(), n_steps=100, device="cpu")
+    calls = []
+    real = diffusion.predict_eps
+    diffusion.predict_eps = lambda z, t, y, scale: calls.append((int(t[0]), scale)) or real(z, t, y, scale)
+    diffusion.sample(torch.tensor([0, 1]), steps=10, guidance_scale=3.0, guidance_interval=(0.2, 0.6))
+    assert [t for t, _ in calls] == spaced_timesteps(100, 10)
+    assert all((scale == 3.0) == (0.2 * 99 <= t <= 0.6 * 99) for t, scale in calls)
+    assert {scale for _, scale in calls} == {1.0, 3.0}
+
+
+def test_one_set_of_sampling_defaults_for_every_entry_point():
+    """diffusion.sample and generate_class_samples draw the same latents from the same generator and defaults."""
+    import inspect
+
+    from models import SamplingOptions, generate_class_samples
+    from training.config import SampleConfig
+
+    assert SampleConfig().options() == SamplingOptions()
+    for fn in (ConditionalDenoiseDiffusion.sample, generate_class_samples):
+        names = set(inspect.signature(fn).parameters)
+        assert "options" in names and not names & {"sampler", "steps", "eta", "guidance_scale"}  # no second default
+
+    class Identity(nn.Module):
+        latent_channels, side = 8, 1
+
+        def decode(self, z):
+            return z.view(-1, 2, 2, 2)
+
+        def denormalize_latent(self, z):
+            return z
+
+    diffusion = ConditionalDenoiseDiffusion(_Toy(), n_steps=100, device="cpu")
+    direct = diffusion.sample(torch.tensor([1, 1]), generator=torch.Generator().manual_seed(3), steps=7)
+    via_public = generate_class_samples(Identity(), diffusion, "dog", 2, seed=3, steps=7)
+    assert torch.allclose(via_public.flatten(1), ((direct + 1) / 2).clamp(0, 1))

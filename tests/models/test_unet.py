@@ -1,5 +1,7 @@
 import pytest
 import torch
+
+from errors import UserInputError
 import torch.nn.functional as F
 
 from models import ConditionalUNet
@@ -84,18 +86,26 @@ def test_latent_layout_round_trips_through_the_patches():
     assert patches[0, 0, 0].view(2, 2, 4).permute(2, 0, 1).tolist() == z[0, :, :2, :2].tolist()
 
 
-def test_prediction_travels_in_the_state_dict_and_old_files_load_as_eps(tmp_path):
-    from training.common import load_weights, save_weights
+def test_the_file_carries_architecture_prediction_and_process_and_old_files_still_load(tmp_path):
+    from checkpoints import load_weights, save_weights
 
-    trained = ConditionalUNet(**PUBLIC, prediction="v")
+    trained = ConditionalUNet(**PUBLIC, prediction="v", attention_min_tokens=1)
+    trained.process = {"n_steps": 500, "schedule": "linear", "normalize_latents": False}
     save_weights(trained, tmp_path / "v.pt")
-    fresh = ConditionalUNet(**PUBLIC)  # as in the README's notebook snippet: no prediction given
-    assert fresh.prediction == "eps"
+    state = torch.load(tmp_path / "v.pt", weights_only=True)  # still a plain weights file
+    rebuilt = ConditionalUNet.from_state_dict(state)
+    assert rebuilt.config == trained.config and rebuilt.process == trained.process and rebuilt.prediction == "v"
+    assert all(torch.equal(a, b) for a, b in zip(rebuilt.parameters(), trained.parameters()))
+    fresh = ConditionalUNet(**PUBLIC, attention_min_tokens=1)  # as in the notebook snippet: no prediction given
     load_weights(fresh, tmp_path / "v.pt")
-    assert fresh.prediction == fresh.config["prediction"] == "v" and bool(fresh.v_prediction)
-    old = {k: v for k, v in trained.state_dict().items() if k != "v_prediction"}  # a file from before the buffer
-    torch.save(old, tmp_path / "old.pt")
-    load_weights(fresh, tmp_path / "old.pt")
-    assert fresh.prediction == "eps" and not bool(fresh.v_prediction)
+    assert fresh.prediction == "v" and fresh.process["schedule"] == "linear"
+    with pytest.raises(UserInputError, match="attention_min_tokens: file 1 vs model 4"):
+        load_weights(ConditionalUNet(**PUBLIC), tmp_path / "v.pt")  # same shapes, another network
+    # files from before "_extra_state": eps, or v where their v_prediction buffer said so; no recorded process
+    old = {k: v for k, v in state.items() if k != "_extra_state"}
+    for flag, prediction in ((None, "eps"), (True, "v"), (False, "eps")):
+        torch.save(old if flag is None else {**old, "v_prediction": torch.tensor(flag)}, tmp_path / "old.pt")
+        load_weights(fresh, tmp_path / "old.pt")
+        assert fresh.prediction == prediction and fresh.process == {}
     with pytest.raises(ValueError, match="prediction"):
         ConditionalUNet(prediction="x0")

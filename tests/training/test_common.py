@@ -6,7 +6,9 @@ import torch
 from torch import nn
 
 from errors import UserInputError
-from training.common import EMA, atomic_save, check_finite, load_file, load_weights, warmup_cosine
+from checkpoints import atomic_save, load_file, load_weights
+from training.loop import check_finite
+from training.optim import EMA, warmup_cosine
 
 
 def test_atomic_save_leaves_no_temp_file_and_keeps_the_old_file_on_failure(tmp_path, monkeypatch):
@@ -116,7 +118,7 @@ def test_check_finite_names_the_bad_term():
 def test_compile_falls_back_to_eager_where_unavailable(monkeypatch, caplog):
     import torch._dynamo
 
-    from training.common import maybe_compile
+    from training.optim import maybe_compile
 
     model = nn.Linear(2, 2)
     assert maybe_compile(model, False) is model

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from data import Split
-from models import ConditionalDenoiseDiffusion, ConditionalUNet, SimpleAutoencoder
+from models import ConditionalDenoiseDiffusion, ConditionalUNet, SamplingOptions, SimpleAutoencoder
 from visualization import (
     create_diffusion_animation,
     generate_samples_grid,
@@ -23,7 +23,7 @@ from visualization import (
 from visualization.curves import phase_starts
 from visualization.denoising import decode_latents
 
-FAST = dict(steps=6, guidance_scale=2.0)
+FAST = SamplingOptions(steps=6, guidance_scale=2.0)
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +77,7 @@ def test_latent_space_with_separability_in_the_title(models, held, tmp_path, mon
 
 def test_samples_grid_has_one_row_per_class(models, tmp_path):
     path = generate_samples_grid(
-        *models, tmp_path / "g.png", num_per_class=4, generator=torch.Generator().manual_seed(0), **FAST
+        *models, tmp_path / "g.png", num_per_class=4, generator=torch.Generator().manual_seed(0), options=FAST
     )
     w, h = png_size(path)
     assert w > h > 100
@@ -85,23 +85,23 @@ def test_samples_grid_has_one_row_per_class(models, tmp_path):
 
 def test_trajectory_ends_at_the_sample(models):
     ae, diffusion = models
-    traj = record_trajectory(diffusion, 1, 2, torch.Generator().manual_seed(5), **FAST)
+    traj = record_trajectory(diffusion, 1, 2, torch.Generator().manual_seed(5), FAST)
     assert traj.latents.shape == (7, 2, 256) and traj.timesteps[0] == 1000 and traj.timesteps[-1] == 0
-    direct = diffusion.sample(torch.tensor([1, 1]), generator=torch.Generator().manual_seed(5), **FAST)
+    direct = diffusion.sample(torch.tensor([1, 1]), FAST, generator=torch.Generator().manual_seed(5))
     assert torch.allclose(traj.latents[-1], direct)
 
 
 def test_denoising_path_is_drawn_from_the_same_trajectory_as_the_images(models, held, tmp_path):
     ae, diffusion = models
     drawn = visualize_denoising_steps(
-        ae, diffusion, held, tmp_path / "d.png", num_shown=4, generator=torch.Generator().manual_seed(0), **FAST
+        ae, diffusion, held, tmp_path / "d.png", num_shown=4, generator=torch.Generator().manual_seed(0), options=FAST
     )
     assert png_size(drawn["path"])[1] > 400
     for name in ("cat", "dog"):
         d = drawn[name]
         assert len(d["images"]) == 4 and d["shown_steps"][-1] == len(d["latents"]) - 1
         # the last image shown is the decoded end point of the drawn path
-        assert torch.allclose(d["images"][-1], decode_latents(ae, d["latents"][-1:])[0], atol=1e-6)
+        assert torch.allclose(d["images"][-1], decode_latents(ae, diffusion, d["latents"][-1:])[0], atol=1e-6)
         assert np.allclose(d["path_2d"][-1], d["pca"].transform(d["latents"][-1:].numpy())[0])
     assert not torch.equal(drawn["cat"]["latents"], drawn["dog"]["latents"])
 
@@ -116,7 +116,7 @@ def test_animation_frames_and_timing(models, tmp_path):
         num_samples=2,
         generator=torch.Generator().manual_seed(0),
         hold_last_ms=1000,
-        **FAST,
+        options=FAST,
     )
     frames = iio.imread(path, index=None)
     assert frames.shape[0] == 5 and frames.shape[1] > 96
@@ -126,7 +126,9 @@ def test_animation_frames_and_timing(models, tmp_path):
 
 
 def test_animation_runs_enough_steps_for_the_frames_asked(models, tmp_path):
-    path = create_diffusion_animation(*models, 0, tmp_path / "a.gif", num_frames=12, num_samples=1, steps=3)
+    path = create_diffusion_animation(
+        *models, 0, tmp_path / "a.gif", num_frames=12, num_samples=1, options=SamplingOptions(steps=3)
+    )
     assert iio.imread(path, index=None).shape[0] == 12
 
 

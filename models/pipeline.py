@@ -1,0 +1,61 @@
+"""The trained pipeline rebuilt from a run folder's two public files, which describe it whole: each state dict carries
+its network's constructor arguments, and the denoiser's also the diffusion process it was trained in."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from checkpoints import (
+    AUTOENCODER_FILE,
+    DIFFUSION_FILE,
+    DIFFUSION_STATE_FILE,
+    VAE_STATE_FILE,
+    check_state_dict,
+    load_file,
+    require_state_dict,
+)
+from models.diffusion import PROCESS_DEFAULTS, ConditionalDenoiseDiffusion
+from models.unet import ConditionalUNet
+from models.vae import SimpleAutoencoder
+
+
+def _legacy_config(out_dir: Path, state_file: str) -> dict:
+    """Files from before "_extra_state": the architecture was recorded in the stage's training state, if anywhere."""
+    path = out_dir / state_file
+    return load_file(path).get("model_config", {}) if path.is_file() else {}
+
+
+def _legacy_process(out_dir: Path) -> dict:
+    """Files from before "_extra_state": the process was recorded only in the run's config.json."""
+    path = out_dir / "config.json"
+    recorded = json.loads(path.read_text()).get("diffusion", {}) if path.is_file() else {}
+    return {k: recorded[k] for k in PROCESS_DEFAULTS if k in recorded}
+
+
+def build(cls, state: dict, path: Path, legacy_config: dict):
+    """The network a state dict describes, with its weights; `legacy_config` for files that do not describe it."""
+    require_state_dict(state, path)
+    model = cls(**state.get("_extra_state", {}).get("config", legacy_config))
+    check_state_dict(model, state, path)
+    model.load_state_dict(state)
+    return model
+
+
+def load_pipeline(
+    out_dir: str | Path, device: torch.device | str = "cpu", raw_weights: bool = False
+) -> tuple[SimpleAutoencoder, ConditionalDenoiseDiffusion]:
+    """The trained VAE and diffusion model of a run folder, in eval mode on `device`; `raw_weights` takes the
+    denoiser's non-EMA weights from its training state instead of the public (EMA) file."""
+    out_dir, device = Path(out_dir), torch.device(device)
+    path = out_dir / AUTOENCODER_FILE
+    autoencoder = build(SimpleAutoencoder, load_file(path, device), path, _legacy_config(out_dir, VAE_STATE_FILE))
+    path = out_dir / (DIFFUSION_STATE_FILE if raw_weights else DIFFUSION_FILE)
+    state = load_file(path, device)
+    legacy = _legacy_config(out_dir, DIFFUSION_STATE_FILE)
+    unet = build(ConditionalUNet, state["model"] if raw_weights else state, path, legacy)
+    if not unet.process:
+        unet.process = _legacy_process(out_dir)
+    return autoencoder.to(device).eval(), ConditionalDenoiseDiffusion(unet.to(device).eval(), device=device)

@@ -1,0 +1,189 @@
+"""The step loop every stage runs: metric logs, NaN checks, training-state checkpoints, resume, Ctrl-C."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from checkpoints import atomic_save, check_state_dict, load_file
+from training.context import RunContext
+from training.optim import make_optimizer, maybe_compile, warmup_cosine
+
+log = logging.getLogger(__name__)
+
+
+class MetricsLog:
+    """Appends one JSON object per line to a file (only on the main process).
+
+    A stage that starts at `start_step` (0: afresh; else resumed from its checkpoint) first drops the records past
+    that step, which a killed run wrote after its last checkpoint: every step is then logged once."""
+
+    def __init__(self, path: Path, enabled: bool = True, start_step: int = 0):
+        self.path, self.enabled = Path(path), enabled
+        if enabled and self.path.is_file():
+            kept = [line for line in self.path.read_text().splitlines() if _step_of(line) <= start_step]
+            tmp = self.path.with_name(f".{self.path.name}.tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            os.replace(tmp, self.path)
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def _step_of(line: str) -> float:
+    """The step of one metrics record; a damaged line (a kill mid-write) counts as past every step."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
+
+
+def check_finite(losses: dict[str, float], step: int, stage: str) -> None:
+    """Stop the stage with a clear message on a NaN or inf loss (the last saved state stays intact)."""
+    bad = [k for k, v in losses.items() if not math.isfinite(v)]
+    if bad:
+        raise FloatingPointError(
+            f"{stage}: non-finite loss ({', '.join(bad)}) at step {step}; the last good training "
+            f"state is kept. Lower the learning rate (--{stage}-lr) and run again to resume."
+        )
+
+
+def save_train_state(path: Path, *, step: int, generator: torch.Generator, done: bool = False, **parts) -> None:
+    """Write everything needed to resume a stage: each part's state_dict (or the value itself), step and RNG."""
+    state = {name: part.state_dict() if hasattr(part, "state_dict") else part for name, part in parts.items()}
+    atomic_save({**state, "step": step, "generator": generator.get_state(), "done": done}, path)
+
+
+def checkpointer(ctx: RunContext, path: Path, generator: torch.Generator, cfg, **parts):
+    """`save(step, done=False)`: write the stage's training state (main process only), with its config."""
+
+    def save(step: int, done: bool = False) -> None:
+        if ctx.is_main:
+            save_train_state(
+                path,
+                step=step,
+                generator=generator,
+                done=done,
+                config=dataclasses.asdict(cfg),
+                **parts,
+            )
+
+    return save
+
+
+def resume_train_state(path: Path, ctx: RunContext, generator: torch.Generator, **parts) -> int:
+    """Load a stage's training state into `parts` and `generator` if resuming is on and it exists; return its step."""
+    if not (ctx.resume and Path(path).is_file()):
+        return 0
+    state = load_file(path, ctx.device)
+    if state.get("done"):
+        return 0  # a finished stage is retrained from scratch, never continued
+    for name, part in parts.items():
+        if name == "model":
+            check_state_dict(part, state[name], path)
+        part.load_state_dict(state[name])
+    generator.set_state(state["generator"].to(generator.get_state().device))
+    log.info("resuming from step %d of %s", state["step"], path)
+    return state["step"]
+
+
+def run_steps(
+    name: str,
+    step: int,
+    total: int,
+    step_fn,
+    checkpoint_fn,
+    metrics: MetricsLog,
+    ctx: RunContext,
+    describe=lambda step: {},
+    visualize=None,
+) -> int:
+    """Call `step_fn(step) -> {name: loss tensor}` until `total` steps; every log_every steps sync, check for
+    NaN/inf and log; every checkpoint_every steps call `checkpoint_fn(step)`; every visualize_every steps call
+    `visualize(step)` on the main process; on Ctrl-C checkpoint, then re-raise."""
+    bar = tqdm(total=total, initial=step, desc=name, disable=not ctx.is_main, dynamic_ncols=True)
+    try:
+        while step < total:
+            losses = step_fn(step)
+            step += 1
+            bar.update(1)
+            if step % ctx.log_every == 0 or step % ctx.checkpoint_every == 0 or step == total:
+                record = {k: v.item() if v.numel() == 1 else v.tolist() for k, v in losses.items()}
+                check_finite({k: v for k, v in record.items() if isinstance(v, float)}, step, name.lower())
+                record.update(step=step, **describe(step))
+                metrics.write(record)
+                bar.set_postfix(loss=f"{record['total']:.4f}")
+            if step % ctx.checkpoint_every == 0 and step < total:
+                checkpoint_fn(step)
+            if visualize and ctx.visualize_every and step % ctx.visualize_every == 0 and step < total and ctx.is_main:
+                visualize(step)
+    except KeyboardInterrupt:
+        checkpoint_fn(step)
+        raise
+    finally:
+        bar.close()
+    return step
+
+
+@dataclass
+class Stage:
+    """A training stage as the loop sees it: its name, network and options (steps, lr, warmup_steps, weight_decay,
+    grad_clip, compile), the files it owns, and anything besides the model and optimizer to checkpoint."""
+
+    name: str  # "VAE" or "Diffusion": progress bar, log lines, and the --<name>-lr hint on a NaN
+    model: nn.Module
+    cfg: object
+    state_file: str
+    metrics_file: str
+    extra_parts: dict = field(default_factory=dict)  # e.g. {"ema": ema}
+    checkpoint: Callable | None = field(default=None, init=False)  # save(step, done=False), set by train_stage
+    metrics: MetricsLog | None = field(default=None, init=False)  # the stage's metric log, set by train_stage
+
+
+def train_stage(
+    stage: Stage,
+    ctx: RunContext,
+    generator: torch.Generator,
+    make_step: Callable,
+    describe: Callable[[int], dict] = lambda step: {},
+    visualize: Callable[[int], None] | None = None,
+) -> int:
+    """The skeleton every stage shares: AdamW with warm-up + cosine schedule, resume from the stage's training state,
+    DDP and compile wrapping, then the step loop until cfg.steps. `make_step(net, optimizer, scheduler)` returns the
+    stage's `step_fn(step) -> {name: loss tensor}`; it is called after resuming. Returns the last step; the stage
+    then writes its public file and marks its training state done (`stage.checkpoint(step, done=True)`)."""
+    cfg = stage.cfg
+    optimizer = make_optimizer(stage.model, cfg.lr, cfg.weight_decay, ctx.device)
+    scheduler = warmup_cosine(optimizer, cfg.warmup_steps, cfg.steps)
+    parts = dict(model=stage.model, **stage.extra_parts, optimizer=optimizer, scheduler=scheduler)
+    state_path = ctx.out_dir / stage.state_file
+    step = resume_train_state(state_path, ctx, generator, **parts)
+    net = maybe_compile(ctx.wrap(stage.model), cfg.compile)
+    step_fn = make_step(net, optimizer, scheduler)
+    stage.checkpoint = checkpointer(ctx, state_path, generator, cfg, **parts)
+    stage.metrics = MetricsLog(ctx.out_dir / stage.metrics_file, ctx.is_main, start_step=step)
+    stage.model.train()
+    return run_steps(
+        stage.name,
+        step,
+        cfg.steps,
+        step_fn,
+        stage.checkpoint,
+        stage.metrics,
+        ctx,
+        lambda step: {**describe(step), "lr": scheduler.get_last_lr()[0]},
+        visualize,
+    )

@@ -1,0 +1,75 @@
+"""What the training stages share to update weights: AdamW, warm-up + cosine schedule, EMA, optional compile."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+class EMA:
+    """Exponential moving average of a model's weights, with the usual warm-up of the decay."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay, self.updates = decay, 0
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """ema <- d * ema + (1 - d) * model, with d = min(decay, (1 + n) / (10 + n))."""
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        ema_params = list(self.model.parameters()) + list(self.model.buffers())
+        params = list(model.parameters()) + list(model.buffers())
+        torch._foreach_lerp_(
+            [e for e in ema_params if e.is_floating_point()],
+            [p.detach() for p in params if p.is_floating_point()],
+            1 - d,
+        )
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.updates = state["updates"]
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up to the peak LR, then cosine annealing to zero (Loshchilov & Hutter 2017)."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:
+    """AdamW, fused on CUDA."""
+    return torch.optim.AdamW(
+        model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.99), fused=device.type == "cuda"
+    )
+
+
+def maybe_compile(model: nn.Module, enabled: bool) -> nn.Module:
+    """torch.compile the model if asked; where compilation is unavailable, warn and return it unchanged.
+    Errors that surface later, at the first compiled call, also fall back to eager (dynamo's suppress_errors)."""
+    if not enabled:
+        return model
+    try:
+        import torch._dynamo
+
+        if not torch._dynamo.is_dynamo_supported():
+            raise RuntimeError("dynamo is not supported on this platform")
+        torch._dynamo.config.suppress_errors = True
+        return torch.compile(model)
+    except Exception as err:  # noqa: BLE001 - any backend failure falls back to eager
+        log.warning("torch.compile unavailable (%s); training without it", err)
+        return model
