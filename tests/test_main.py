@@ -197,3 +197,36 @@ def test_evaluate_takes_its_defaults_from_the_runs_preset(trained_run):
     assert result["samples"]["cat"]["n"] == 50 and result["eval_config"]["classifier_epochs"] == 1  # smoke's
     assert result["sampling"]["steps"] == 4  # the run's own --sample-steps, recorded in its config.json
     assert "LinAlgWarning" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_stage_never_rewrites_a_file_an_earlier_stage_owns(image_folder, tmp_path):
+    """Before: --no-diffusion-normalize-latents reset the VAE's latent statistics and rewrote the VAE's file, so a
+    later --retrain-diffusion trained on raw latents while config.json said normalize_latents: true."""
+    out = tmp_path / OUT
+    base = [*TINY_RUN, "--data-dir", str(image_folder), "--output-dir", str(out), "--no-figures"]
+    proc = run_main(*base, "--no-diffusion-normalize-latents")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    vae_file = (out / "cifar_cat_dog_autoencoder.pt").read_bytes()
+    assert json.loads((out / "config.json").read_text())["diffusion"]["normalize_latents"] is False
+
+    def process() -> dict:
+        state = torch.load(out / "conditional_diffusion_final.pt", weights_only=True)
+        return state.get("_extra_state", {}).get("process", {})
+
+    def recorded() -> dict:
+        return json.loads((out / "config.json").read_text())
+
+    first = process()
+    proc = run_main(*base, "--retrain-diffusion")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    vae = torch.load(out / "cifar_cat_dog_autoencoder.pt", weights_only=True)
+    assert not torch.equal(vae["latent_scale"], torch.ones(256))  # its fitted statistics, never reset
+    assert (out / "cifar_cat_dog_autoencoder.pt").read_bytes() == vae_file  # the VAE stage's file, untouched
+    assert process()["normalize_latents"] is True and recorded()["diffusion"]["normalize_latents"] is True
+    assert first["normalize_latents"] is False  # the denoiser's file records what it was trained on
+    # a run that skips both stages records the options they were trained with, not its own flags
+    proc = run_main(*base, "--diffusion-lr", "0.123", "--vae-lr", "0.456")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    config = recorded()
+    assert config["diffusion"]["lr"] != 0.123 and config["vae"]["lr"] != 0.456
+    assert config["run_facts"]["diffusion_stage"].startswith("skipped")
