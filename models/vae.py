@@ -13,7 +13,7 @@ from torch import nn
 
 from checkpoints import config_difference
 
-from models.attention import Downsample, ResidualAttentionBlock, Upsample, group_norm
+from models.blocks import Downsample, ResidualAttentionBlock, Upsample, group_norm
 
 
 def _check_layout(latent_dim: int, latent_channels: int, side: int) -> None:
