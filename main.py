@@ -33,6 +33,7 @@ from evaluation.evaluate import evaluate_run, format_table
 from evaluation.judge import get_judge, load_reference
 from training.config import PRESETS, SECTIONS, RunConfig, add_config_args, explicit_flags, flag_of, resolve_configs
 from training.diffusion import train_diffusion
+from models.compiled import compile_mode
 from models.pipeline import load_pipeline
 from training.run import (
     check_output_dir,
@@ -50,8 +51,8 @@ DATA = {"data_dir", "download_dir", "holdout_fraction", "max_images"}
 COMMON = {"output_dir", "device", "seed", "threads"}
 ALLOWED = {  # flags each command takes, by config section (None: all of the section)
     "train": {"run": None, "vae": None, "diffusion": None, "sample": SAMPLER | {"num_samples"}},
-    "sample": {"run": COMMON, "sample": None},
-    "evaluate": {"run": COMMON | DATA, "sample": SAMPLER, "eval": None},
+    "sample": {"run": COMMON, "diffusion": {"compile"}, "sample": None},
+    "evaluate": {"run": COMMON | DATA, "diffusion": {"compile"}, "sample": SAMPLER, "eval": None},
 }
 
 
@@ -121,6 +122,7 @@ def train(cfg: dict) -> None:
     diffusion_stage(unet, autoencoder, train_set, held, cfg, ctx, vae_trained)
     if ctx.is_main and run.figures:
         diffusion = ConditionalDenoiseDiffusion(unet.eval(), device=ctx.device)
+        diffusion.compile(compile_mode(cfg["diffusion"].compile, ctx.device))
         with timed(ctx, "figures_seconds"):
             write_diffusion_figures(
                 autoencoder.eval(),
@@ -219,6 +221,7 @@ def sample(cfg: dict) -> None:
     setup_logging(None, True)
     labels = list(range(len(CLASS_NAMES))) if s.target_class == "both" else [class_index(s.target_class)]
     autoencoder, diffusion = load_pipeline(ctx.out_dir, ctx.device)
+    diffusion.compile(compile_mode(cfg["diffusion"].compile, ctx.device))
     seed = sample_seed(cfg)
     gen = torch.Generator(ctx.device).manual_seed(seed)
     for label in labels:
@@ -238,6 +241,7 @@ def evaluate(cfg: dict) -> None:
     ctx = make_context(run)
     setup_logging(None, True)
     autoencoder, diffusion = load_pipeline(ctx.out_dir, ctx.device, raw_weights=cfg["eval"].weights == "raw")
+    diffusion.compile(compile_mode(cfg["diffusion"].compile, ctx.device))
     reference = load_reference(
         cfg["eval"].reference_dirs, run.data_dir, run.download_dir, train_set, held, torch.Generator().manual_seed(0)
     )

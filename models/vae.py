@@ -142,10 +142,14 @@ class SimpleAutoencoder(nn.Module):
         eps = torch.randn(mu.shape, device=mu.device, dtype=mu.dtype, generator=generator)
         return mu + torch.exp(0.5 * logvar) * eps
 
-    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None):
-        """Encode, sample, decode: returns (x_hat, mu, logvar, z)."""
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None, eps: torch.Tensor | None = None):
+        """Encode, sample z = mu + sigma * eps, decode: returns (x_hat, mu, logvar, z). `eps` (N, latent_dim), drawn by
+        the caller, keeps random draws out of the network (what a compiled or graph-captured step needs); without it
+        eps is drawn from `generator`."""
         mu, logvar = self.encode(x)
-        z = self.reparameterize(mu, logvar, generator)
+        if eps is None:
+            eps = torch.randn(mu.shape, device=mu.device, dtype=mu.dtype, generator=generator)
+        z = mu + torch.exp(0.5 * logvar) * eps
         return self.decode(z), mu, logvar, z
 
     def normalize_latent(self, z: torch.Tensor) -> torch.Tensor:

@@ -172,7 +172,7 @@ def test_help_shows_each_default_once_and_the_presets_that_change_it(capsys):
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
     assert "(default: None)" not in text and "(default: torch's choice)" not in text
     assert "--visualize-every VISUALIZE_EVERY also write visualisations" in text
-    assert "(default: 0) (preset: default 5000)" in text
+    assert "(default: 0) (preset: default 2000)" in text
     assert "1-minute" not in text
 
 

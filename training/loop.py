@@ -17,7 +17,8 @@ from tqdm import tqdm
 
 from checkpoints import atomic_save, check_state_dict, load_file
 from training.context import RunContext
-from training.optim import make_optimizer, maybe_compile, warmup_cosine
+from models.compiled import compile_mode, maybe_compile, report_graphs
+from training.optim import make_optimizer, warmup_cosine
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +139,24 @@ def run_steps(
     return step
 
 
+def graph_steps(name: str, step_fn: Callable, mode: str, check_after: int = 3) -> Callable:
+    """`step_fn` for a network compiled with CUDA graphs: each step starts a new graph iteration (so the replay may
+    reuse the previous step's buffers, whose values the loop never holds on to), and after `check_after` steps the
+    log says whether graphs are in use."""
+    calls = 0
+
+    def step(step_index: int) -> dict:
+        nonlocal calls
+        torch.compiler.cudagraph_mark_step_begin()
+        out = step_fn(step_index)
+        calls += 1
+        if calls == check_after:
+            report_graphs(name, mode)
+        return out
+
+    return step
+
+
 @dataclass
 class Stage:
     """A training stage as the loop sees it: its name, network and options (steps, lr, warmup_steps, weight_decay,
@@ -171,8 +190,11 @@ def train_stage(
     parts = dict(model=stage.model, **stage.extra_parts, optimizer=optimizer, scheduler=scheduler)
     state_path = ctx.out_dir / stage.state_file
     step = resume_train_state(state_path, ctx, generator, **parts)
-    net = maybe_compile(ctx.wrap(stage.model), cfg.compile)
+    mode = compile_mode(cfg.compile, ctx.device)
+    net = maybe_compile(ctx.wrap(stage.model), mode)
     step_fn = make_step(net, optimizer, scheduler)
+    if mode == "reduce-overhead":
+        step_fn = graph_steps(stage.name, step_fn, mode)
     stage.checkpoint = checkpointer(ctx, state_path, generator, cfg, **parts)
     stage.metrics = MetricsLog(ctx.out_dir / stage.metrics_file, ctx.is_main, start_step=step)
     stage.model.train()

@@ -61,20 +61,3 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float, device: tor
         return torch.optim.AdamW(params, fused=device.type in ("cuda", "cpu"), **kw)
     except (RuntimeError, ValueError):  # no fused kernel for this device in this torch
         return torch.optim.AdamW(params, **kw)
-
-
-def maybe_compile(model: nn.Module, enabled: bool) -> nn.Module:
-    """torch.compile the model if asked; where compilation is unavailable, warn and return it unchanged.
-    Errors that surface later, at the first compiled call, also fall back to eager (dynamo's suppress_errors)."""
-    if not enabled:
-        return model
-    try:
-        import torch._dynamo
-
-        if not torch._dynamo.is_dynamo_supported():
-            raise RuntimeError("dynamo is not supported on this platform")
-        torch._dynamo.config.suppress_errors = True
-        return torch.compile(model)
-    except Exception as err:  # noqa: BLE001 - any backend failure falls back to eager
-        log.warning("torch.compile unavailable (%s); training without it", err)
-        return model

@@ -49,9 +49,10 @@ def vae_losses(
     model, x: torch.Tensor, y: torch.Tensor, perceptual: VGGPerceptualLoss | None, generator: torch.Generator | None
 ) -> dict[str, torch.Tensor]:
     """Every loss term, unweighted: pixel MSE, perceptual, KL (summed over dims), cross-entropy, center."""
-    x_hat, mu, logvar, _ = model(x, generator)
-    mu, logvar = mu.float(), logvar.float()  # the KL sums 256 terms: never in bf16
     ae = model.module if hasattr(model, "module") else model
+    eps = torch.randn((len(x), ae.latent_dim), device=x.device, generator=generator)  # outside the (compiled) network
+    x_hat, mu, logvar, _ = model(x, eps=eps)
+    mu, logvar = mu.float(), logvar.float()  # the KL sums 256 terms: never in bf16
     losses = {
         "pixel": F.mse_loss(x_hat.float(), x),
         "kl": (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp())).sum(dim=1).mean(),
