@@ -1,33 +1,57 @@
-"""Turn evaluation JSON files into the README's markdown table: python docs/make_table.py "label=path.json" ...
+"""Turn evaluation JSON files into the README's markdown tables.
 
-A label that starts with "recon:" makes a row of the held-out reconstructions' scores from that file instead."""
+python docs/make_table.py "label=run/evaluation.json" ...      one row per file: the samples' scores
+python docs/make_table.py --calibration run/evaluation.json    the calibration rows of one file
+"""
 
 import json
 import sys
+
+HEADER = (
+    "| configuration | feature FD (cat / dog) | recall (cat / dog) | precision (cat / dog) | called its class "
+    "(cat / dog) | PSNR (dB) | sampler | s / 1000 |\n|---|---|---|---|---|---|---|---|"
+)
+CALIBRATION_HEADER = (
+    "| image set | n per class | feature FD (cat / dog) | recall (cat / dog) | precision (cat / dog) | "
+    "called its class (cat / dog) |\n|---|---|---|---|---|---|"
+)
+
+
+def pair(scores: dict, metric: str, fmt: str) -> str:
+    values = [scores[c][metric] for c in ("cat", "dog")]
+    return " / ".join("n/a" if v is None else format(v, fmt) for v in values)
+
+
+def scores_cells(s: dict) -> str:
+    return (
+        f"{pair(s, 'fd', '.2f')} | {pair(s, 'recall', '.2f')} | {pair(s, 'precision', '.2f')} | "
+        f"{pair(s, 'fidelity', '.0%')}"
+    )
 
 
 def row(label: str, path: str) -> str:
     r = json.load(open(path))
     smp = r["sampling"]
-    if label.startswith("recon:"):
-        label, s, sampler, speed = label[len("recon:") :], r["reconstructions_judged"], "-", "-"
-    else:
-        s = r["samples"]
-        sampler = f"{smp['sampler']} {smp['steps']}, eta {smp['eta']:g}, g {smp['guidance_scale']:g}"
-        speed = f"{smp['s_per_1000_images']:.0f}"
-    fid = f"{s['overall']['fid']:.1f}" if "fid" in s["overall"] else "n/a"
+    lo, hi = smp.get("guidance_interval", (0, 1))
+    interval = "" if (lo, hi) == (0, 1) else f" on t/T in [{lo:g}, {hi:g}]"
+    sampler = f"{smp['sampler']} {smp['steps']}, eta {smp['eta']:g}, g {smp['guidance_scale']:g}{interval}"
     return (
-        f"| {label} | {r['reconstruction']['psnr']:.2f} | {s['overall']['class_fidelity']:.1%} "
-        f"({s['cat']['class_fidelity']:.0%} / {s['dog']['class_fidelity']:.0%}) | {s['overall']['feature_fd']:.2f} "
-        f"({s['cat']['feature_fd']:.2f} / {s['dog']['feature_fd']:.2f}) | {fid} | {sampler} | {speed} |"
+        f"| {label} | {scores_cells(r['samples'])} | {r['reconstruction']['psnr']:.2f} | {sampler} | "
+        f"{smp['s_per_1000_images']:.0f} |"
     )
 
 
-HEADER = (
-    "| configuration | PSNR (dB) | class fidelity (cat / dog) | feature FD (cat / dog) | FID | sampler | s / 1000 |"
-)
-print(HEADER)
-print("|---|---|---|---|---|---|---|")
-for arg in sys.argv[1:]:
-    label, path = arg.split("=", 1)
-    print(row(label, path))
+def calibration(path: str) -> list[str]:
+    r = json.load(open(path))
+    return [f"| {name} | {s['cat']['n']} | {scores_cells(s)} |" for name, s in r["calibration"].items()]
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--calibration"]:
+        print(CALIBRATION_HEADER)
+        print("\n".join(calibration(sys.argv[2])))
+    else:
+        print(HEADER)
+        for arg in sys.argv[1:]:
+            label, path = arg.split("=", 1)
+            print(row(label, path))

@@ -71,6 +71,22 @@ def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> tupl
     return precision, recall
 
 
+def colour_descriptor(images: torch.Tensor) -> torch.Tensor:
+    """Per image (N, 3, H, W) in [0, 1]: mean and std of each opponent colour channel (luminance, red-green,
+    yellow-blue) and the mean chroma, (N, 7). A classifier's features hardly see colour (saturation x2 and grayscale
+    moved the judge's feature FD by 0.1-0.5); these numbers do."""
+    r, g, b = images.unbind(1)
+    channels = torch.stack([(r + g + b) / 3, r - g, (r + g) / 2 - b], 1).flatten(2)  # (N, 3, HW)
+    chroma = channels[:, 1:].pow(2).sum(1).sqrt().mean(1, keepdim=True)  # (N, 1)
+    return torch.cat([channels.mean(2), channels.std(2), chroma], 1)
+
+
+def saturate(images: torch.Tensor, factor: float) -> torch.Tensor:
+    """Scale every pixel's distance from its grey level by `factor` (0: greyscale; 2: twice as colourful)."""
+    grey = images.mean(1, keepdim=True)
+    return (grey + factor * (images - grey)).clamp(0, 1)
+
+
 def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
     """Blur images (N, C, H, W) with a Gaussian of std `sigma` pixels (kernel 2*ceil(3 sigma)+1, reflect padding)."""
     radius = max(1, math.ceil(3 * sigma))

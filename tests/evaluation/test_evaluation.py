@@ -97,9 +97,11 @@ def test_evaluate_command_writes_json_table_and_sheet(trained_run, tmp_path):
         "blurred, sigma 0.7",
         "blurred, sigma 1.0",
         "stereotype, 20 images repeated",
+        "colour saturated x2",
         "VAE reconstructions",
     }
-    assert set(result["metric_sees_failures"]) == {"fd", "precision", "recall", "fidelity"}
+    assert set(result["metric_sees_failures"]) == {"fd", "colour_fd", "precision", "recall", "fidelity"}
+    assert result["samples"]["cat"]["colour_fd"] >= 0
     assert result["reconstruction"]["psnr"] > 5 and -1 <= result["reconstruction"]["ssim"] <= 1
     assert result["sampling"]["steps"] == 4 and result["sampling"]["samples_per_class"] == 6
     assert result["held_out_images"] == 4  # the run's own split (10% of 48, per class), read from its config.json

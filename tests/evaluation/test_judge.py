@@ -16,7 +16,7 @@ from errors import UserInputError
 from evaluation.classifier import JudgeClassifier
 from evaluation.evaluate import Features, blind_check, calibration_sets, score_set
 from evaluation.judge import JUDGE_FILE, get_judge, image_keys, load_reference
-from evaluation.metrics import frechet_distance, gaussian_blur, precision_recall
+from evaluation.metrics import colour_descriptor, frechet_distance, gaussian_blur, precision_recall, saturate
 from visualization.samples import save_sample_sheet
 
 JUDGE_OPTIONS = dict(
@@ -99,7 +99,23 @@ def test_calibration_ranks_blur_and_stereotype_below_real_images(random_judge):
         assert calibration["blurred, sigma 0.7"][c]["fd"] < blur[c]["fd"]
         assert real_row[c]["n"] == 120 and stereo[c]["n"] == 240
     seen = blind_check(calibration)
-    assert seen["fd"] and seen["recall"] and not seen["precision"]
+    assert {"blurred, sigma 1.0", "stereotype, 20 images repeated"} <= set(seen["fd"]) and seen["recall"]
+    assert "stereotype, 20 images repeated" not in seen["precision"]
+    assert "colour saturated x2" in seen["colour_fd"]
+
+
+def test_colour_fd_sees_saturation_and_greyscale_and_not_a_resample():
+    gen = torch.Generator().manual_seed(0)
+    tint = torch.rand(600, 3, 1, 1, generator=gen) * 0.6
+    real = (tint + 0.3 * torch.rand(600, 3, 32, 32, generator=gen)).clamp(0, 1)  # images of varied colour
+    a, b = real[:300], real[300:]
+
+    def colour_fd(x, y):
+        return frechet_distance(colour_descriptor(x).numpy(), colour_descriptor(y).numpy())
+
+    floor = colour_fd(a, b)
+    assert colour_fd(saturate(a, 2.0), b) > 10 * floor and colour_fd(saturate(a, 0.0), b) > 10 * floor
+    assert torch.allclose(saturate(a, 1.0), a) and colour_descriptor(a).shape == (300, 7)
 
 
 def test_sample_sheet_holds_every_class_block_enlarged(tmp_path):
