@@ -19,6 +19,7 @@ AUTOENCODER_FILE = "cifar_cat_dog_autoencoder.pt"
 DIFFUSION_FILE = "conditional_diffusion_final.pt"
 VAE_STATE_FILE = "vae_train_state.pt"
 DIFFUSION_STATE_FILE = "diffusion_train_state.pt"
+GUIDE_STATE_FILE = "guide_train_state.pt"  # the autoguidance network's training state
 
 
 def atomic_save(obj, path: Path) -> None:
@@ -125,8 +126,11 @@ def require_state_dict(state, path: str | Path) -> None:
 def check_state_dict(model: nn.Module, state: dict, path: str | Path) -> None:
     """Raise UserInputError naming `path` and what differs if `state` does not fit `model`."""
     own = model.state_dict()
-    missing = sorted(set(own) - set(state) - set(getattr(model, "optional_state_keys", ())))
-    unexpected = sorted(set(state) - set(own) - set(getattr(model, "legacy_state_keys", ())))
+    optional = tuple(getattr(model, "optional_state_prefixes", ()))
+    own = {k: v for k, v in own.items() if not k.startswith(optional or ("\0",))}  # optional parts are checked on load
+    state_keys = {k for k in state if not k.startswith(optional or ("\0",))}
+    missing = sorted(set(own) - state_keys - set(getattr(model, "optional_state_keys", ())))
+    unexpected = sorted(state_keys - set(own) - set(getattr(model, "legacy_state_keys", ())))
     shapes = [
         f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
         for k in own

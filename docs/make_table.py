@@ -8,12 +8,12 @@ import json
 import sys
 
 HEADER = (
-    "| configuration | feature FD (cat / dog) | recall (cat / dog) | precision (cat / dog) | called its class "
-    "(cat / dog) | PSNR (dB) | sampler | s / 1000 |\n|---|---|---|---|---|---|---|---|"
+    "| configuration | feature FD (cat / dog) | recall (cat / dog) | colour FD (cat / dog) | precision (cat / dog) | "
+    "called its class (cat / dog) | PSNR (dB) | sampler | s / 1000 |\n|---|---|---|---|---|---|---|---|---|"
 )
 CALIBRATION_HEADER = (
-    "| image set | n per class | feature FD (cat / dog) | recall (cat / dog) | precision (cat / dog) | "
-    "called its class (cat / dog) |\n|---|---|---|---|---|---|"
+    "| image set | n per class | feature FD (cat / dog) | recall (cat / dog) | colour FD (cat / dog) | "
+    "precision (cat / dog) | called its class (cat / dog) |\n|---|---|---|---|---|---|---|"
 )
 
 
@@ -24,8 +24,8 @@ def pair(scores: dict, metric: str, fmt: str) -> str:
 
 def scores_cells(s: dict) -> str:
     return (
-        f"{pair(s, 'fd', '.2f')} | {pair(s, 'recall', '.2f')} | {pair(s, 'precision', '.2f')} | "
-        f"{pair(s, 'fidelity', '.0%')}"
+        f"{pair(s, 'fd', '.2f')} | {pair(s, 'recall', '.2f')} | {pair(s, 'colour_fd', '.0f')} | "
+        f"{pair(s, 'precision', '.2f')} | {pair(s, 'fidelity', '.0%')}"
     )
 
 

@@ -171,7 +171,7 @@ def evaluate_run(
         "calibration": calibration,
         "metric_sees_failures": blind_check(calibration),
         "sampling": {
-            **dataclasses.asdict(options),
+            **dataclasses.asdict(options.resolve(diffusion.model)),
             "samples_per_class": eval_cfg.samples_per_class,
             "images_per_s": rate,
             "s_per_1000_images": 1000 / rate,
@@ -230,7 +230,7 @@ def format_table(result: dict) -> str:
         f"reconstruction (held-out, n={result['held_out_images']}): PSNR {rec['psnr']:.2f} dB, SSIM {rec['ssim']:.3f}",
         f"judge: {len(judge['classes'])}-way classifier trained on {judge['source']}; accuracy on held-out images "
         f"{acc['overall']:.1%} ({per_class})",
-        f"sampling: {smp['sampler']} {smp['steps']} steps, eta {smp['eta']}, guidance {smp['guidance_scale']} "
+        f"sampling: {smp['sampler']} {smp['steps']} steps, eta {smp['eta']}, {smp['guidance']} {smp['guidance_scale']} "
         f"for t/T in {list(smp['guidance_interval'])}, "
         f"{smp['samples_per_class']} per class, {smp['s_per_1000_images']:.1f} s per 1000 images on {smp['device']}",
         "per class (cat / dog), in the judge's features against the held-out images of the class:",
@@ -243,7 +243,7 @@ def format_table(result: dict) -> str:
             continue
         lines.append(
             f"{name:38s}{_pair(s, 'n', 'd'):>11s}{_pair(s, 'fd', '.2f'):>15s}{_pair(s, 'recall', '.2f'):>15s}"
-            f"{_pair(s, 'colour_fd', '.2f'):>15s}{_pair(s, 'precision', '.2f'):>15s}{_pair(s, 'fidelity', '.0%'):>19s}"
+            f"{_pair(s, 'colour_fd', '.0f'):>15s}{_pair(s, 'precision', '.2f'):>15s}{_pair(s, 'fidelity', '.0%'):>19s}"
         )
     for c in CLASS_NAMES:
         called = ", ".join(f"{name} {v:.0%}" for name, v in result["samples"][c]["called"])

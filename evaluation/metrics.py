@@ -73,12 +73,12 @@ def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> tupl
 
 def colour_descriptor(images: torch.Tensor) -> torch.Tensor:
     """Per image (N, 3, H, W) in [0, 1]: mean and std of each opponent colour channel (luminance, red-green,
-    yellow-blue) and the mean chroma, (N, 7). A classifier's features hardly see colour (saturation x2 and grayscale
-    moved the judge's feature FD by 0.1-0.5); these numbers do."""
+    yellow-blue) and the mean chroma, in percent of the intensity range, (N, 7). A classifier's features hardly see
+    colour (saturation x2 and greyscale moved the judge's feature FD by 0.1-0.5); these numbers do."""
     r, g, b = images.unbind(1)
     channels = torch.stack([(r + g + b) / 3, r - g, (r + g) / 2 - b], 1).flatten(2)  # (N, 3, HW)
     chroma = channels[:, 1:].pow(2).sum(1).sqrt().mean(1, keepdim=True)  # (N, 1)
-    return torch.cat([channels.mean(2), channels.std(2), chroma], 1)
+    return 100 * torch.cat([channels.mean(2), channels.std(2), chroma], 1)  # in percent of the intensity range
 
 
 def saturate(images: torch.Tensor, factor: float) -> torch.Tensor:

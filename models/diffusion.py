@@ -45,16 +45,26 @@ def spaced_timesteps(n_steps: int, steps: int) -> list[int]:
     return sorted({round(i * (n_steps - 1) / max(steps - 1, 1)) for i in range(steps)}, reverse=True)
 
 
+GUIDANCE = ("auto", "cfg", "autoguidance")
+DEFAULT_SCALE = {"cfg": 8.0, "autoguidance": 3.0}  # measured best (README); 1.0 = no guidance for either
+
+
 @dataclass(frozen=True)
 class SamplingOptions:
     """How samples are drawn: the one set of defaults and the one validation of every way to sample
     (`generate_class_samples`, `ConditionalDenoiseDiffusion.sample`, the CLI's `--sampler` ... flags).
-    The defaults are the best measured with `python main.py evaluate` (README)."""
+    The defaults are the best measured with `python main.py evaluate` (README).
+
+    Guidance: "cfg" is classifier-free guidance, eps_u + s (eps_c - eps_u) (Ho & Salimans 2022); "autoguidance"
+    guides the denoiser with a weaker version of itself, eps_weak + s (eps - eps_weak) (Karras et al. 2024), which
+    needs the small guide network that training stores in the denoiser's file; "auto" is autoguidance when the
+    file has it, else cfg. `guidance_scale` None means DEFAULT_SCALE of the kind used."""
 
     sampler: str = "ddim"  # a key of SAMPLERS
     steps: int = 50  # reverse steps, evenly spaced over the process's n_steps timesteps
     eta: float = 1.0  # DDIM's stochasticity: 0 deterministic, 1 the DDPM posterior's variance
-    guidance_scale: float = 8.0  # classifier-free guidance (Ho & Salimans 2022); 1.0 = none
+    guidance: str = "auto"  # one of GUIDANCE
+    guidance_scale: float | None = None  # None: DEFAULT_SCALE[kind]; 1.0 = no guidance
     guidance_interval: tuple[float, float] = (0.0, 1.0)  # guide only where t / n_steps lies in [lo, hi]
 
     def replace(self, **changes) -> "SamplingOptions":
@@ -65,9 +75,24 @@ class SamplingOptions:
             raise UserInputError(f"unknown sampling option(s) {', '.join(unknown)}: use {', '.join(sorted(names))}")
         return dataclasses.replace(self, **changes)
 
+    def resolve(self, model: nn.Module) -> "SamplingOptions":
+        """These options for `model`: the guidance kind ("auto" decided by whether it carries a guide) and scale."""
+        has_guide = getattr(model, "guide", None) is not None
+        kind = ("autoguidance" if has_guide else "cfg") if self.guidance == "auto" else self.guidance
+        if kind == "autoguidance" and not has_guide:
+            err = UserInputError(
+                "guidance autoguidance needs the guide network that training stores in the denoiser's file, and this "
+                "file has none (trained with --no-diffusion-guide, or before guides existed): use cfg"
+            )
+            err.option = "guidance"
+            raise err
+        scale = DEFAULT_SCALE[kind] if self.guidance_scale is None else self.guidance_scale
+        return dataclasses.replace(self, guidance=kind, guidance_scale=scale)
+
     def validate(self, n_steps: int) -> None:
         """Raise a UserInputError (its `option` names the field) for a value out of range."""
         lo, hi = self.guidance_interval
+        scale = 1.0 if self.guidance_scale is None else self.guidance_scale
         checks = {
             "sampler": (self.sampler in SAMPLERS, f"must be one of {', '.join(SAMPLERS)}"),
             "steps": (
@@ -75,8 +100,9 @@ class SamplingOptions:
                 f"must be an integer in [1, {n_steps}]",
             ),
             "eta": (0.0 <= self.eta <= 1.0, "must be in [0, 1]"),
+            "guidance": (self.guidance in GUIDANCE, f"must be one of {', '.join(GUIDANCE)}"),
             "guidance_scale": (
-                math.isfinite(self.guidance_scale) and self.guidance_scale >= 0.0,
+                math.isfinite(scale) and scale >= 0.0,
                 "must be >= 0 and finite (1.0 = no guidance)",
             ),
             "guidance_interval": (0.0 <= lo <= hi <= 1.0, "must be two fractions 0 <= lo <= hi <= 1"),
@@ -88,7 +114,7 @@ class SamplingOptions:
                 raise err
 
     def guided(self, t: int, n_steps: int) -> bool:
-        """Whether timestep t gets guidance (the interval of Kynkaanniemi et al. 2024)."""
+        """Whether timestep t gets guidance (the interval of Kynkaanniemi et al. 2024); options must be resolved."""
         lo, hi = self.guidance_interval
         return self.guidance_scale != 1.0 and lo * (n_steps - 1) <= t <= hi * (n_steps - 1)
 
@@ -164,9 +190,12 @@ class ConditionalDenoiseDiffusion:
         a = self.alphas_cumprod[t][:, None]
         return a.sqrt() * eps - (1 - a).sqrt() * z0
 
-    def to_eps(self, out: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The network's output at (z_t, t) as a noise prediction: eps = sqrt(1 - a) z_t + sqrt(a) v for v."""
-        if self.prediction == "eps":
+    def to_eps(
+        self, out: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor, prediction: str | None = None
+    ) -> torch.Tensor:
+        """A network's output at (z_t, t) as a noise prediction: eps = sqrt(1 - a) z_t + sqrt(a) v for v.
+        `prediction` is that network's (default: the model's)."""
+        if (prediction or self.prediction) == "eps":
             return out
         a = self.alphas_cumprod[t][:, None]
         return (1 - a).sqrt() * z_t + a.sqrt() * out
@@ -199,12 +228,17 @@ class ConditionalDenoiseDiffusion:
         return (per_sample * weight).mean(), t, per_sample
 
     def predict_eps(
-        self, z_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor, guidance_scale: float = 1.0
+        self, z_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor, guidance_scale: float = 1.0, guidance: str = "cfg"
     ) -> torch.Tensor:
-        """Noise prediction with classifier-free guidance: eps_u + s * (eps_c - eps_u); s = 1 is plain conditional.
-        (For a v-predicting model the guidance is applied to v, which gives the same eps: the map is affine.)"""
+        """Noise prediction, guided. "cfg": eps_u + s * (eps_c - eps_u), classifier-free (for a v-predicting model the
+        guidance is applied to v, which gives the same eps: the map is affine). "autoguidance": eps_g + s * (eps -
+        eps_g), with eps_g from the model's small guide network (Karras et al. 2024). s = 1 is plain conditional."""
         if guidance_scale == 1.0:
             return self.to_eps(self._forward(z_t, t, y), z_t, t)
+        if guidance == "autoguidance":
+            guide = self.model.guide
+            weak = self.to_eps(guide(z_t, t, y), z_t, t, guide.prediction)
+            return weak + guidance_scale * (self.to_eps(self._forward(z_t, t, y), z_t, t) - weak)
         null = torch.full_like(y, self.model.null_class)
         out_c, out_u = self._forward(torch.cat([z_t, z_t]), torch.cat([t, t]), torch.cat([y, null])).chunk(2)
         return self.to_eps(out_u + guidance_scale * (out_c - out_u), z_t, t)
@@ -224,12 +258,14 @@ class ConditionalDenoiseDiffusion:
         `options` (default: SamplingOptions()) with `changes` (e.g. steps=20) say."""
         options = (options or SamplingOptions()).replace(**changes)
         options.validate(self.n_steps)
+        options = options.resolve(self.model)
         if z_T is None:
             z_T = torch.randn((len(y), self.model.latent_dim), device=self.device, generator=generator)
 
         def eps_fn(z: torch.Tensor, t: int) -> torch.Tensor:
             scale = options.guidance_scale if options.guided(t, self.n_steps) else 1.0
-            return self.predict_eps(z, torch.full((len(z),), t, device=z.device, dtype=torch.long), y, scale)
+            t_batch = torch.full((len(z),), t, device=z.device, dtype=torch.long)
+            return self.predict_eps(z, t_batch, y, scale, options.guidance)
 
         timesteps = spaced_timesteps(self.n_steps, options.steps)
         return SAMPLERS[options.sampler](

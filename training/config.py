@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from errors import UserInputError
 from models.compiled import COMPILE_MODES
-from models.diffusion import PROCESS_DEFAULTS, SCHEDULES, SamplingOptions
+from models.diffusion import GUIDANCE, PROCESS_DEFAULTS, SCHEDULES, SamplingOptions
 from models.samplers import SAMPLERS
 from models.unet import PREDICTIONS
 
@@ -148,6 +148,12 @@ class DiffusionConfig:
     posterior_sample: bool = opt(
         True, "train on z drawn from q(z|x) each step (--no-diffusion-posterior-sample: on its mean mu)"
     )
+    guide: bool = opt(
+        True,
+        "first train a guide network for autoguidance (half the widths, a fraction of the steps) and store it in the "
+        "denoiser's file",
+    )
+    guide_fraction: float = opt(0.25, "the guide's training steps, as a fraction of the denoiser's", "fraction")
     normalize_latents: bool = opt(
         PROCESS_DEFAULTS["normalize_latents"],
         "diffuse latents scaled to unit variance per dimension by the VAE's statistics (recorded in the denoiser file)",
@@ -161,7 +167,15 @@ class SampleConfig:
     sampler: str = opt(SAMPLING.sampler, "reverse-process sampler", choices=tuple(SAMPLERS))
     steps: int = opt(SAMPLING.steps, "sampler steps (1000 with ddpm = the full ancestral chain)", flag="--sample-steps")
     eta: float = opt(SAMPLING.eta, "DDIM stochasticity: 0 deterministic, 1 DDPM-like")
-    guidance_scale: float = opt(SAMPLING.guidance_scale, "classifier-free guidance scale (1.0 = off)")
+    guidance: str = opt(
+        SAMPLING.guidance,
+        "cfg: classifier-free guidance; autoguidance: guided by the small guide network stored in the denoiser's file "
+        "(Karras et al. 2024); auto: autoguidance when the file has a guide, else cfg",
+        choices=GUIDANCE,
+    )
+    guidance_scale: float | None = opt(
+        SAMPLING.guidance_scale, "guidance scale (default: 3 for autoguidance, 8 for cfg; 1.0 = off)", "non_negative"
+    )
     guidance_interval: tuple[float, float] = opt(
         SAMPLING.guidance_interval,
         "guide only at timesteps t with LO <= t / n_steps <= HI (Kynkaanniemi et al. 2024)",
@@ -226,7 +240,7 @@ PRESETS: dict[str, dict[str, dict]] = {
     "cpu": {
         "run": {"log_every": 50, "checkpoint_every": 500},
         "vae": {"steps": 1000, "batch_size": 64, "lr": 2e-3, "warmup_steps": 50, "perceptual_weight": 0.0},
-        "diffusion": {"steps": 2800, "batch_size": 128, "lr": 5e-4, "warmup_steps": 100, "ema_decay": 0.998},
+        "diffusion": {"steps": 1700, "batch_size": 128, "lr": 5e-4, "warmup_steps": 100, "ema_decay": 0.998},
     },
     "smoke": {
         "run": {"max_images": 600, "log_every": 10, "checkpoint_every": 20},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import torch
@@ -11,7 +12,7 @@ from models.diffusion import ConditionalDenoiseDiffusion
 from models.batched import encode_images
 from models.unet import ConditionalUNet
 from models.vae import SimpleAutoencoder
-from checkpoints import DIFFUSION_FILE, DIFFUSION_STATE_FILE, save_weights
+from checkpoints import DIFFUSION_FILE, DIFFUSION_STATE_FILE, GUIDE_STATE_FILE, load_file, save_weights
 from errors import UserInputError
 from training.context import RunContext
 from training.loop import Stage, train_stage
@@ -55,27 +56,26 @@ def train_step(net, diffusion, optimizer, scheduler, ema, z0, y, cfg, ctx, gener
     return {"total": loss.detach(), "loss_quartiles": quartile_losses(t, per_sample, diffusion.n_steps)}
 
 
-def train_diffusion(
+def train_denoiser(
     unet: ConditionalUNet,
+    latents: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     autoencoder: SimpleAutoencoder,
-    train: Split,
     cfg: DiffusionConfig,
     ctx: RunContext,
     generator: torch.Generator,
+    files: tuple[str, str, str],
     visualize=None,
 ) -> ConditionalUNet:
-    """Train the denoiser for cfg.steps on cached latents; write the EMA weights as the public state dict.
-    `visualize(step, diffusion)` is called every ctx.visualize_every steps with a diffusion around the EMA model.
-
-    The denoiser's file records the process it is trained in (n_steps, schedule, whether latents are normalised by
-    the VAE's statistics): the VAE's file, which the VAE stage owns, is only read here."""
+    """Train `unet` for cfg.steps on the cached `latents` (mu, logvar, y) and return it holding its EMA weights.
+    `files`: the stage's name, training-state file and metrics file."""
+    name, state_file, metrics_file = files
     if unet.prediction != cfg.prediction:
         raise ValueError(f"the denoiser predicts {unet.prediction}, the config says {cfg.prediction}")
     unet.process = {"n_steps": cfg.n_steps, "schedule": cfg.schedule, "normalize_latents": cfg.normalize_latents}
     diffusion = ConditionalDenoiseDiffusion(
         unet, device=ctx.device, class_dropout=cfg.class_dropout, min_snr_gamma=cfg.min_snr_gamma
     )
-    mu, logvar, y_all = encode_dataset(autoencoder, train)
+    mu, logvar, y_all = latents
     ema = EMA(unet, cfg.ema_decay)
     shard = ctx.shard(len(y_all))
 
@@ -91,13 +91,74 @@ def train_diffusion(
 
         return step_fn
 
-    stage = Stage("Diffusion", unet, cfg, DIFFUSION_STATE_FILE, "metrics_diffusion.jsonl", {"ema": ema})
+    stage = Stage(name, unet, cfg, state_file, metrics_file, {"ema": ema})
     ema_diffusion = ConditionalDenoiseDiffusion(ema.model, device=ctx.device)
     step = train_stage(
         stage, ctx, generator, make_step, visualize=visualize and (lambda step: visualize(step, ema_diffusion))
     )
     stage.checkpoint(step, done=True)  # with the raw weights, before they are replaced by the EMA's
     unet.load_state_dict(ema.model.state_dict())  # from here on the model is the EMA model, as in the public file
+    return unet.eval()
+
+
+def finished_guide(guide: ConditionalUNet, cfg: DiffusionConfig, ctx: RunContext) -> ConditionalUNet | None:
+    """The guide of an earlier run that was killed while training the denoiser after it (same options): its EMA
+    weights, so it is not trained again; None if there is none to reuse."""
+    path = ctx.out_dir / GUIDE_STATE_FILE
+    if not (ctx.resume and path.is_file()):
+        return None
+    state = load_file(path, ctx.device)
+    if not state.get("done") or state.get("config") != dataclasses.asdict(cfg):
+        return None
+    log.info("reusing the finished guide network in %s", path)
+    guide.load_state_dict(state["ema"]["model"])
+    guide.process = dict(state["ema"]["model"]["_extra_state"]["process"])
+    return guide.eval()
+
+
+def make_guide(unet: ConditionalUNet) -> ConditionalUNet:
+    """The autoguidance network for `unet`: the same design at half the widths (Karras et al. 2024 guide with a
+    smaller, shorter-trained model)."""
+    config = {**unet.config, "hidden_dims": [max(32, w // 2) for w in unet.config["hidden_dims"]]}
+    config["time_emb_dim"] = max(32, config["time_emb_dim"] // 2)
+    return ConditionalUNet(**config).to(next(unet.parameters()).device)
+
+
+def train_diffusion(
+    unet: ConditionalUNet,
+    autoencoder: SimpleAutoencoder,
+    train: Split,
+    cfg: DiffusionConfig,
+    ctx: RunContext,
+    generator: torch.Generator,
+    visualize=None,
+) -> ConditionalUNet:
+    """Train the denoiser for cfg.steps on cached latents (and, first, its guide network for cfg.guide_fraction of
+    the steps, unless cfg.guide is off); write the EMA weights, the guide's inside, as the public state dict.
+    `visualize(step, diffusion)` is called every ctx.visualize_every steps with a diffusion around the EMA model.
+
+    The denoiser's file records the process it is trained in (n_steps, schedule, whether latents are normalised by
+    the VAE's statistics): the VAE's file, which the VAE stage owns, is only read here."""
+    latents = encode_dataset(autoencoder, train)
+    guide = None
+    if cfg.guide:
+        guide_cfg = dataclasses.replace(cfg, steps=max(1, round(cfg.steps * cfg.guide_fraction)))
+        seed = generator.initial_seed() + 1  # the guide's own randomness: the denoiser's draws stay as without it
+        with torch.random.fork_rng(devices=[]):  # initialised from its seed; the global RNG is left as it was
+            torch.manual_seed(seed)
+            guide = make_guide(unet)
+        guide = finished_guide(guide, guide_cfg, ctx) or train_denoiser(
+            guide,
+            latents,
+            autoencoder,
+            guide_cfg,
+            ctx,
+            torch.Generator(generator.device).manual_seed(seed),
+            ("Guide", GUIDE_STATE_FILE, "metrics_guide.jsonl"),
+        )
+    files = ("Diffusion", DIFFUSION_STATE_FILE, "metrics_diffusion.jsonl")
+    train_denoiser(unet, latents, autoencoder, cfg, ctx, generator, files, visualize)
+    unet.attach_guide(guide)
     if ctx.is_main:
         save_weights(unet, ctx.out_dir / DIFFUSION_FILE)
-    return unet.eval()
+    return unet

@@ -246,7 +246,7 @@ def test_guidance_interval_guides_only_the_timesteps_inside_it():
     diffusion = ConditionalDenoiseDiffusion(_Toy(), n_steps=100, device="cpu")
     calls = []
     real = diffusion.predict_eps
-    diffusion.predict_eps = lambda z, t, y, scale: calls.append((int(t[0]), scale)) or real(z, t, y, scale)
+    diffusion.predict_eps = lambda z, t, y, scale, kind: calls.append((int(t[0]), scale)) or real(z, t, y, scale, kind)
     diffusion.sample(torch.tensor([0, 1]), steps=10, guidance_scale=3.0, guidance_interval=(0.2, 0.6))
     assert [t for t, _ in calls] == spaced_timesteps(100, 10)
     assert all((scale == 3.0) == (0.2 * 99 <= t <= 0.6 * 99) for t, scale in calls)
@@ -278,3 +278,27 @@ def test_one_set_of_sampling_defaults_for_every_entry_point():
     direct = diffusion.sample(torch.tensor([1, 1]), generator=torch.Generator().manual_seed(3), steps=7)
     via_public = generate_class_samples(Identity(), diffusion, "dog", 2, seed=3, steps=7)
     assert torch.allclose(via_public.flatten(1), ((direct + 1) / 2).clamp(0, 1))
+
+
+def test_autoguidance_extrapolates_from_the_guide_network_and_auto_picks_it_when_the_file_has_one():
+    """Karras et al. 2024: eps_guide + s (eps - eps_guide); "auto" means autoguidance only where a guide exists."""
+    from models import SamplingOptions
+
+    toy, guide = _Toy(), _Toy()
+    with torch.no_grad():
+        guide.w.fill_(-0.5)
+    guide.prediction = "eps"
+    diffusion = ConditionalDenoiseDiffusion(toy, n_steps=100, device="cpu")
+    assert SamplingOptions().resolve(toy) == SamplingOptions(guidance="cfg", guidance_scale=8.0)
+    with pytest.raises(UserInputError, match="no.*guide|guide.*none"):
+        SamplingOptions(guidance="autoguidance").resolve(toy)
+    toy.guide = guide
+    assert SamplingOptions().resolve(toy) == SamplingOptions(guidance="autoguidance", guidance_scale=3.0)
+    z, t, y = torch.randn(3, 8), torch.tensor([5, 50, 99]), torch.tensor([0, 1, 0])
+    good, weak = toy(z, t, y), guide(z, t, y)
+    assert torch.allclose(diffusion.predict_eps(z, t, y, 3.0, "autoguidance"), weak + 3.0 * (good - weak), atol=1e-6)
+    assert torch.allclose(diffusion.predict_eps(z, t, y, 1.0, "autoguidance"), good)
+    state = torch.get_rng_state()
+    a = diffusion.sample(y, steps=5, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a, diffusion.sample(y, steps=5, generator=torch.Generator().manual_seed(0)))
+    assert torch.equal(state, torch.get_rng_state())

@@ -119,3 +119,23 @@ def test_attention_equals_torch_scaled_dot_product_attention_and_its_gradients()
     grads = torch.autograd.grad(ours.square().sum(), (q, k, v))
     expected = torch.autograd.grad(theirs.square().sum(), (q, k, v))
     assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(grads, expected))
+
+
+def test_a_guide_network_travels_inside_the_denoisers_file(tmp_path):
+    """The notebook snippet builds ConditionalUNet(...) without a guide: loading a file that has one builds it."""
+    from checkpoints import load_weights, save_weights
+
+    torch.manual_seed(0)
+    unet, guide = ConditionalUNet(**PUBLIC), ConditionalUNet(**{**PUBLIC, "hidden_dims": [128, 256, 512, 256, 128]})
+    unet.attach_guide(guide)
+    save_weights(unet, tmp_path / "with_guide.pt")
+    fresh = ConditionalUNet(**PUBLIC)
+    load_weights(fresh, tmp_path / "with_guide.pt")
+    assert fresh.guide is not None and fresh.guide.config["hidden_dims"] == [128, 256, 512, 256, 128]
+    assert all(torch.equal(a, b) for a, b in zip(fresh.guide.parameters(), guide.parameters()))
+    z, t, y = torch.randn(2, 256), torch.tensor([10, 900]), torch.tensor([0, 1])
+    assert torch.equal(fresh(z, t, y), unet(z, t, y))  # forward never calls the guide
+    unet.attach_guide(None)
+    save_weights(unet, tmp_path / "without.pt")
+    load_weights(fresh, tmp_path / "without.pt")
+    assert fresh.guide is None
