@@ -9,7 +9,7 @@ import sys
 
 HEADER = (
     "| configuration | feature FD (cat / dog) | recall (cat / dog) | colour FD (cat / dog) | precision (cat / dog) | "
-    "called its class (cat / dog) | PSNR (dB) | sampler | s / 1000 |\n|---|---|---|---|---|---|---|---|---|"
+    "called its class (cat / dog) | PSNR (dB) | sampler |\n|---|---|---|---|---|---|---|---|"
 )
 CALIBRATION_HEADER = (
     "| image set | n per class | feature FD (cat / dog) | recall (cat / dog) | colour FD (cat / dog) | "
@@ -18,7 +18,7 @@ CALIBRATION_HEADER = (
 
 
 def pair(scores: dict, metric: str, fmt: str) -> str:
-    values = [scores[c][metric] for c in ("cat", "dog")]
+    values = [scores[c].get(metric) for c in ("cat", "dog")]  # older files lack colour_fd
     return " / ".join("n/a" if v is None else format(v, fmt) for v in values)
 
 
@@ -34,11 +34,9 @@ def row(label: str, path: str) -> str:
     smp = r["sampling"]
     lo, hi = smp.get("guidance_interval", (0, 1))
     interval = "" if (lo, hi) == (0, 1) else f" on t/T in [{lo:g}, {hi:g}]"
-    sampler = f"{smp['sampler']} {smp['steps']}, eta {smp['eta']:g}, g {smp['guidance_scale']:g}{interval}"
-    return (
-        f"| {label} | {scores_cells(r['samples'])} | {r['reconstruction']['psnr']:.2f} | {sampler} | "
-        f"{smp['s_per_1000_images']:.0f} |"
-    )
+    kind = {"cfg": "CFG", "autoguidance": "autoguidance"}.get(smp.get("guidance", "cfg"), "CFG")
+    sampler = f"{smp['sampler']} {smp['steps']}, eta {smp['eta']:g}, {kind} {smp['guidance_scale']:g}{interval}"
+    return f"| {label} | {scores_cells(r['samples'])} | {r['reconstruction']['psnr']:.2f} | {sampler} |"
 
 
 def calibration(path: str) -> list[str]:

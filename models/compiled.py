@@ -14,13 +14,16 @@ log = logging.getLogger(__name__)
 COMPILE_MODES = ("auto", "off", "default", "reduce-overhead")
 
 
-def compile_mode(requested: str, device: torch.device) -> str:
+def compile_mode(requested: str, device: torch.device, distributed: bool = False) -> str:
     """The torch.compile mode a stage uses: "auto" is "reduce-overhead" (CUDA graphs: a step dispatched by Python in
     ~30 ms on an H100 replays as one graph) on CUDA, and "off" elsewhere (on a CPU the compiled VAE was slower and the
-    compiled denoiser 6% faster after a 50 s compile, docs/benchmark.md)."""
-    if requested == "auto":
-        return "reduce-overhead" if device.type == "cuda" else "off"
-    return requested
+    compiled denoiser 6% faster after a 50 s compile, docs/benchmark.md). Under DistributedDataParallel, whose
+    gradient hooks a captured graph cannot hold, CUDA graphs give way to plain compilation."""
+    mode = ("reduce-overhead" if device.type == "cuda" else "off") if requested == "auto" else requested
+    if distributed and mode == "reduce-overhead":
+        log.info("DistributedDataParallel: compiling without CUDA graphs")
+        return "default"
+    return mode
 
 
 def maybe_compile(model: nn.Module, mode: str) -> nn.Module:

@@ -190,7 +190,7 @@ def train_stage(
     parts = dict(model=stage.model, **stage.extra_parts, optimizer=optimizer, scheduler=scheduler)
     state_path = ctx.out_dir / stage.state_file
     step = resume_train_state(state_path, ctx, generator, **parts)
-    mode = compile_mode(cfg.compile, ctx.device)
+    mode = compile_mode(cfg.compile, ctx.device, distributed=ctx.world_size > 1)
     net = maybe_compile(ctx.wrap(stage.model), mode)
     step_fn = make_step(net, optimizer, scheduler)
     if mode == "reduce-overhead":

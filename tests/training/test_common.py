@@ -133,6 +133,7 @@ def test_auto_compiles_with_cuda_graphs_on_cuda_only():
     assert compile_mode("auto", torch.device("cuda", 0)) == "reduce-overhead"
     assert compile_mode("auto", torch.device("cpu")) == "off"
     assert compile_mode("default", torch.device("cpu")) == "default"
+    assert compile_mode("auto", torch.device("cuda", 0), distributed=True) == "default"  # DDP hooks: no graphs
 
 
 def test_compiled_training_step_matches_the_eager_step():
