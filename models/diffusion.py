@@ -45,7 +45,7 @@ def spaced_timesteps(n_steps: int, steps: int) -> list[int]:
     return sorted({round(i * (n_steps - 1) / max(steps - 1, 1)) for i in range(steps)}, reverse=True)
 
 
-GUIDANCE = ("auto", "cfg", "autoguidance")
+GUIDANCE = ("cfg", "autoguidance")
 DEFAULT_SCALE = {"cfg": 8.0, "autoguidance": 3.0}  # measured best (README); 1.0 = no guidance for either
 
 
@@ -57,13 +57,13 @@ class SamplingOptions:
 
     Guidance: "cfg" is classifier-free guidance, eps_u + s (eps_c - eps_u) (Ho & Salimans 2022); "autoguidance"
     guides the denoiser with a weaker version of itself, eps_weak + s (eps - eps_weak) (Karras et al. 2024), which
-    needs the small guide network that training stores in the denoiser's file; "auto" is autoguidance when the
-    file has it, else cfg. `guidance_scale` None means DEFAULT_SCALE of the kind used."""
+    needs the guide network that `--diffusion-guide` training stores in the denoiser's file. `guidance_scale` None
+    means DEFAULT_SCALE of the kind used."""
 
     sampler: str = "ddim"  # a key of SAMPLERS
     steps: int = 50  # reverse steps, evenly spaced over the process's n_steps timesteps
     eta: float = 1.0  # DDIM's stochasticity: 0 deterministic, 1 the DDPM posterior's variance
-    guidance: str = "auto"  # one of GUIDANCE
+    guidance: str = "cfg"  # one of GUIDANCE
     guidance_scale: float | None = None  # None: DEFAULT_SCALE[kind]; 1.0 = no guidance
     guidance_interval: tuple[float, float] = (0.0, 1.0)  # guide only where t / n_steps lies in [lo, hi]
 
@@ -76,13 +76,12 @@ class SamplingOptions:
         return dataclasses.replace(self, **changes)
 
     def resolve(self, model: nn.Module) -> "SamplingOptions":
-        """These options for `model`: the guidance kind ("auto" decided by whether it carries a guide) and scale."""
-        has_guide = getattr(model, "guide", None) is not None
-        kind = ("autoguidance" if has_guide else "cfg") if self.guidance == "auto" else self.guidance
-        if kind == "autoguidance" and not has_guide:
+        """These options with the guidance scale filled in; autoguidance needs a model that carries a guide."""
+        kind = self.guidance
+        if kind == "autoguidance" and getattr(model, "guide", None) is None:
             err = UserInputError(
-                "guidance autoguidance needs the guide network that training stores in the denoiser's file, and this "
-                "file has none (trained with --no-diffusion-guide, or before guides existed): use cfg"
+                "guidance autoguidance needs the guide network that training with --diffusion-guide stores in the "
+                "denoiser's file, and this file has none: use cfg"
             )
             err.option = "guidance"
             raise err

@@ -149,7 +149,7 @@ class DiffusionConfig:
         True, "train on z drawn from q(z|x) each step (--no-diffusion-posterior-sample: on its mean mu)"
     )
     guide: bool = opt(
-        True,
+        False,
         "first train a guide network for autoguidance (half the widths, a fraction of the steps) and store it in the "
         "denoiser's file",
     )
@@ -169,8 +169,8 @@ class SampleConfig:
     eta: float = opt(SAMPLING.eta, "DDIM stochasticity: 0 deterministic, 1 DDPM-like")
     guidance: str = opt(
         SAMPLING.guidance,
-        "cfg: classifier-free guidance; autoguidance: guided by the small guide network stored in the denoiser's file "
-        "(Karras et al. 2024); auto: autoguidance when the file has a guide, else cfg",
+        "cfg: classifier-free guidance; autoguidance: guided by the guide network that --diffusion-guide stores in the "
+        "denoiser's file (Karras et al. 2024)",
         choices=GUIDANCE,
     )
     guidance_scale: float | None = opt(
@@ -239,8 +239,8 @@ PRESETS: dict[str, dict[str, dict]] = {
     "default": {"run": {"visualize_every": 2000}},
     "cpu": {
         "run": {"log_every": 50, "checkpoint_every": 500},
-        "vae": {"steps": 1000, "batch_size": 64, "lr": 2e-3, "warmup_steps": 50, "perceptual_weight": 0.0},
-        "diffusion": {"steps": 1700, "batch_size": 128, "lr": 5e-4, "warmup_steps": 100, "ema_decay": 0.998},
+        "vae": {"steps": 900, "batch_size": 64, "lr": 2e-3, "warmup_steps": 50, "perceptual_weight": 0.0},
+        "diffusion": {"steps": 1400, "batch_size": 128, "lr": 5e-4, "warmup_steps": 100, "ema_decay": 0.998},
     },
     "smoke": {
         "run": {"max_images": 600, "log_every": 10, "checkpoint_every": 20},

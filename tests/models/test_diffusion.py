@@ -280,8 +280,8 @@ def test_one_set_of_sampling_defaults_for_every_entry_point():
     assert torch.allclose(via_public.flatten(1), ((direct + 1) / 2).clamp(0, 1))
 
 
-def test_autoguidance_extrapolates_from_the_guide_network_and_auto_picks_it_when_the_file_has_one():
-    """Karras et al. 2024: eps_guide + s (eps - eps_guide); "auto" means autoguidance only where a guide exists."""
+def test_autoguidance_extrapolates_from_the_guide_network_and_needs_one():
+    """Karras et al. 2024: eps_guide + s (eps - eps_guide), with the guide network the denoiser carries."""
     from models import SamplingOptions
 
     toy, guide = _Toy(), _Toy()
@@ -293,12 +293,14 @@ def test_autoguidance_extrapolates_from_the_guide_network_and_auto_picks_it_when
     with pytest.raises(UserInputError, match="no.*guide|guide.*none"):
         SamplingOptions(guidance="autoguidance").resolve(toy)
     toy.guide = guide
-    assert SamplingOptions().resolve(toy) == SamplingOptions(guidance="autoguidance", guidance_scale=3.0)
+    assert SamplingOptions(guidance="autoguidance").resolve(toy).guidance_scale == 3.0
+    assert SamplingOptions().resolve(toy) == SamplingOptions(guidance="cfg", guidance_scale=8.0)
     z, t, y = torch.randn(3, 8), torch.tensor([5, 50, 99]), torch.tensor([0, 1, 0])
     good, weak = toy(z, t, y), guide(z, t, y)
     assert torch.allclose(diffusion.predict_eps(z, t, y, 3.0, "autoguidance"), weak + 3.0 * (good - weak), atol=1e-6)
     assert torch.allclose(diffusion.predict_eps(z, t, y, 1.0, "autoguidance"), good)
     state = torch.get_rng_state()
-    a = diffusion.sample(y, steps=5, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(a, diffusion.sample(y, steps=5, generator=torch.Generator().manual_seed(0)))
+    a = diffusion.sample(y, steps=5, guidance="autoguidance", generator=torch.Generator().manual_seed(0))
+    b = diffusion.sample(y, steps=5, guidance="autoguidance", generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a, b)
     assert torch.equal(state, torch.get_rng_state())
