@@ -45,7 +45,8 @@ def plot_loss_curves(
             ax_v.plot(*zip(*points), label=term, lw=1.5 if term == "total" else 1)
     for step, phase in phase_starts(vae_config) if vae_config else []:
         ax_v.axvline(step, color="grey", ls="--", lw=0.8)
-        ax_v.text(step, 1.0, f" {phase}", transform=ax_v.get_xaxis_transform(), fontsize=8, va="top", rotation=90)
+        # inside the axes, right of the line, hanging from just below the top: nothing is cut off by the frame
+        ax_v.text(step, 0.97, phase, transform=ax_v.get_xaxis_transform(), fontsize=8, va="top", ha="left", rotation=90)
     ax_v.set(yscale="log", xlabel="step", ylabel="loss (unweighted)", title="VAE losses (dashed: phase starts)")
     if diff:
         steps = [r["step"] for r in diff]
