@@ -107,6 +107,13 @@ class VAEConfig:
     center_weight: float = opt(
         0.01, "final weight of the center loss (mean squared distance of mu to its class center)", "non_negative"
     )
+    scale_equivariance_weight: float = opt(
+        0.0,
+        "weight of the scale-equivariance loss (Skorokhodov et al. 2025): the latent average-pooled 2x2 must decode to "
+        "the image average-pooled 2x2, which moves the image's coarse content into the latent's coarse content "
+        "(0 disables it)",
+        "non_negative",
+    )
 
 
 @dataclass

@@ -42,16 +42,23 @@ def loss_weights(step: int, cfg: VAEConfig) -> dict[str, float]:
         "kl": cfg.kl_weight * _ramp(frac, cfg.kl_start, cfg.kl_ramp),
         "cls": cfg.cls_weight * cls_ramp,
         "center": cfg.center_weight * cls_ramp,
+        "scale_eq": cfg.scale_equivariance_weight,
     }
 
 
 def vae_losses(
-    model, x: torch.Tensor, y: torch.Tensor, perceptual: VGGPerceptualLoss | None, generator: torch.Generator | None
+    model,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    perceptual: VGGPerceptualLoss | None,
+    generator: torch.Generator | None,
+    scale_equivariance: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """Every loss term, unweighted: pixel MSE, perceptual, KL (summed over dims), cross-entropy, center."""
+    """Every loss term, unweighted: pixel MSE, perceptual, KL (summed over dims), cross-entropy, center, and with
+    `scale_equivariance` the pixel MSE of the 2x2-pooled latent's decoding against the 2x2-pooled image."""
     ae = model.module if hasattr(model, "module") else model
     eps = torch.randn((len(x), ae.latent_dim), device=x.device, generator=generator)  # outside the (compiled) network
-    x_hat, mu, logvar, _ = model(x, eps=eps)
+    x_hat, mu, logvar, z = model(x, eps=eps)
     mu, logvar = mu.float(), logvar.float()  # the KL sums 256 terms: never in bf16
     losses = {
         "pixel": F.mse_loss(x_hat.float(), x),
@@ -61,13 +68,16 @@ def vae_losses(
     }
     if perceptual is not None:
         losses["perceptual"] = perceptual(x_hat.float(), x)
+    if scale_equivariance:  # the decoder is fully convolutional: a 4x4 latent decodes to a 16x16 image
+        z_small = F.avg_pool2d(z.view(len(x), ae.latent_channels, ae.side, ae.side), 2)
+        losses["scale_eq"] = F.mse_loss(ae.decoder(z_small).float(), F.avg_pool2d(x, 2))
     return losses
 
 
 def train_step(model, optimizer, scheduler, x, y, weights, perceptual, cfg, ctx, generator) -> dict[str, torch.Tensor]:
     """One optimizer step on a batch; returns the unweighted losses and the total (tensors, no host sync)."""
     with ctx.autocast():
-        losses = vae_losses(model, x, y, perceptual, generator)
+        losses = vae_losses(model, x, y, perceptual, generator, scale_equivariance=weights["scale_eq"] > 0)
     # Terms of weight 0 stay in the sum: every parameter gets a gradient, as DistributedDataParallel expects.
     losses["total"] = sum(weights[k] * v for k, v in losses.items())
     optimizer.zero_grad(set_to_none=True)

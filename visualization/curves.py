@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt
 
 from visualization.latents import save_figure
 
-VAE_TERMS = ("total", "pixel", "perceptual", "kl", "cls", "center")
+VAE_TERMS = ("total", "pixel", "perceptual", "kl", "cls", "center", "scale_eq")
 
 
 def read_jsonl(path: str | Path) -> list[dict]:

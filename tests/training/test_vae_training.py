@@ -34,6 +34,29 @@ def test_losses_have_the_right_shapes_and_classification_runs():
     assert all(v.ndim == 0 and torch.isfinite(v) for v in losses.values())
 
 
+def test_scale_equivariance_term_decodes_the_pooled_latent_and_falls_when_trained():
+    torch.manual_seed(0)
+    ae = SimpleAutoencoder()
+    x = torch.nn.functional.interpolate(torch.rand(8, 3, 4, 4) * 2 - 1, size=32, mode="bilinear")
+    y = torch.tensor([0, 1] * 4)
+    losses = vae_losses(ae, x, y, None, torch.Generator().manual_seed(0), scale_equivariance=True)
+    mu, logvar = ae.encode(x)
+    z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=torch.Generator().manual_seed(0))
+    pooled = torch.nn.functional.avg_pool2d(z.view(8, ae.latent_channels, ae.side, ae.side), 2)
+    by_hand = torch.nn.functional.mse_loss(ae.decoder(pooled), torch.nn.functional.avg_pool2d(x, 2))
+    assert losses["scale_eq"].item() == pytest.approx(by_hand.item(), rel=1e-5)
+    opt = torch.optim.Adam(ae.parameters(), lr=2e-3)
+    gen = torch.Generator().manual_seed(0)
+    terms = []
+    for _ in range(30):
+        losses = vae_losses(ae, x, y, None, gen, scale_equivariance=True)
+        opt.zero_grad()
+        (losses["pixel"] + losses["scale_eq"]).backward()
+        opt.step()
+        terms.append(losses["scale_eq"].item())
+    assert sum(terms[-5:]) < 0.3 * sum(terms[:5])
+
+
 def test_losses_stay_float32_under_bf16_autocast():
     ae = SimpleAutoencoder()
     x, y = torch.rand(4, 3, 32, 32) * 2 - 1, torch.tensor([0, 1, 1, 0])
