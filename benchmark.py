@@ -29,6 +29,7 @@ from models import ConditionalDenoiseDiffusion, ConditionalUNet, SimpleAutoencod
 from training.context import native_bf16
 from training.perceptual import VGGPerceptualLoss
 from training.run import resolve_device
+from training.optim import make_optimizer
 from training.vae import vae_losses
 
 
@@ -71,7 +72,7 @@ def rate(fn, items: int, repeats: int, device: torch.device) -> float:
 def vae_step_fn(device, batch: int, perceptual: VGGPerceptualLoss | None, amp: bool):
     """One full VAE training step (all loss terms, backward, AdamW) on random images."""
     ae = SimpleAutoencoder().to(device)
-    opt = torch.optim.AdamW(ae.parameters(), fused=device.type == "cuda")
+    opt = make_optimizer(ae, 1e-4, 0.0, device)  # the training stages' optimizer
     x, y = torch.rand(batch, 3, 32, 32, device=device) * 2 - 1, torch.randint(0, 2, (batch,), device=device)
 
     def step():
@@ -88,7 +89,7 @@ def diffusion_step_fn(device, batch: int, reencode: bool, amp: bool):
     """One diffusion training step on cached latents, or (the original's cost) after encoding the images again."""
     ae, unet = SimpleAutoencoder().to(device).eval(), ConditionalUNet().to(device)
     diffusion = ConditionalDenoiseDiffusion(unet, 1000, device)
-    opt = torch.optim.AdamW(unet.parameters(), fused=device.type == "cuda")
+    opt = make_optimizer(unet, 1e-4, 0.0, device)
     x, y = torch.rand(batch, 3, 32, 32, device=device) * 2 - 1, torch.randint(0, 2, (batch,), device=device)
     mu, logvar = torch.randn(batch, 256, device=device), torch.zeros(batch, 256, device=device)
 

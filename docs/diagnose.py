@@ -8,6 +8,12 @@ python docs/diagnose.py RUN_DIR --eval-reference-dir CATDOG_DIR OTHER_DIR [--jud
    denoiser (DDIM, eta 1, no guidance, the true label). A denoiser that models the data returns images about as good
    as the reconstructions; one that does not returns images about as bad as the noisy latents decoded.
 
+3. The Gaussian baseline: the best denoiser that knows only each class's mean and covariance of the (normalised)
+   training latents, z_0 ~ N(m_y, S_y). Its noise prediction is linear and exact: E[eps | z_t] =
+   sqrt(1 - a_t) (a_t S_y + (1 - a_t) I)^-1 (z_t - sqrt(a_t) m_y). Printed: the run's network's eps-MSE (true label,
+   no guidance) against this baseline's on the held-out latents at several t, and the baseline's own samples scored
+   like the others (a denoiser close to the baseline can only draw what a Gaussian draws).
+
 Per class against the held-out images: feature FD, recall and colour FD, as `python main.py evaluate` prints them. The
 judge is read from JUDGE_DIR/judge_classifier.pt (default: the run folder) and trained there if it is missing.
 """
@@ -31,6 +37,17 @@ from training.config import EvalConfig, RunConfig  # noqa: E402
 
 NOISE_LEVELS = (0.0, 0.1, 0.25, 0.5)
 SDEDIT_STEPS = (100, 300, 500)
+BASELINE_STEPS = (50, 100, 200, 300, 500, 700, 900)
+
+
+def encode_all(ae, diffusion, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Posterior samples z ~ q(z|x) in the diffusion's units (what the denoiser trains on), float64."""
+    out = []
+    for i in range(0, len(x), 500):
+        mu, logvar = ae.encode(to_model_range(x[i : i + 500]))
+        z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=generator)
+        out.append(diffusion.from_vae_latents(ae, z))
+    return torch.cat(out).double()
 
 
 def main() -> None:
@@ -82,6 +99,29 @@ def main() -> None:
             row(f"noised to t={t0}, decoded as is", z / a_t.sqrt())
             out = SAMPLERS["ddim"](eps_fn, z, diffusion.alphas_cumprod, timesteps, generator=gen, eta=1.0)
             row(f"noised to t={t0}, denoised (SDEdit)", out)
+
+        z_train, z_held = encode_all(ae, diffusion, train.x, gen), encode_all(ae, diffusion, held.x, gen)
+        eye = torch.eye(z_train.shape[1], dtype=torch.float64)
+        gauss = [(z_train[train.y == c].mean(0), torch.cov(z_train[train.y == c].T)) for c in range(2)]
+        print("t     eps-MSE of the network   of the Gaussian baseline   (held-out latents, true label)")
+        for t0 in BASELINE_STEPS:
+            a_t = diffusion.alphas_cumprod[t0].double()
+            eps = torch.randn(z_held.shape, generator=gen, dtype=torch.float64)
+            z_t = a_t.sqrt() * z_held + (1 - a_t).sqrt() * eps
+            net = diffusion.predict_eps(z_t.float(), torch.full((len(z_t),), t0), y, 1.0).double()
+            base = torch.empty_like(z_t)
+            for c, (m, cov) in enumerate(gauss):
+                sel = y == c
+                base[sel] = (1 - a_t).sqrt() * torch.linalg.solve(
+                    a_t * cov + (1 - a_t) * eye, (z_t[sel] - a_t.sqrt() * m).T
+                ).T
+            print(f"{t0:<5d} {((net - eps) ** 2).mean():.4f}                   {((base - eps) ** 2).mean():.4f}")
+        samples = torch.empty_like(z_held)
+        for c, (m, cov) in enumerate(gauss):
+            sel = y == c
+            chol = torch.linalg.cholesky(cov + 1e-6 * eye)
+            samples[sel] = m + torch.randn(int(sel.sum()), len(m), generator=gen, dtype=torch.float64) @ chol.T
+        row("samples of the Gaussian baseline", samples.float())
 
 
 if __name__ == "__main__":

@@ -25,6 +25,21 @@ for variant in "vpred:--diffusion-prediction v" "minsnr5:--diffusion-min-snr-gam
     python main.py evaluate --output-dir "$R/$name" "${E[@]}"
 done
 
+# latent levers: the whole preset retrained with a 10x KL weight, or with the scale-equivariance term
+for variant in "kl1e-4:--vae-kl-weight 1e-4" "se0.5:--vae-scale-equivariance-weight 0.5"; do
+    name=${variant%%:*}; read -ra flags <<< "${variant#*:}"
+    mkdir -p "$R/$name"
+    cp "$J" "$R/$name/"
+    python main.py --preset cpu "${flags[@]}" --data-dir "$D" --output-dir "$R/$name"
+    python main.py evaluate --output-dir "$R/$name" "${E[@]}"
+    python docs/diagnose.py "$R/$name" --eval-reference-dir "$D" "$O"
+done
+python main.py evaluate --output-dir "$R/se0.5" "${E[@]}" --guidance-scale 4 --eval-name cfg4
+
+# where the preset's samples lose their quality (decoder tolerance, SDEdit, the Gaussian baseline)
+python docs/diagnose.py "$R/preset" --eval-reference-dir "$D" "$O"
+python main.py evaluate --output-dir "$R/preset" "${E[@]}" --guidance-scale 1 --eval-samples 500 --eval-name cfg1
+
 # a larger budget (VAE 1,000, denoiser 1,700 steps; 16 min) with a guide network for autoguidance (425 steps more)
 python main.py --preset cpu --vae-steps 1000 --diffusion-steps 1700 --diffusion-guide --data-dir "$D" --output-dir "$R/final"
 cp "$J" "$R/final/"
@@ -62,6 +77,8 @@ done
 python docs/make_table.py --calibration "$R/preset/evaluation.json"
 python docs/make_table.py "cpu preset=$R/preset/evaluation.json" "no EMA=$R/preset/raw.json" \
     "v-prediction=$R/vpred/evaluation.json" "Min-SNR 5=$R/minsnr5/evaluation.json" \
+    "KL 1e-4=$R/kl1e-4/evaluation.json" "scale equivariance 0.5=$R/se0.5/evaluation.json" \
+    "scale equivariance 0.5, CFG 4=$R/se0.5/cfg4.json" \
     "1,000 / 1,700 steps=$R/final/evaluation.json" "autoguidance 3=$R/final/ag3.json" \
     "autoguidance 2=$R/final/ag2.json" "autoguidance 1.5=$R/final/ag1.5.json" \
     "previous cpu preset=$R/base/evaluation.json" "CFG 1=$R/base/g1.json" "CFG 2=$R/base/g2.json" \
