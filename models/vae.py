@@ -136,10 +136,14 @@ class SimpleAutoencoder(nn.Module):
 
     @staticmethod
     def reparameterize(
-        mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None
+        mu: torch.Tensor,
+        logvar: torch.Tensor,
+        generator: torch.Generator | None = None,
+        eps: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Draw z = mu + sigma * eps (Kingma & Welling 2014)."""
-        eps = torch.randn(mu.shape, device=mu.device, dtype=mu.dtype, generator=generator)
+        """Draw z = mu + sigma * eps (Kingma & Welling 2014); eps from `generator` unless the caller gives it."""
+        if eps is None:
+            eps = torch.randn(mu.shape, device=mu.device, dtype=mu.dtype, generator=generator)
         return mu + torch.exp(0.5 * logvar) * eps
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None, eps: torch.Tensor | None = None):
@@ -147,9 +151,7 @@ class SimpleAutoencoder(nn.Module):
         the caller, keeps random draws out of the network (what a compiled or graph-captured step needs); without it
         eps is drawn from `generator`."""
         mu, logvar = self.encode(x)
-        if eps is None:
-            eps = torch.randn(mu.shape, device=mu.device, dtype=mu.dtype, generator=generator)
-        z = mu + torch.exp(0.5 * logvar) * eps
+        z = self.reparameterize(mu, logvar, generator, eps)
         return self.decode(z), mu, logvar, z
 
     def normalize_latent(self, z: torch.Tensor) -> torch.Tensor:
