@@ -30,6 +30,7 @@ from data import to_model_range, to_unit_range  # noqa: E402
 from evaluation.evaluate import Features, score_set  # noqa: E402
 from evaluation.judge import get_judge, load_reference  # noqa: E402
 from main import load_splits  # noqa: E402
+from models.batched import encode_images  # noqa: E402
 from models.diffusion import spaced_timesteps  # noqa: E402
 from models.pipeline import load_pipeline  # noqa: E402
 from models.samplers import SAMPLERS  # noqa: E402
@@ -40,14 +41,12 @@ SDEDIT_STEPS = (100, 300, 500)
 BASELINE_STEPS = (50, 100, 200, 300, 500, 700, 900)
 
 
-def encode_all(ae, diffusion, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Posterior samples z ~ q(z|x) in the diffusion's units (what the denoiser trains on), float64."""
-    out = []
-    for i in range(0, len(x), 500):
-        mu, logvar = ae.encode(to_model_range(x[i : i + 500]))
-        z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=generator)
-        out.append(diffusion.from_vae_latents(ae, z))
-    return torch.cat(out).double()
+def posterior_samples(
+    ae, diffusion, mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator
+) -> torch.Tensor:
+    """z ~ q(z|x) in the diffusion's units (what the denoiser trains on), drawn 500 at a time, float64."""
+    z = [ae.reparameterize(m, lv, generator) for m, lv in zip(mu.split(500), logvar.split(500))]
+    return diffusion.from_vae_latents(ae, torch.cat(z)).double()
 
 
 def main() -> None:
@@ -81,7 +80,7 @@ def main() -> None:
         )
 
     with torch.no_grad():
-        mu, logvar = ae.encode(to_model_range(held.x))
+        mu, logvar = encode_images(ae, held.x)  # the held-out images, encoded once
         mu_n = diffusion.from_vae_latents(ae, mu)
         sigma_n = torch.exp(0.5 * logvar) / (ae.latent_scale if diffusion.normalize_latents else 1.0)
         print(f"posterior sigma in the diffusion's units: mean {sigma_n.mean():.3f}; std of mu: {mu_n.std():.3f}")
@@ -100,7 +99,8 @@ def main() -> None:
             out = SAMPLERS["ddim"](eps_fn, z, diffusion.alphas_cumprod, timesteps, generator=gen, eta=1.0)
             row(f"noised to t={t0}, denoised (SDEdit)", out)
 
-        z_train, z_held = encode_all(ae, diffusion, train.x, gen), encode_all(ae, diffusion, held.x, gen)
+        z_train = posterior_samples(ae, diffusion, *encode_images(ae, train.x), gen)
+        z_held = posterior_samples(ae, diffusion, mu, logvar, gen)
         eye = torch.eye(z_train.shape[1], dtype=torch.float64)
         gauss = [(z_train[train.y == c].mean(0), torch.cov(z_train[train.y == c].T)) for c in range(2)]
         print("t     eps-MSE of the network   of the Gaussian baseline   (held-out latents, true label)")
