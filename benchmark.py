@@ -77,7 +77,7 @@ def vae_step_fn(device, batch: int, perceptual: VGGPerceptualLoss | None, amp: b
 
     def step():
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            losses = vae_losses(ae, x, y, perceptual, None)
+            losses, _ = vae_losses(ae, x, y, perceptual, None)
         opt.zero_grad(set_to_none=True)
         sum(losses.values()).backward()
         opt.step()

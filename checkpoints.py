@@ -50,7 +50,10 @@ def load_file(path: str | Path, map_location: str | torch.device = "cpu"):
     that would import and call something, "cannot read" for any other file that is not a readable torch file."""
     path = Path(path)
     if not path.is_file():
-        raise UserInputError(f"checkpoint not found: {path}")
+        raise UserInputError(
+            f"checkpoint not found: {path} (train the run first with python main.py --output-dir {path.parent}, or "
+            "pass the folder of a trained run as --output-dir)"
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch warns about the pickle protocol of foreign files before refusing
@@ -62,7 +65,10 @@ def load_file(path: str | Path, map_location: str | torch.device = "cpu"):
                 f"refused to load {path}: unpickling it would call {', '.join(sorted(imports)[:3])} "
                 "(checkpoints are read as plain weights and never run code)"
             ) from None
-        raise UserInputError(f"cannot read checkpoint {path} ({_what_is_wrong(path, err)})") from None
+        raise UserInputError(
+            f"cannot read checkpoint {path} ({_what_is_wrong(path, err)}); restore it from a copy, or delete it and "
+            "run the training command again to retrain that stage"
+        ) from None
 
 
 def _what_is_wrong(path: Path, err: Exception) -> str:
@@ -148,7 +154,8 @@ def check_state_dict(model: nn.Module, state: dict, path: str | Path) -> None:
         raise UserInputError(
             f"{path} does not match {type(model).__name__}: "
             + "; ".join(p for p in parts if p)
-            + " (another architecture, latent size or file?)"
+            + " (another architecture, latent size or file: retrain that stage with --retrain-vae or "
+            "--retrain-diffusion, or load it with the version of this code that wrote it)"
         )
 
 

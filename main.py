@@ -4,6 +4,7 @@ python main.py                      # train (VAE, then diffusion; finished stage
 python main.py --preset cpu         # a run sized for a 2-core CPU
 python main.py sample --class dog --num-samples 64 --sample-seed 0
 python main.py evaluate             # PSNR/SSIM, class fidelity, feature distance, FID/KID where weights exist
+python main.py diagnose             # which part of the run limits its samples: the denoiser or the decoder
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import difflib
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -29,6 +32,7 @@ from models import (
     generate_class_samples,
 )
 from checkpoints import AUTOENCODER_FILE, DIFFUSION_FILE, DIFFUSION_STATE_FILE, VAE_STATE_FILE, load_file, load_weights
+from evaluation.diagnose import diagnose_run, format_report
 from evaluation.evaluate import evaluate_run, format_table
 from evaluation.judge import get_judge, load_reference
 from training.config import PRESETS, SECTIONS, RunConfig, add_config_args, explicit_flags, flag_of, resolve_configs
@@ -37,6 +41,7 @@ from models.compiled import compile_mode
 from models.pipeline import load_pipeline
 from training.run import (
     check_output_dir,
+    folder_lock,
     make_context,
     prepare_output_dir,
     setup_logging,
@@ -53,18 +58,39 @@ ALLOWED = {  # flags each command takes, by config section (None: all of the sec
     "train": {"run": None, "vae": None, "diffusion": None, "sample": SAMPLER | {"num_samples"}},
     "sample": {"run": COMMON, "diffusion": {"compile"}, "sample": None},
     "evaluate": {"run": COMMON | DATA, "diffusion": {"compile"}, "sample": SAMPLER, "eval": None},
+    "diagnose": {"run": COMMON | DATA, "diffusion": {"compile"}, "sample": SAMPLER, "eval": None},
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (a UserInputError, exit 2) that point to --help instead of printing the usage."""
+
+    def error(self, message: str):
+        raise UserInputError(f"{message}; python main.py --help lists every option")
+
+
+def check_unknown_flags(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """Refuse a flag the parser does not know, before argparse takes its value for the command, naming the nearest
+    known flag."""
+    known = [flag for flag in parser._option_string_actions if flag.startswith("--")]
+    for token in argv:
+        flag = token.split("=", 1)[0]
+        if token.startswith("--") and flag not in known:
+            close = difflib.get_close_matches(flag, known, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise UserInputError(f"unrecognized argument {flag}{hint}; python main.py --help lists every option")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     parser.add_argument(
         "command",
         nargs="?",
         default="train",
         choices=tuple(ALLOWED),
         help="train (default): run the pipeline; sample: draw images from trained checkpoints; "
-        "evaluate: score trained checkpoints on held-out images",
+        "evaluate: score trained checkpoints on held-out images; diagnose: find which part of a trained run (the "
+        "denoiser or the decoder) limits its samples",
     )
     parser.add_argument(
         "--preset",
@@ -75,6 +101,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "(default: default)",
     )
     add_config_args(parser)
+    argv = sys.argv[1:] if argv is None else argv
+    check_unknown_flags(parser, argv)
     return parser.parse_args(argv)
 
 
@@ -103,8 +131,26 @@ def load_splits(run) -> tuple:
     )
 
 
+def resolve_paths(run: RunConfig) -> RunConfig:
+    """The run options with its data folders as absolute paths, so that config.json names them from anywhere."""
+    data_dir = str(Path(run.data_dir).resolve()) if run.data_dir is not None else None
+    return dataclasses.replace(run, data_dir=data_dir, download_dir=str(Path(run.download_dir).resolve()))
+
+
+def check_recorded_data(run: RunConfig, out_dir: Path) -> None:
+    """A data folder taken from the run's config.json that is missing here: say where the path came from and which
+    flag overrides it (the data loader alone would only say that it does not exist)."""
+    path = out_dir / "config.json"
+    recorded = json.loads(path.read_text()).get("run", {}) if path.is_file() else {}
+    if run.data_dir is not None and run.data_dir == recorded.get("data_dir") and not Path(run.data_dir).exists():
+        raise UserInputError(
+            f"data dir {run.data_dir}, recorded in {path}, does not exist here; pass --data-dir DIR to use another"
+        )
+
+
 def train(cfg: dict) -> None:
     """Run the stages in order: data, VAE (unless done), diffusion (unless done), figures."""
+    cfg["run"] = resolve_paths(cfg["run"])
     run = cfg["run"]
     ctx = make_context(run)
     setup_logging(None, ctx.is_main)
@@ -112,11 +158,18 @@ def train(cfg: dict) -> None:
     train_set, held = load_splits(run)  # bad data fails here, before the output folder exists
     if ctx.is_main:
         prepare_output_dir(ctx.out_dir)
-    setup_logging(ctx.out_dir, ctx.is_main)
-    log.info("data: %d training and %d held-out images", len(train_set), len(held))
+    with folder_lock(ctx.out_dir, "train", ctx.is_main):
+        setup_logging(ctx.out_dir, ctx.is_main)
+        log.info("data: %d training and %d held-out images", len(train_set), len(held))
+        run_stages(cfg, ctx, train_set, held)
+
+
+def run_stages(cfg: dict, ctx, train_set, held) -> None:
+    """The VAE (unless done), the diffusion model (unless done), then the figures and the run's config.json."""
+    run = cfg["run"]
     torch.manual_seed(run.seed)  # model initialisation only; identical on every rank
     autoencoder = SimpleAutoencoder().to(ctx.device)
-    unet = ConditionalUNet(prediction=cfg["diffusion"].prediction).to(ctx.device)
+    unet = ConditionalUNet(prediction=cfg["diffusion"].prediction, backbone=cfg["diffusion"].backbone).to(ctx.device)
     vae_trained = vae_stage(autoencoder, train_set, held, cfg, ctx)
     write_config(cfg, ctx)
     diffusion_stage(unet, autoencoder, train_set, held, cfg, ctx, vae_trained)
@@ -220,8 +273,15 @@ def sample(cfg: dict) -> None:
     ctx = make_context(run)
     setup_logging(None, True)
     labels = list(range(len(CLASS_NAMES))) if s.target_class == "both" else [class_index(s.target_class)]
-    autoencoder, diffusion = load_pipeline(ctx.out_dir, ctx.device)
-    diffusion.compile(compile_mode(cfg["diffusion"].compile, ctx.device))
+    with run_folder(ctx.out_dir, "sample"):
+        autoencoder, diffusion = load_pipeline(ctx.out_dir, ctx.device)
+        diffusion.compile(compile_mode(cfg["diffusion"].compile, ctx.device))
+        draw_samples(cfg, ctx, autoencoder, diffusion, labels)
+
+
+def draw_samples(cfg: dict, ctx, autoencoder, diffusion, labels: list[int]) -> None:
+    """The sample command's images, grids (and arrays) of each class in `labels`."""
+    s = cfg["sample"]
     seed = sample_seed(cfg)
     gen = torch.Generator(ctx.device).manual_seed(seed)
     for label in labels:
@@ -231,25 +291,73 @@ def sample(cfg: dict) -> None:
         folder = ctx.out_dir / "samples" / f"{CLASS_NAMES[label]}_seed{seed}"
         save_samples(images, folder, CLASS_NAMES[label], npz=s.save_npz)
         grid = save_image_grid(images, folder.with_suffix(".png"))
-        print(f"{CLASS_NAMES[label]}: {len(images)} images in {folder}/, grid {grid}")
+        arrays = f", arrays {folder / (CLASS_NAMES[label] + '.npz')}" if s.save_npz else ""
+        print(f"{CLASS_NAMES[label]}: {len(images)} images in {folder}/, grid {grid}{arrays}")
 
 
-def evaluate(cfg: dict) -> None:
-    """Score a trained run on its own held-out split (options default to those in its config.json)."""
+def judged_run(cfg: dict) -> dict:
+    """What evaluate and diagnose start from: the run's splits, its trained pipeline, the judge's reference images and
+    the (cached) judge, as keyword arguments of evaluate_run and diagnose_run."""
     run, s = cfg["run"], cfg["sample"]
-    train_set, held = load_splits(run)
     ctx = make_context(run)
     setup_logging(None, True)
+    # the run's checkpoints first: a folder without a run fails here, before any data is read or downloaded
     autoencoder, diffusion = load_pipeline(ctx.out_dir, ctx.device, raw_weights=cfg["eval"].weights == "raw")
     diffusion.compile(compile_mode(cfg["diffusion"].compile, ctx.device))
+    check_recorded_data(run, ctx.out_dir)
+    train_set, held = load_splits(run)
     reference = load_reference(
         cfg["eval"].reference_dirs, run.data_dir, run.download_dir, train_set, held, torch.Generator().manual_seed(0)
     )
     judge = get_judge(ctx.out_dir, reference, cfg["eval"], ctx.device, run.seed)
     seed = s.sample_seed if s.sample_seed is not None else run.seed  # run.seed may come from the run's config.json
-    result = evaluate_run(autoencoder, diffusion, held, reference, judge, ctx.out_dir, cfg["eval"], s.options(), seed)
-    print(format_table(result))
-    print(f"written to {ctx.out_dir / (cfg['eval'].name + '.json')}")
+    return dict(
+        autoencoder=autoencoder,
+        diffusion=diffusion,
+        train=train_set,
+        held=held,
+        reference=reference,
+        judge=judge,
+        out_dir=ctx.out_dir,
+        eval_cfg=cfg["eval"],
+        options=s.options(),
+        seed=seed,
+    )
+
+
+@contextlib.contextmanager
+def run_folder(out_dir: Path, command: str):
+    """Hold the lock of a trained run's folder while `command` reads and writes there; a folder without a run, or one
+    this user cannot write to, is refused with one line before any work is done."""
+    out_dir = Path(out_dir)
+    if not (out_dir / AUTOENCODER_FILE).is_file():
+        raise UserInputError(
+            f"no trained run in {out_dir}: checkpoint not found: {out_dir / AUTOENCODER_FILE} (train one with "
+            f"python main.py --output-dir {out_dir}, or pass the run's folder as --output-dir)"
+        )
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise UserInputError(
+            f"output dir {out_dir} is not writable: {command} writes its results there; run it on a writable copy "
+            f"(cp -r {out_dir} NEW_DIR, then --output-dir NEW_DIR)"
+        )
+    with folder_lock(out_dir, command):
+        yield
+
+
+def evaluate(cfg: dict) -> None:
+    """Score a trained run on its own held-out split (options default to those in its config.json)."""
+    with run_folder(cfg["run"].output_dir, "evaluate"):
+        parts = judged_run(cfg)
+        print(format_table(evaluate_run(**parts)))
+    print(f"written to {parts['out_dir'] / (cfg['eval'].name + '.json')}")
+
+
+def diagnose(cfg: dict) -> None:
+    """Find which part of a trained run limits its samples: the loss ladder, judge rows, one verdict line."""
+    with run_folder(cfg["run"].output_dir, "diagnose"):
+        parts = judged_run(cfg)
+        print(format_report(diagnose_run(**parts)))
+    print(f"written to {parts['out_dir'] / 'diagnose.json'}")
 
 
 def recorded_config(args: argparse.Namespace) -> dict:
@@ -273,11 +381,16 @@ INTERRUPTED = {
     "train": "interrupted: training state saved; run the same command again to resume",
     "sample": "interrupted: images written so far are kept",
     "evaluate": "interrupted: nothing was written",
+    "diagnose": "interrupted: nothing was written",
 }
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except UserInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     try:
         check_flags(args)
         cfg = resolve_configs(args, args.preset, recorded_config(args))
@@ -285,8 +398,10 @@ def main(argv: list[str] | None = None) -> int:
             train(cfg)
         elif args.command == "sample":
             sample(cfg)
-        else:
+        elif args.command == "evaluate":
             evaluate(cfg)
+        else:
+            diagnose(cfg)
     except UserInputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

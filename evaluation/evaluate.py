@@ -24,6 +24,7 @@ from evaluation.judge import Reference, judge_accuracy
 from evaluation.metrics import (
     InceptionMetrics,
     colour_descriptor,
+    copy_fraction,
     frechet_distance,
     gaussian_blur,
     precision_recall,
@@ -42,6 +43,12 @@ SHEET_SAMPLES = 64  # samples per class on the sheet
 CLEARLY_WORSE = {"fd": 2.0, "colour_fd": 2.0, "precision": 0.1, "recall": 0.1, "fidelity": 0.1}  # FD: a ratio
 REAL, STEREOTYPE = "real held-out, half vs half", f"stereotype, {STEREOTYPE_IMAGES} images repeated"
 FAILURES = ("blurred, sigma 1.0", STEREOTYPE, "colour saturated x2")  # what a yardstick must see
+
+
+def per_class_images(split: Split) -> list[torch.Tensor]:
+    """The images of each class (CLASS_NAMES order) as floats in [0, 1]."""
+    images = to_unit_range(to_model_range(split.x))
+    return [images[split.y == label] for label in range(len(CLASS_NAMES))]
 
 
 def reconstruction_scores(autoencoder, held: Split) -> tuple[dict[str, float], torch.Tensor]:
@@ -102,10 +109,16 @@ class Features:
         return self.memo[id(images)][1]
 
 
-def score_set(pairs: list[tuple[torch.Tensor, torch.Tensor]], features: Features, classes: tuple[str, ...]) -> dict:
-    """Per class: FD, precision, recall (k = 3) in the judge's features against the reference, and its verdicts."""
+def score_set(
+    pairs: list[tuple[torch.Tensor, torch.Tensor]],
+    features: Features,
+    classes: tuple[str, ...],
+    train: list[torch.Tensor] | None = None,
+) -> dict:
+    """Per class: FD, precision, recall (k = 3) in the judge's features against the reference, and its verdicts;
+    with the class's training images (`train`, in CLASS_NAMES order), also the copy check (`copy_fraction`)."""
     scores = {}
-    for name, (images, reference) in zip(CLASS_NAMES, pairs):
+    for c, (name, (images, reference)) in enumerate(zip(CLASS_NAMES, pairs)):
         pred, feat = features(images)
         precision, recall = precision_recall(features(reference)[1], feat, k=3)
         called = torch.bincount(pred, minlength=len(classes)).float() / len(pred)
@@ -119,6 +132,8 @@ def score_set(pairs: list[tuple[torch.Tensor, torch.Tensor]], features: Features
             "fidelity": called[classes.index(name)].item(),
             "called": [[classes[i], v] for v, i in zip(top.values.tolist(), top.indices.tolist())],
         }
+        if train is not None:
+            scores[name]["copies"] = copy_fraction(features(train[c])[1], features(reference)[1], feat)
     return scores
 
 
@@ -144,6 +159,7 @@ def blind_check(calibration: dict) -> dict[str, list[str]]:
 def evaluate_run(
     autoencoder,
     diffusion,
+    train: Split,
     held: Split,
     reference: Reference,
     judge: JudgeClassifier,
@@ -158,16 +174,15 @@ def evaluate_run(
     accuracy = judge_accuracy(judge, reference, to_unit_range(to_model_range(reference.held.x)))
     samples, rate = sample_classes(autoencoder, diffusion, eval_cfg.samples_per_class, options, seed)
     reconstruction, recons = reconstruction_scores(autoencoder, held)
-    real_all = to_unit_range(to_model_range(held.x))
-    real = [real_all[held.y == label] for label in range(len(CLASS_NAMES))]
+    real, seen = per_class_images(held), per_class_images(train)
     features = Features(judge)
     recons_per_class = [recons[held.y == label] for label in range(len(CLASS_NAMES))]
     sets = calibration_sets(real, recons_per_class, torch.Generator().manual_seed(seed))
-    calibration = {name: score_set(pairs, features, reference.classes) for name, pairs in sets.items()}
+    calibration = {name: score_set(pairs, features, reference.classes, seen) for name, pairs in sets.items()}
     result = {
         "reconstruction": reconstruction,
         "judge": {"classes": list(reference.classes), "source": reference.source, "accuracy": accuracy},
-        "samples": score_set(list(zip(samples, real)), features, reference.classes),
+        "samples": score_set(list(zip(samples, real)), features, reference.classes, seen),
         "calibration": calibration,
         "metric_sees_failures": blind_check(calibration),
         "sampling": {
@@ -217,7 +232,7 @@ def inception_scores(result: dict, samples: list[torch.Tensor], real: list[torch
 
 
 def _pair(scores: dict, metric: str, fmt: str) -> str:
-    values = [scores[c][metric] for c in CLASS_NAMES]
+    values = [scores[c].get(metric) for c in CLASS_NAMES]
     return " / ".join("n/a" if v is None else format(v, fmt) for v in values)
 
 
@@ -233,8 +248,10 @@ def format_table(result: dict) -> str:
         f"sampling: {smp['sampler']} {smp['steps']} steps, eta {smp['eta']}, {smp['guidance']} {smp['guidance_scale']} "
         f"for t/T in {list(smp['guidance_interval'])}, "
         f"{smp['samples_per_class']} per class, {smp['s_per_1000_images']:.1f} s per 1000 images on {smp['device']}",
-        "per class (cat / dog), in the judge's features against the held-out images of the class:",
-        f"{'set':38s}{'n':>11s}{'FD':>15s}{'recall':>15s}{'colour FD':>15s}{'precision':>15s}{'called its class':>19s}",
+        "per class (cat / dog), in the judge's features against the held-out images of the class (copies: the share "
+        "closer to a training image than 95% of held-out images are):",
+        f"{'set':38s}{'n':>11s}{'FD':>15s}{'recall':>15s}{'colour FD':>15s}{'copies':>15s}{'precision':>15s}"
+        f"{'called its class':>19s}",
     ]
     rows = [("samples", result["samples"]), ("-- calibration --", None), *result["calibration"].items()]
     for name, s in rows:
@@ -243,7 +260,8 @@ def format_table(result: dict) -> str:
             continue
         lines.append(
             f"{name:38s}{_pair(s, 'n', 'd'):>11s}{_pair(s, 'fd', '.2f'):>15s}{_pair(s, 'recall', '.2f'):>15s}"
-            f"{_pair(s, 'colour_fd', '.0f'):>15s}{_pair(s, 'precision', '.2f'):>15s}{_pair(s, 'fidelity', '.0%'):>19s}"
+            f"{_pair(s, 'colour_fd', '.0f'):>15s}{_pair(s, 'copies', '.2f'):>15s}{_pair(s, 'precision', '.2f'):>15s}"
+            f"{_pair(s, 'fidelity', '.0%'):>19s}"
         )
     for c in CLASS_NAMES:
         called = ", ".join(f"{name} {v:.0%}" for name, v in result["samples"][c]["called"])

@@ -3,6 +3,8 @@ through torchmetrics when weights exist. (PSNR lives with the VAE's batched help
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import math
 import warnings
@@ -22,6 +24,9 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> float:
     return structural_similarity_index_measure(a, b, data_range=1.0).item()
 
 
+_WARNED_DIMS: set[int] = set()  # feature sizes whose small-set warning has been printed
+
+
 def frechet_distance(x: np.ndarray, y: np.ndarray) -> float:
     """Frechet distance between Gaussians fitted to feature sets x (N, F) and y (M, F) (Heusel et al. 2017).
 
@@ -31,12 +36,14 @@ def frechet_distance(x: np.ndarray, y: np.ndarray) -> float:
         log.warning("feature FD needs at least 2 images per set, got %d and %d: reported as n/a", len(x), len(y))
         return float("nan")
     singular = min(len(x), len(y)) <= x.shape[1]
-    if singular:
+    if singular and x.shape[1] not in _WARNED_DIMS:  # one line per process, however many sets are scored
+        _WARNED_DIMS.add(x.shape[1])
         log.warning(
-            "feature FD on %d and %d images in %d dimensions: fewer images than dimensions, so the value is biased",
+            "feature FD on fewer images than its %d dimensions (first: %d and %d images): such values are biased and "
+            "only comparable between sets of the same sizes",
+            x.shape[1],
             len(x),
             len(y),
-            x.shape[1],
         )
     mu1, mu2 = x.mean(0), y.mean(0)
     s1, s2 = np.atleast_2d(np.cov(x, rowvar=False)), np.atleast_2d(np.cov(y, rowvar=False))
@@ -69,6 +76,15 @@ def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> tupl
     precision = (d <= _knn_radii(real, k_real)[None, :]).any(dim=1).double().mean().item()
     recall = (d <= _knn_radii(fake, k_fake)[:, None]).any(dim=0).double().mean().item()
     return precision, recall
+
+
+def copy_fraction(train: torch.Tensor, held: torch.Tensor, images: torch.Tensor, quantile: float = 0.05) -> float:
+    """The copy check: the share of `images` (features (N, F)) closer to their nearest training image (`train`, (M, F))
+    than 95% of held-out real images (`held`) are to theirs. Held-out images score 0.05 by construction; a generator
+    that reproduces its training images scores more (memorised images must never pass as quality)."""
+    train = train.double()
+    threshold = torch.quantile(torch.cdist(held.double(), train).min(dim=1).values, quantile)
+    return (torch.cdist(images.double(), train).min(dim=1).values < threshold).double().mean().item()
 
 
 def colour_descriptor(images: torch.Tensor) -> torch.Tensor:
@@ -107,9 +123,11 @@ class InceptionMetrics:
         try:
             from torchmetrics.image.fid import FrechetInceptionDistance
 
-            self.fid = FrechetInceptionDistance(
-                feature=2048, normalize=True, feature_extractor_weights_path=weights_path
-            ).to(device)
+            # torch.hub announces its download attempt on stderr; offline the one "skipped" line says it instead
+            with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+                self.fid = FrechetInceptionDistance(
+                    feature=2048, normalize=True, feature_extractor_weights_path=weights_path
+                ).to(device)
             self.available = True
         except Exception as err:  # noqa: BLE001 - offline download, missing torch-fidelity, bad file: same outcome
             self.reason = f"{type(err).__name__}: {str(err).splitlines()[0][:150] if str(err) else ''}"

@@ -45,6 +45,30 @@ def spaced_timesteps(n_steps: int, steps: int) -> list[int]:
     return sorted({round(i * (n_steps - 1) / max(steps - 1, 1)) for i in range(steps)}, reverse=True)
 
 
+def karras_timesteps(alphas_cumprod: torch.Tensor, steps: int, rho: float = 7.0) -> list[int]:
+    """`steps` timesteps whose noise levels sigma_t = sqrt((1 - a_t) / a_t) follow Karras et al. 2022 (eq. 5, rho = 7)
+    from the process's largest sigma down to its smallest, each rounded to the nearest timestep in log sigma; the
+    schedule's own timesteps, decreasing, without repeats."""
+    a = alphas_cumprod.double().cpu()
+    log_sigma = ((1 - a) / a).sqrt().log()  # increasing in t
+    lo, hi = log_sigma[0].exp() ** (1 / rho), log_sigma[-1].exp() ** (1 / rho)
+    targets = (hi + torch.linspace(0, 1, steps, dtype=torch.float64) * (lo - hi)) ** rho
+    nearest = (log_sigma[None, :] - targets.log()[:, None]).abs().argmin(dim=1)
+    return sorted(set(nearest.tolist()), reverse=True)
+
+
+def sampler_timesteps(sampler: str, alphas_cumprod: torch.Tensor, steps: int) -> list[int]:
+    """The timesteps a sampler visits: evenly spaced for DDIM and DDPM, Karras et al.'s spacing for Heun's solver."""
+    if sampler == "heun":
+        return karras_timesteps(alphas_cumprod, steps)
+    return spaced_timesteps(len(alphas_cumprod), steps)
+
+
+# Training timesteps: uniform over the schedule, or EDM's log-normal noise levels (Karras et al. 2022). EDM's
+# P_mean = -1.2 is for data of standard deviation 0.5; these latents have unit variance, hence -1.2 + ln 2.
+TIMESTEP_SAMPLING = ("uniform", "lognormal")
+LOGNORMAL_MEAN, LOGNORMAL_STD = -1.2 + math.log(2.0), 1.2
+
 GUIDANCE = ("cfg", "autoguidance")
 DEFAULT_SCALE = {"cfg": 8.0, "autoguidance": 3.0}  # measured best (README); 1.0 = no guidance for either
 
@@ -134,6 +158,7 @@ class ConditionalDenoiseDiffusion:
         schedule: str | None = None,
         class_dropout: float = 0.1,
         min_snr_gamma: float = 0.0,
+        timestep_sampling: str = "uniform",
     ):
         recorded = getattr(model, "process", None) or {}
         given = {k: v for k, v in (("n_steps", n_steps), ("schedule", schedule)) if v is not None}
@@ -146,7 +171,10 @@ class ConditionalDenoiseDiffusion:
             raise UserInputError(f"unknown schedule {process['schedule']!r}: use one of {', '.join(SCHEDULES)}")
         if process["n_steps"] < 2:
             raise UserInputError(f"n_steps must be at least 2, got {process['n_steps']}")
+        if timestep_sampling not in TIMESTEP_SAMPLING:
+            raise UserInputError(f"timestep_sampling must be one of {', '.join(TIMESTEP_SAMPLING)}")
         self.model, self.class_dropout, self.min_snr_gamma = model, class_dropout, min_snr_gamma
+        self.timestep_sampling = timestep_sampling
         self.net, self.graphed = model, False  # what sampling calls: the model, or its compiled form (compile())
         self.n_steps, self.schedule = process["n_steps"], process["schedule"]
         self.normalize_latents = process["normalize_latents"]
@@ -213,7 +241,7 @@ class ConditionalDenoiseDiffusion:
         noise-free timesteps from dominating training. `model` overrides the wrapped network (e.g. its
         DistributedDataParallel or compiled wrapper)."""
         n = z0.shape[0]
-        t = torch.randint(0, self.n_steps, (n,), device=z0.device, generator=generator)
+        t = self.sample_timesteps(n, generator)
         eps = torch.randn(z0.shape, device=z0.device, dtype=z0.dtype, generator=generator)
         drop = torch.rand(n, device=z0.device, generator=generator) < self.class_dropout
         y = torch.where(drop, torch.full_like(y, self.model.null_class), y)
@@ -225,6 +253,16 @@ class ConditionalDenoiseDiffusion:
         snr = a / (1 - a)
         weight = snr.clamp(max=self.min_snr_gamma) / (snr if self.prediction == "eps" else snr + 1)
         return (per_sample * weight).mean(), t, per_sample
+
+    def sample_timesteps(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n training timesteps (n,): uniform, or "lognormal": ln sigma ~ N(P_mean, P_std^2) (Karras et al. 2022; sigma
+        = sqrt((1 - a_t) / a_t)), each taken to the first timestep whose sigma reaches it."""
+        device = self.alphas_cumprod.device
+        if self.timestep_sampling == "uniform":
+            return torch.randint(0, self.n_steps, (n,), device=device, generator=generator)
+        log_sigma = 0.5 * ((1 - self.alphas_cumprod) / self.alphas_cumprod).log()  # (T,), increasing
+        target = LOGNORMAL_MEAN + LOGNORMAL_STD * torch.randn(n, device=device, generator=generator)
+        return torch.searchsorted(log_sigma, target).clamp(max=self.n_steps - 1)
 
     def predict_eps(
         self, z_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor, guidance_scale: float = 1.0, guidance: str = "cfg"
@@ -266,7 +304,7 @@ class ConditionalDenoiseDiffusion:
             t_batch = torch.full((len(z),), t, device=z.device, dtype=torch.long)
             return self.predict_eps(z, t_batch, y, scale, options.guidance)
 
-        timesteps = spaced_timesteps(self.n_steps, options.steps)
+        timesteps = sampler_timesteps(options.sampler, self.alphas_cumprod, options.steps)
         return SAMPLERS[options.sampler](
             eps_fn, z_T, self.alphas_cumprod, timesteps, generator=generator, eta=options.eta, callback=callback
         )

@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import os
-
-os.environ["OMP_NUM_THREADS"] = "1"  # before torch starts: this process and every main.py it runs use one thread
-
+import runpy
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
-import numpy as np
-import pytest
-import torch
-from PIL import Image
+os.environ["OMP_NUM_THREADS"] = "1"  # before torch starts: this process and every main.py it runs use one thread
+# No test may reach the network: netguard/sitecustomize.py refuses and records every connection to another host, in
+# this process and in every Python process the suite starts (it is on their PYTHONPATH); pytest_sessionfinish fails
+# the suite if any was tried.
+NETGUARD = Path(__file__).resolve().parent / "netguard"
+os.environ["TEST_NETWORK_LOG"] = tempfile.mkstemp(prefix="test-network-", suffix=".log")[1]
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(NETGUARD), os.environ.get("PYTHONPATH")) if p)
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+runpy.run_path(str(NETGUARD / "sitecustomize.py"))  # the guard in this process too
 
 torch.set_num_threads(1)  # a test never waits on a core that another process holds
 
@@ -45,6 +54,34 @@ TINY_RUN = [
     "4",
     "--diffusion-guide",  # the tiny run also trains and stores the autoguidance network
 ]
+
+
+def _checkout_status() -> str | None:
+    """`git status` of the checkout (untracked files included, ignored ones not); None outside a git checkout."""
+    proc = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=all"], cwd=ROOT, capture_output=True, text=True
+    )
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def pytest_sessionstart(session):
+    session.config.checkout_before = _checkout_status()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the suite if a test reached for the network or left files in the checkout."""
+    problems = []
+    tried = Path(os.environ["TEST_NETWORK_LOG"]).read_text().splitlines()
+    if tried:
+        problems.append(f"tests tried to open network connections: {tried[:5]}")
+    before, after = session.config.checkout_before, _checkout_status()
+    if before is not None and after != before:
+        changed = sorted(set(after.splitlines()) ^ set(before.splitlines()))
+        problems.append(f"tests changed the checkout (git status): {changed[:10]}")
+    Path(os.environ["TEST_NETWORK_LOG"]).unlink(missing_ok=True)
+    if problems:
+        session.config.pluginmanager.get_plugin("terminalreporter").write_line("\n".join(problems), red=True)
+        session.exitstatus = 1
 
 
 def make_images(folder: Path, n: int, seed: int, color: int) -> None:

@@ -35,6 +35,10 @@ RUN = [
     "--log-every",
     "4",
     "--no-figures",
+    "--vae-adversarial-weight",  # the discriminator and its optimizer are part of the resumed state
+    "0.5",
+    "--vae-adversarial-start",
+    "0.1",
 ]
 PUBLIC = ("cifar_cat_dog_autoencoder.pt", "conditional_diffusion_final.pt")
 
@@ -146,9 +150,9 @@ def test_nan_loss_ends_the_run_with_one_line(image_folder, tmp_path, capsys, mon
     real = training.vae.vae_losses
 
     def poisoned(*args, **kwargs):
-        out = real(*args, **kwargs)
-        out["pixel"] = out["pixel"] * float("nan")
-        return out
+        losses, x_hat = real(*args, **kwargs)
+        losses["pixel"] = losses["pixel"] * float("nan")
+        return losses, x_hat
 
     monkeypatch.setattr(training.vae, "vae_losses", poisoned)
     code = main.main([*RUN, "--data-dir", str(image_folder), "--output-dir", str(tmp_path)])
@@ -162,6 +166,10 @@ def test_nan_loss_ends_the_run_with_one_line(image_folder, tmp_path, capsys, mon
     [
         (["--vae-steps", "0"], "--vae-steps must be positive"),
         (["--vae-kl-start", "0.5", "--vae-cls-start", "0.2"], "VAE phases out of order"),
+        (
+            ["--vae-adversarial-weight", "0.5", "--vae-adversarial-start", "0.05"],
+            "the adversarial phase (--vae-adversarial-start 0.05) must start after",
+        ),
         (["--holdout-fraction", "1.0"], "--holdout-fraction must be strictly between 0 and 1"),
         (["--sample-steps", "5000"], "--sample-steps must be an integer in [1, 1000], got 5000"),
         (["--sample-steps", "600", "--diffusion-n-steps", "500"], "--sample-steps must be an integer in [1, 500]"),

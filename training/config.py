@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 
 from errors import UserInputError
 from models.compiled import COMPILE_MODES
-from models.diffusion import GUIDANCE, PROCESS_DEFAULTS, SCHEDULES, SamplingOptions
+from models.diffusion import GUIDANCE, PROCESS_DEFAULTS, SCHEDULES, TIMESTEP_SAMPLING, SamplingOptions
 from models.samplers import SAMPLERS
-from models.unet import PREDICTIONS
+from models.unet import BACKBONES, PREDICTIONS
 
 # The constraints a field may carry (metadata "check"): a test of the value and the words for the error message.
 CHECKS = {
@@ -107,6 +107,16 @@ class VAEConfig:
     center_weight: float = opt(
         0.01, "final weight of the center loss (mean squared distance of mu to its class center)", "non_negative"
     )
+    adversarial_weight: float = opt(
+        0.0,
+        "weight of the adversarial patch loss (a PatchGAN discriminator, hinge loss, times the adaptive weight of "
+        "Esser et al. 2021); 0 disables the discriminator",
+        "non_negative",
+    )
+    adversarial_start: float = opt(
+        0.5, "the adversarial phase starts at this fraction of steps (not before the reconstruction phase ends)",
+        "fraction",
+    )
     scale_equivariance_weight: float = opt(
         0.0,
         "weight of the scale-equivariance loss (Skorokhodov et al. 2025): the latent average-pooled 2x2 must decode to "
@@ -141,6 +151,7 @@ class DiffusionConfig:
         "EMA decay per step of the weights used for sampling (half-life 87 steps = 178k latents at 2048)",
         "decay",
     )
+    backbone: str = opt(BACKBONES[0], "the denoiser's backbone (recorded in its file)", choices=BACKBONES)
     n_steps: int = opt(PROCESS_DEFAULTS["n_steps"], "diffusion timesteps", "positive")
     schedule: str = opt(PROCESS_DEFAULTS["schedule"], "noise schedule", choices=tuple(SCHEDULES))
     prediction: str = opt(
@@ -148,6 +159,11 @@ class DiffusionConfig:
     )
     class_dropout: float = opt(
         0.1, "probability of replacing the label by the null class (classifier-free guidance)", "fraction"
+    )
+    timestep_sampling: str = opt(
+        TIMESTEP_SAMPLING[0],
+        "training timesteps: uniform, or lognormal (EDM's log-normal noise levels, Karras et al. 2022)",
+        choices=TIMESTEP_SAMPLING,
     )
     min_snr_gamma: float = opt(
         0.0, "Min-SNR loss weighting min(SNR, gamma)/SNR (Hang et al. 2023); 0 = plain MSE", "non_negative"
@@ -218,6 +234,10 @@ class EvalConfig:
         flag="--fid-weights",
     )
     name: str = opt("evaluation", "results go to OUTPUT_DIR/NAME.json", flag="--eval-name")
+    diagnose_samples: int = opt(
+        500, "diagnose command: images per class in each judge row, and training latents in the ladder", "positive",
+        flag="--diagnose-samples",
+    )
     classifier_epochs: int = opt(15, "epochs of the judge classifier", "positive")
     judge_width: int = opt(32, "channels of the judge's first layer (its features have 4x as many)", "positive")
     classifier_batch_size: int = opt(128, "batch size of the judge classifier", "positive")
@@ -254,7 +274,7 @@ PRESETS: dict[str, dict[str, dict]] = {
         "vae": {"steps": 30, "batch_size": 32, "lr": 1e-3, "warmup_steps": 5, "perceptual_weight": 0.0},
         "diffusion": {"steps": 30, "batch_size": 64, "lr": 3e-4, "warmup_steps": 5, "ema_decay": 0.9},
         "sample": {"steps": 10, "num_samples": 16},
-        "eval": {"samples_per_class": 50, "classifier_epochs": 1},
+        "eval": {"samples_per_class": 50, "classifier_epochs": 1, "diagnose_samples": 50},
     },
 }
 
@@ -270,6 +290,11 @@ def validate(section: str, cfg) -> None:
         raise UserInputError(
             f"VAE phases out of order: --vae-kl-start ({cfg.kl_start}) <= --vae-cls-start "
             f"({cfg.cls_start}) <= --vae-finetune-start ({cfg.finetune_start}) must hold"
+        )
+    if section == "vae" and cfg.adversarial_weight > 0 and not cfg.kl_start <= cfg.adversarial_start < 1:
+        raise UserInputError(
+            f"VAE phases out of order: the adversarial phase (--vae-adversarial-start {cfg.adversarial_start}) must "
+            f"start after the reconstruction phase (--vae-kl-start {cfg.kl_start}) and before the end"
         )
 
 
@@ -297,7 +322,8 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
             if f.type in ("bool", bool):
                 group.add_argument(_flag(f, prefix), action=argparse.BooleanOptionalAction, **kw)
             else:
-                kw.setdefault("metavar", f.name.upper())
+                if "choices" not in kw:  # with choices, argparse's own metavar lists them: {ddim,ddpm,heun}
+                    kw.setdefault("metavar", f.name.upper())
                 group.add_argument(_flag(f, prefix), type=_parse_type(f), **kw)
 
 

@@ -73,7 +73,11 @@ def train_denoiser(
         raise ValueError(f"the denoiser predicts {unet.prediction}, the config says {cfg.prediction}")
     unet.process = {"n_steps": cfg.n_steps, "schedule": cfg.schedule, "normalize_latents": cfg.normalize_latents}
     diffusion = ConditionalDenoiseDiffusion(
-        unet, device=ctx.device, class_dropout=cfg.class_dropout, min_snr_gamma=cfg.min_snr_gamma
+        unet,
+        device=ctx.device,
+        class_dropout=cfg.class_dropout,
+        min_snr_gamma=cfg.min_snr_gamma,
+        timestep_sampling=cfg.timestep_sampling,
     )
     mu, logvar, y_all = latents
     ema = EMA(unet, cfg.ema_decay)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -73,6 +74,66 @@ def prepare_output_dir(path: str | Path) -> Path:
             f"output dir {path} is not writable ({err.strerror}); pick another with --output-dir"
         ) from None
     return path
+
+
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def folder_lock(out_dir: Path, command: str, is_main: bool = True):
+    """Hold OUT_DIR/.lock (pid, host, command) while a command writes into the folder: a second command on the same
+    folder is refused with one line while the holder runs; the lock of a process that is gone (killed) is taken over,
+    with a log line. Only the main process of a torchrun job holds it."""
+    if not is_main:
+        yield
+        return
+    path, host = Path(out_dir) / LOCK_FILE, platform.node()
+    mine = json.dumps({"pid": os.getpid(), "host": host, "command": command})
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            _take_over_if_stale(path, host, out_dir)
+    else:
+        raise UserInputError(f"could not take the lock {path}: another command keeps taking it")
+    with os.fdopen(fd, "w") as f:
+        f.write(mine)
+    try:
+        yield
+    finally:
+        if path.is_file() and path.read_text() == mine:
+            path.unlink()
+
+
+def _take_over_if_stale(path: Path, host: str, out_dir: Path) -> None:
+    """Remove the lock at `path` if its process is gone; else refuse with one line that names the holder."""
+    try:
+        holder = json.loads(path.read_text())
+        pid, holder_host, command = int(holder["pid"]), holder["host"], holder["command"]
+    except (OSError, ValueError, KeyError, TypeError):
+        log.warning("removing the unreadable lock %s", path)
+        path.unlink(missing_ok=True)
+        return
+    if holder_host == host and not _alive(pid):
+        log.warning("took over the lock of %s: its process %d (%s) is no longer running", out_dir, pid, command)
+        path.unlink(missing_ok=True)
+        return
+    where = "here" if holder_host == host else f"on host {holder_host}; delete {path} if that process is gone"
+    raise UserInputError(
+        f"{out_dir} is in use by another command ({command}, pid {pid} {where}): wait for it to end or pick another "
+        "--output-dir"
+    )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
 
 
 def setup_logging(out_dir: Path | None, is_main: bool) -> None:

@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt
 
 from visualization.latents import save_figure
 
-VAE_TERMS = ("total", "pixel", "perceptual", "kl", "cls", "center", "scale_eq")
+VAE_TERMS = ("total", "pixel", "perceptual", "kl", "cls", "center", "scale_eq", "adversarial", "discriminator")
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -21,9 +21,10 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 def phase_starts(vae_config: dict) -> list[tuple[int, str]]:
     """(step, name) where each VAE phase after the first begins, from the run's VAE config (fractions of steps)."""
-    names = ("kl", "classifier", "finetune")
-    keys = ("kl_start", "cls_start", "finetune_start")
-    return [(math.ceil(vae_config[k] * vae_config["steps"]), name) for k, name in zip(keys, names)]
+    names = ("kl", "classifier", "finetune", "adversarial")
+    keys = ("kl_start", "cls_start", "finetune_start", "adversarial_start")
+    on = [k != "adversarial_start" or vae_config.get("adversarial_weight", 0) > 0 for k in keys]
+    return [(math.ceil(vae_config[k] * vae_config["steps"]), name) for k, name, o in zip(keys, names, on) if o]
 
 
 def plot_loss_curves(

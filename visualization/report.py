@@ -14,7 +14,7 @@ from models.generate import generate_class_samples
 from visualization.curves import plot_loss_curves
 from visualization.denoising import create_diffusion_animation, visualize_denoising_steps
 from visualization.latents import visualize_latent_space, visualize_reconstructions
-from visualization.samples import generate_samples_grid, save_image_grid
+from visualization.samples import generate_samples_grid, save_sample_sheet
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,8 @@ def write_diffusion_figures(
     ]
     for label, name in enumerate(CLASS_NAMES):
         images = generate_class_samples(autoencoder, diffusion, label, num_samples, options=options, generator=gen)
-        paths.append(save_image_grid(images, out_dir / "samples" / f"sample_class_{name}_{tag}.png"))
+        path = out_dir / "samples" / f"sample_class_{name}_{tag}.png"
+        paths.append(save_sample_sheet([images], (name,), path, scale=2))  # labelled with its class
     paths.append(
         visualize_denoising_steps(
             autoencoder,

@@ -5,22 +5,26 @@ from errors import UserInputError
 import torch.nn.functional as F
 
 from models import ConditionalUNet
-from models.unet import attention, depth_to_space, depthwise_conv3x3, space_to_depth
+from models.layers import attention
+from models.token_unet import depth_to_space, depthwise_conv3x3, space_to_depth
+from models.unet import BACKBONES
 
 PUBLIC = dict(latent_dim=256, hidden_dims=[256, 512, 1024, 512, 256], time_emb_dim=256, num_classes=2)
 
 
-def test_output_is_shaped_like_input_and_starts_at_zero():
-    net = ConditionalUNet(**PUBLIC)
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_output_is_shaped_like_input_and_starts_at_zero(backbone):
+    net = ConditionalUNet(**PUBLIC, backbone=backbone)
     z = torch.randn(5, 256)
     out = net(z, torch.randint(0, 1000, (5,)), torch.tensor([0, 1, 2, 0, 1]))
     assert out.shape == z.shape
     assert torch.count_nonzero(out) == 0  # zero-initialised output layer: training starts from eps_hat = 0
 
 
+@pytest.mark.parametrize("backbone", BACKBONES)
 @pytest.mark.parametrize("mode", ["train", "eval"])
-def test_sample_does_not_depend_on_its_batch(randomize, mode):
-    net = randomize(ConditionalUNet(**PUBLIC))
+def test_sample_does_not_depend_on_its_batch(randomize, mode, backbone):
+    net = randomize(ConditionalUNet(**PUBLIC, backbone=backbone))
     net.train(mode == "train")
     z, t, y = torch.randn(6, 256), torch.randint(0, 1000, (6,)), torch.randint(0, 3, (6,))
     together = net(z, t, y)
@@ -30,21 +34,22 @@ def test_sample_does_not_depend_on_its_batch(randomize, mode):
     assert torch.allclose(together, shuffled, atol=1e-4)
 
 
-def test_output_depends_on_time_class_and_every_token(randomize):
-    net = randomize(ConditionalUNet(**PUBLIC)).eval()
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_output_depends_on_time_class_and_every_position(randomize, backbone):
+    net = randomize(ConditionalUNet(**PUBLIC, backbone=backbone)).eval()
     z, t, y = torch.randn(1, 256), torch.tensor([500]), torch.tensor([0])
     base = net(z, t, y)
     assert not torch.allclose(base, net(z, torch.tensor([20]), y))
     assert not torch.allclose(base, net(z, t, torch.tensor([1])))
     z.requires_grad_(True)
     net(z, t, y)[0, 0].backward()
-    assert (z.grad.abs() > 0).float().mean() > 0.9  # attention and merges let one output see the whole latent
+    assert (z.grad.abs() > 0).float().mean() > 0.9  # attention (and the U's levels) let one output see the whole latent
 
 
 def test_up_half_uses_skip_connections(randomize):
     """The finest-level skip alone carries signal: zeroing the deepest level's output does not silence the network."""
     net = randomize(ConditionalUNet(**PUBLIC)).eval()
-    for p in net.split[-1].parameters():
+    for p in net.backbone.split[-1].parameters():
         torch.nn.init.zeros_(p)  # nothing comes up from the bottom of the U
     z, t, y = torch.randn(2, 256), torch.tensor([10, 900]), torch.tensor([0, 1])
     out = net(z, t, y)
@@ -59,6 +64,8 @@ def test_bad_hidden_dims_are_refused():
         ConditionalUNet(hidden_dims=[256, 512, 256, 128])
     with pytest.raises(ValueError, match="token grid"):
         ConditionalUNet(hidden_dims=[64, 128, 256, 512, 1024, 512, 256, 128, 64])
+    with pytest.raises(ValueError, match="backbone"):
+        ConditionalUNet(backbone="mlp")
 
 
 @pytest.mark.parametrize("side", [1, 2, 4])
@@ -89,17 +96,18 @@ def test_latent_layout_round_trips_through_the_patches():
 def test_the_file_carries_architecture_prediction_and_process_and_old_files_still_load(tmp_path):
     from checkpoints import load_weights, save_weights
 
-    trained = ConditionalUNet(**PUBLIC, prediction="v", attention_min_tokens=1)
+    one = {"backbone_options": {"attention_min_tokens": 1}}
+    trained = ConditionalUNet(**PUBLIC, prediction="v", **one)
     trained.process = {"n_steps": 500, "schedule": "linear", "normalize_latents": False}
     save_weights(trained, tmp_path / "v.pt")
     state = torch.load(tmp_path / "v.pt", weights_only=True)  # still a plain weights file
     rebuilt = ConditionalUNet.from_state_dict(state)
     assert rebuilt.config == trained.config and rebuilt.process == trained.process and rebuilt.prediction == "v"
     assert all(torch.equal(a, b) for a, b in zip(rebuilt.parameters(), trained.parameters()))
-    fresh = ConditionalUNet(**PUBLIC, attention_min_tokens=1)  # as in the notebook snippet: no prediction given
+    fresh = ConditionalUNet(**PUBLIC, **one)  # as in the notebook snippet: no prediction given
     load_weights(fresh, tmp_path / "v.pt")
     assert fresh.prediction == "v" and fresh.process["schedule"] == "linear"
-    with pytest.raises(UserInputError, match="attention_min_tokens: file 1 vs model 4"):
+    with pytest.raises(UserInputError, match="backbone_options: file .*'attention_min_tokens': 1"):
         load_weights(ConditionalUNet(**PUBLIC), tmp_path / "v.pt")  # same shapes, another network
     # files from before "_extra_state": eps, or v where their v_prediction buffer said so; no recorded process
     old = {k: v for k, v in state.items() if k != "_extra_state"}

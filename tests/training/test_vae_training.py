@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -29,7 +31,7 @@ def test_progressive_schedule_follows_the_config():
 def test_losses_have_the_right_shapes_and_classification_runs():
     ae = SimpleAutoencoder()
     x, y = torch.rand(4, 3, 32, 32) * 2 - 1, torch.tensor([0, 1, 1, 0])
-    losses = vae_losses(ae, x, y, None, torch.Generator().manual_seed(0))
+    losses, _ = vae_losses(ae, x, y, None, torch.Generator().manual_seed(0))
     assert set(losses) == {"pixel", "kl", "cls", "center"}
     assert all(v.ndim == 0 and torch.isfinite(v) for v in losses.values())
 
@@ -39,7 +41,7 @@ def test_scale_equivariance_term_decodes_the_pooled_latent_and_falls_when_traine
     ae = SimpleAutoencoder()
     x = torch.nn.functional.interpolate(torch.rand(8, 3, 4, 4) * 2 - 1, size=32, mode="bilinear")
     y = torch.tensor([0, 1] * 4)
-    losses = vae_losses(ae, x, y, None, torch.Generator().manual_seed(0), scale_equivariance=True)
+    losses, _ = vae_losses(ae, x, y, None, torch.Generator().manual_seed(0), scale_equivariance=True)
     mu, logvar = ae.encode(x)
     z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=torch.Generator().manual_seed(0))
     pooled = torch.nn.functional.avg_pool2d(z.view(8, ae.latent_channels, ae.side, ae.side), 2)
@@ -49,7 +51,7 @@ def test_scale_equivariance_term_decodes_the_pooled_latent_and_falls_when_traine
     gen = torch.Generator().manual_seed(0)
     terms = []
     for _ in range(30):
-        losses = vae_losses(ae, x, y, None, gen, scale_equivariance=True)
+        losses, _ = vae_losses(ae, x, y, None, gen, scale_equivariance=True)
         opt.zero_grad()
         (losses["pixel"] + losses["scale_eq"]).backward()
         opt.step()
@@ -61,9 +63,9 @@ def test_losses_stay_float32_under_bf16_autocast():
     ae = SimpleAutoencoder()
     x, y = torch.rand(4, 3, 32, 32) * 2 - 1, torch.tensor([0, 1, 1, 0])
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        losses = vae_losses(ae, x, y, None, torch.Generator().manual_seed(0))
+        losses, _ = vae_losses(ae, x, y, None, torch.Generator().manual_seed(0))
     assert all(v.dtype == torch.float32 for v in losses.values())  # the KL sums 256 terms: bf16 would round it
-    exact = vae_losses(ae, x, y, None, torch.Generator().manual_seed(0))
+    exact, _ = vae_losses(ae, x, y, None, torch.Generator().manual_seed(0))
     assert losses["kl"].item() == pytest.approx(exact["kl"].item(), rel=0.05)
 
 
@@ -77,7 +79,7 @@ def test_vae_loss_falls_when_overfitting_a_tiny_batch():
     gen = torch.Generator().manual_seed(0)
     totals, pixels = [], []
     for _ in range(40):
-        losses = vae_losses(ae, x, y, None, gen)
+        losses, _ = vae_losses(ae, x, y, None, gen)
         total = losses["pixel"] + 1e-5 * losses["kl"] + 0.1 * losses["cls"] + 0.01 * losses["center"]
         opt.zero_grad()
         total.backward()
@@ -139,3 +141,50 @@ def test_batched_encoding_equals_one_batch_and_restores_the_mode():
     recon = reconstruct_images(ae, x, batch_size=4)
     assert recon.shape == (10, 3, 32, 32) and 0 <= recon.min() and recon.max() <= 1
     assert ae.training
+
+
+def test_discriminator_separates_real_from_reconstructed_images_on_a_tiny_batch():
+    """Overfitting one batch: the hinge loss falls and real images score above their blurred 'reconstructions'."""
+    from evaluation.metrics import gaussian_blur
+    from models.discriminator import PatchDiscriminator
+    from training.context import RunContext
+    from training.vae import Adversary
+
+    torch.manual_seed(0)
+    x = torch.rand(8, 3, 32, 32) * 2 - 1
+    x_hat = gaussian_blur(x, 1.0)  # what a soft decoder gives back
+    adversary = Adversary(PatchDiscriminator(), 2e-4, RunContext(torch.device("cpu"), Path(".")))
+    ctx = RunContext(torch.device("cpu"), Path("."))
+    losses = [adversary.step(x, x_hat, ctx).item() for _ in range(60)]
+    assert losses[0] == pytest.approx(2.0, abs=0.3)  # hinge loss at chance
+    assert sum(losses[-5:]) < 0.3 * sum(losses[:5])
+    with torch.no_grad():
+        assert adversary.discriminator(x).mean() > adversary.discriminator(x_hat).mean() + 1
+
+
+def test_adaptive_weight_balances_the_two_gradients_at_the_decoders_output():
+    from models.discriminator import PatchDiscriminator
+    from training.context import RunContext
+    from training.vae import Adversary
+
+    torch.manual_seed(0)
+    adversary = Adversary(PatchDiscriminator(), 2e-4, RunContext(torch.device("cpu"), Path(".")))
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    x_hat = (x + 0.1 * torch.randn_like(x)).requires_grad_(True)
+    rec = torch.nn.functional.mse_loss(x_hat, x)
+    g_loss, weight = adversary.generator_term(x_hat, rec)
+    rec_grad = torch.autograd.grad(rec, x_hat, retain_graph=True)[0]
+    adv_grad = torch.autograd.grad(weight * g_loss, x_hat)[0]
+    assert not weight.requires_grad
+    assert adv_grad.norm().item() == pytest.approx(rec_grad.norm().item(), rel=0.01)  # equal pull once weighted
+    _, doubled = adversary.generator_term(x_hat, 4 * rec)
+    assert doubled.item() == pytest.approx(4 * weight.item(), rel=1e-4)
+
+
+def test_adversarial_phase_follows_the_schedule_and_is_named_in_the_log():
+    from training.vae import phase_name
+
+    cfg = VAEConfig(steps=100, adversarial_weight=0.5, adversarial_start=0.5)
+    assert loss_weights(49, cfg)["adversarial"] == 0 and loss_weights(50, cfg)["adversarial"] == 0.5
+    assert phase_name(30, cfg) == "kl" and phase_name(80, cfg) == "finetune+adversarial"
+    assert loss_weights(80, VAEConfig(steps=100))["adversarial"] == 0  # weight 0: never on

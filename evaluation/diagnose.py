@@ -1,0 +1,223 @@
+"""`python main.py diagnose`: which part of a trained run limits its samples, the denoiser or the decoder.
+
+Per class:
+- the loss ladder (evaluation/ladder.py): the run's denoiser against the exact per-class Gaussian and the empirical
+  optimum, on held-out latents and on training latents, per noise level; the denoiser's gain over the Gaussian and its
+  gap between training and held-out latents (memorisation);
+- judge rows, scored like `evaluate`'s (feature FD, recall, colour FD, copy check) against the held-out images: the
+  decoder on training latents (what a perfect generator of training latents would draw: the decoder's ceiling), the
+  held-out reconstructions, blurred held-out images (the target line), samples of the Gaussian, and the run's own
+  samples without guidance and at its guidance;
+- one verdict line that names the bottleneck.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from data import CLASS_NAMES, Split, to_unit_range
+from evaluation.evaluate import Features, per_class_images, score_set
+from evaluation.ladder import ClassGaussian, class_ladder
+from evaluation.metrics import gaussian_blur
+from models.batched import encode_images, eval_mode
+from models.diffusion import SamplingOptions
+from models.generate import generate_class_samples
+
+FD_MARGIN = 0.5  # samples within this feature FD of the decoder's ceiling: the denoiser is not what limits them
+BLUR_ROW = "held-out, blurred sigma 0.7"
+CEILING_ROW = "decoder on training latents"
+RECON_ROW = "held-out reconstructions"
+MID_NOISE = 300  # the timestep whose gain over the Gaussian the verdict quotes
+
+
+def encode_latents(autoencoder, diffusion, split: Split) -> tuple[torch.Tensor, torch.Tensor]:
+    """The split's posterior means and those of its mirror images, in the diffusion's space: (z (2N, D), y (2N,)), the
+    latents the denoiser is trained on (training/diffusion.py encodes the same set)."""
+    mu, _ = encode_images(autoencoder, split.x)
+    mu_flip, _ = encode_images(autoencoder, split.x, flip=True)
+    z = diffusion.from_vae_latents(autoencoder, torch.cat([mu, mu_flip])).cpu()
+    return z, torch.cat([split.y, split.y])
+
+
+def loss_ladders(diffusion, bank: tuple, held: tuple, n_train: int, generator: torch.Generator) -> dict:
+    """Per class: the ladder on held-out latents and on `n_train` training latents (of the bank itself)."""
+    (z_bank, y_bank), (z_held, y_held) = bank, held
+    out = {}
+    for c, name in enumerate(CLASS_NAMES):
+        own = z_bank[y_bank == c]
+        gaussian = ClassGaussian.fit(own)
+        train_queries = own[torch.randperm(len(own), generator=generator)[:n_train]]
+
+        def eps_fn(z_t: torch.Tensor, t: int, c=c) -> torch.Tensor:
+            t_batch = torch.full((len(z_t),), t, dtype=torch.long, device=diffusion.device)
+            y = torch.full((len(z_t),), c, dtype=torch.long, device=diffusion.device)
+            return diffusion.predict_eps(z_t.to(diffusion.device), t_batch, y, 1.0).cpu()
+
+        out[name] = {
+            split: class_ladder(eps_fn, queries, own, gaussian, diffusion.alphas_cumprod.cpu(), generator)
+            for split, queries in (("held_out", z_held[y_held == c]), ("train", train_queries))
+        }
+    return out
+
+
+def ladder_summary(ladder: dict) -> dict:
+    """Per class and timestep: the denoiser's gain over the Gaussian on held-out latents (percent; positive = better)
+    and its memorisation gap (held-out loss above training loss, percent of the held-out loss)."""
+    summary = {}
+    for name, sets in ladder.items():
+        held, train = sets["held_out"], sets["train"]
+        summary[name] = {
+            t: {
+                "gain_over_gaussian": 100 * (1 - held[t]["denoiser"] / held[t]["gaussian"]),
+                "train_gap": 100 * (held[t]["denoiser"] - train[t]["denoiser"]) / held[t]["denoiser"],
+            }
+            for t in held
+        }
+    return summary
+
+
+@torch.no_grad()
+def decode(autoencoder, diffusion, z: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """Latents of the diffusion's space (N, D) -> images in [0, 1] on the CPU."""
+    device = next(autoencoder.parameters()).device
+    with eval_mode(autoencoder):
+        return torch.cat(
+            [
+                to_unit_range(autoencoder.decode(diffusion.to_vae_latents(autoencoder, chunk.float().to(device)))).cpu()
+                for chunk in z.split(batch_size)
+            ]
+        )
+
+
+def judge_image_sets(autoencoder, diffusion, bank, held_z, held: Split, n: int, options, seed: int) -> dict:
+    """Per row, the images of each class (lists in CLASS_NAMES order), n per class where they are drawn."""
+    gen = torch.Generator().manual_seed(seed)
+    (z_bank, y_bank), (z_held, y_held) = bank, held_z
+    originals = len(z_bank) // 2  # the bank holds the training latents, then their mirrors
+    train_z = [z_bank[:originals][y_bank[:originals] == c][:n] for c in range(len(CLASS_NAMES))]
+    gaussians = [ClassGaussian.fit(z_bank[y_bank == c]) for c in range(len(CLASS_NAMES))]
+    real = per_class_images(held)
+    options = options.resolve(diffusion.model)
+    sample_gen = torch.Generator(diffusion.device).manual_seed(seed)
+
+    def samples(opts: SamplingOptions) -> list[torch.Tensor]:
+        return [
+            generate_class_samples(autoencoder, diffusion, c, n, options=opts, generator=sample_gen)
+            for c in range(len(CLASS_NAMES))
+        ]
+
+    return {
+        CEILING_ROW: [decode(autoencoder, diffusion, z) for z in train_z],
+        RECON_ROW: [
+            decode(autoencoder, diffusion, z_held[y_held == c]) for c in range(len(CLASS_NAMES))
+        ],
+        BLUR_ROW: [gaussian_blur(images, 0.7) for images in real],
+        "samples of the per-class Gaussian": [decode(autoencoder, diffusion, g.sample(n, gen)) for g in gaussians],
+        "samples, no guidance": samples(options.replace(guidance_scale=1.0)),
+        f"samples, {options.guidance} {options.guidance_scale:g}": samples(options),
+    }
+
+
+def verdict(rows: dict, summary: dict) -> str:
+    """One line naming the bottleneck, from the judge rows' feature FD and the ladder's gain over the Gaussian."""
+    sample_row = list(rows)[-1]  # the run's samples at its guidance: the last row of judge_image_sets
+    fd = {row: [rows[row][c]["fd"] for c in CLASS_NAMES] for row in (sample_row, CEILING_ROW, BLUR_ROW)}
+    pairs = {row: " / ".join(f"{v:.2f}" for v in values) for row, values in fd.items()}
+    gains = [summary[c][MID_NOISE]["gain_over_gaussian"] for c in CLASS_NAMES]
+    gain = " / ".join(f"{abs(g):.0f}% {'below' if g >= 0 else 'above'}" for g in gains)
+    # the copy check: a generator that generalises copies as often as the decoder does on held-out latents, one that
+    # memorised its training latents as often as the decoder does on those; halfway between them is a warning
+    copies = [rows[sample_row][c]["copies"] for c in CLASS_NAMES]
+    halfway = [(rows[RECON_ROW][c]["copies"] + rows[CEILING_ROW][c]["copies"]) / 2 for c in CLASS_NAMES]
+    if any(s > ceiling + FD_MARGIN for s, ceiling in zip(fd[sample_row], fd[CEILING_ROW])):
+        line = (
+            f"bottleneck: the denoiser. Its samples score feature FD {pairs[sample_row]} (cat / dog) against "
+            f"{pairs[CEILING_ROW]} for the decoder on training latents; on held-out latents its loss is {gain} the "
+            f"exact Gaussian's at t = {MID_NOISE}"
+        )
+    elif any(ceiling > blur for ceiling, blur in zip(fd[CEILING_ROW], fd[BLUR_ROW])):
+        line = (
+            f"bottleneck: the decoder. The samples ({pairs[sample_row]}) are within {FD_MARGIN} of what it draws from "
+            f"training latents ({pairs[CEILING_ROW]}), which is above the blur-0.7 line ({pairs[BLUR_ROW]})"
+        )
+    else:
+        line = (
+            f"no bottleneck left at this yardstick: the samples ({pairs[sample_row]}) are within {FD_MARGIN} of the "
+            f"decoder on training latents ({pairs[CEILING_ROW]}), below the blur-0.7 line ({pairs[BLUR_ROW]})"
+        )
+    if any(c > h for c, h in zip(copies, halfway)):
+        recon = " / ".join(f"{rows[RECON_ROW][c]['copies']:.2f}" for c in CLASS_NAMES)
+        line += (
+            f"; and the samples are close copies of training images as often as "
+            f"{' / '.join(f'{c:.2f}' for c in copies)} (held-out reconstructions {recon})"
+        )
+    return line
+
+
+def diagnose_run(
+    autoencoder, diffusion, train: Split, held: Split, reference, judge, out_dir: Path, eval_cfg, options, seed: int
+) -> dict:
+    """Every number of the diagnosis as one JSON-ready dict, also written to out_dir/diagnose.json."""
+    gen = torch.Generator().manual_seed(seed)
+    n = eval_cfg.diagnose_samples
+    bank = encode_latents(autoencoder, diffusion, train)
+    mu, _ = encode_images(autoencoder, held.x)
+    held_z = (diffusion.from_vae_latents(autoencoder, mu).cpu(), held.y)
+    ladder = loss_ladders(diffusion, bank, held_z, n, gen)
+    summary = ladder_summary(ladder)
+    images = judge_image_sets(autoencoder, diffusion, bank, held_z, held, n, options, seed)
+    features, real, seen = Features(judge), per_class_images(held), per_class_images(train)
+    rows = {name: score_set(list(zip(sets, real)), features, reference.classes, seen) for name, sets in images.items()}
+    result = {
+        "ladder": ladder,
+        "ladder_summary": summary,
+        "judge_rows": rows,
+        "verdict": verdict(rows, summary),
+        "samples_per_class": n,
+        "sampling": dataclasses.asdict(options.resolve(diffusion.model)),
+        "seed": seed,
+    }
+    (out_dir / "diagnose.json").write_text(json.dumps(_finite(result), indent=2))
+    return result
+
+
+def _finite(value):
+    """NaN as None and int keys as strings, so the file is strict JSON."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def format_report(result: dict) -> str:
+    """The diagnosis as plain text: the ladder per class, the judge rows, the verdict."""
+    lines = ["loss ladder: eps-MSE per dimension (no guidance, true label); gain = the denoiser's loss below the "
+             "Gaussian's on held-out latents; gap = its held-out loss above its training loss; n_eff = training "
+             "latents the empirical optimum mixes"]
+    for name, sets in result["ladder"].items():
+        lines.append(f"{name}: {'t':>5s} | held-out: {'denoiser':>9s}{'Gaussian':>10s}{'empirical':>10s}{'gain':>9s}"
+                     f" | training: {'denoiser':>9s}{'empirical':>10s}{'n_eff':>8s}{'gap':>9s}")
+        for t, held in sets["held_out"].items():
+            train, s = sets["train"][t], result["ladder_summary"][name][t]
+            lines.append(
+                f"{'':{len(name) + 1}s} {t:>5d} | {'':9s} {held['denoiser']:>9.4f}{held['gaussian']:>10.4f}"
+                f"{held['empirical']:>10.4f}{s['gain_over_gaussian']:>8.1f}% | {'':9s} {train['denoiser']:>9.4f}"
+                f"{train['empirical']:>10.4f}{train['effective_latents']:>8.1f}{s['train_gap']:>8.1f}%"
+            )
+    lines.append(f"judge rows ({result['samples_per_class']} per class where drawn; cat / dog, against the held-out "
+                 "images of the class):")
+    lines.append(f"{'set':40s}{'FD':>15s}{'recall':>15s}{'colour FD':>15s}{'copies':>15s}")
+    for row, scores in result["judge_rows"].items():
+        cells = [" / ".join(f"{scores[c][m]:{f}}" for c in CLASS_NAMES) for m, f in
+                 (("fd", ".2f"), ("recall", ".2f"), ("colour_fd", ".0f"), ("copies", ".2f"))]
+        lines.append(f"{row:40s}" + "".join(f"{cell:>15s}" for cell in cells))
+    lines.append(result["verdict"])
+    return "\n".join(lines)
