@@ -169,7 +169,7 @@ def run_stages(cfg: dict, ctx, train_set, held) -> None:
     run = cfg["run"]
     torch.manual_seed(run.seed)  # model initialisation only; identical on every rank
     autoencoder = SimpleAutoencoder().to(ctx.device)
-    unet = ConditionalUNet(prediction=cfg["diffusion"].prediction, backbone=cfg["diffusion"].backbone).to(ctx.device)
+    unet = ConditionalUNet(prediction=cfg["diffusion"].prediction).to(ctx.device)
     vae_trained = vae_stage(autoencoder, train_set, held, cfg, ctx)
     write_config(cfg, ctx)
     diffusion_stage(unet, autoencoder, train_set, held, cfg, ctx, vae_trained)

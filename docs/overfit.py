@@ -3,11 +3,12 @@ stops falling, and follow its noise-prediction error on exactly those latents ag
 loss ladder (evaluation/ladder.py): the per-class Gaussian, and the empirical optimum, whose error on its own training
 latents falls to zero at low and mid noise. A network that can fit its data approaches the empirical optimum there.
 
-python docs/overfit.py RUN_DIR --backbone conv [--latents 512] [--max-steps 6000] [--out docs/overfit_conv.json]
+python docs/overfit.py RUN_DIR --out docs/overfit.json [--latents 512] [--max-steps 6000] [--prediction v]
+    [--timestep-sampling lognormal]
 
-RUN_DIR is a trained run (its VAE encodes the latents; its data and seed pick them). Writes the curve as JSON and as a
-figure beside it (.png). Raw weights (no EMA), no class dropout, z = mu (no posterior noise): nothing but the network
-stands between it and the empirical optimum.
+RUN_DIR is a trained run (its VAE encodes the latents; its data and seed pick them; its denoiser is not used).
+Writes the curve as JSON and as a figure beside it (.png). Raw weights (no EMA), no class dropout, z = mu (no
+posterior noise): nothing but the network stands between it and the empirical optimum.
 """
 
 import argparse
@@ -26,9 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from evaluation.ladder import ClassGaussian, class_ladder  # noqa: E402
 from main import load_splits  # noqa: E402
 from models.batched import encode_images  # noqa: E402
-from models.diffusion import ConditionalDenoiseDiffusion  # noqa: E402
-from models.pipeline import load_pipeline  # noqa: E402
-from models.unet import BACKBONES, ConditionalUNet  # noqa: E402
+from models.diffusion import TIMESTEP_SAMPLING, ConditionalDenoiseDiffusion  # noqa: E402
+from models.pipeline import build  # noqa: E402
+from models.vae import SimpleAutoencoder  # noqa: E402
+from checkpoints import AUTOENCODER_FILE, load_file  # noqa: E402
+from models.unet import PREDICTIONS, ConditionalUNet  # noqa: E402
 from training.config import RunConfig  # noqa: E402
 
 STEPS = (100, 300, 500, 700)
@@ -52,27 +55,30 @@ def ladder(diffusion, z: torch.Tensor, y: torch.Tensor, seed: int) -> dict[int, 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run_dir", type=Path)
-    p.add_argument("--backbone", choices=BACKBONES, required=True)
     p.add_argument("--latents", type=int, default=512)
     p.add_argument("--max-steps", type=int, default=6000)
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--prediction", choices=PREDICTIONS, default="v")
+    p.add_argument("--timestep-sampling", choices=TIMESTEP_SAMPLING, default="lognormal")
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args()
     torch.set_num_threads(2)
     cfg = json.loads((a.run_dir / "config.json").read_text())
     run = RunConfig(**{k: v for k, v in cfg["run"].items() if k in RunConfig.__dataclass_fields__})
     train, _ = load_splits(run)
-    ae, base = load_pipeline(a.run_dir, "cpu")
+    path = a.run_dir / AUTOENCODER_FILE
+    ae = build(SimpleAutoencoder, load_file(path), path).eval()
+    torch.manual_seed(0)
+    net = ConditionalUNet(prediction=a.prediction)  # in the default process (cosine, 1000 steps, normalised latents)
+    diffusion = ConditionalDenoiseDiffusion(
+        net, device="cpu", class_dropout=0.0, timestep_sampling=a.timestep_sampling
+    )
     idx = torch.cat([torch.nonzero(train.y == c)[: a.latents // 2, 0] for c in (0, 1)])
     with torch.no_grad():
-        z = base.from_vae_latents(ae, encode_images(ae, train.x[idx])[0])
+        z = diffusion.from_vae_latents(ae, encode_images(ae, train.x[idx])[0])
     y = train.y[idx]
-    torch.manual_seed(0)
-    net = ConditionalUNet(backbone=a.backbone)
-    net.process = dict(base.model.process)
-    diffusion = ConditionalDenoiseDiffusion(net, device="cpu", class_dropout=0.0)
     opt = torch.optim.AdamW(net.parameters(), lr=a.lr, betas=(0.9, 0.99), fused=True)
     gen = torch.Generator().manual_seed(0)
     curve, start = [], time.perf_counter()
@@ -95,14 +101,15 @@ def main() -> None:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    a.out.write_text(json.dumps({"backbone": a.backbone, "latents": len(z), "lr": a.lr, "curve": curve}, indent=1))
+    record = {"prediction": a.prediction, "timestep_sampling": a.timestep_sampling}
+    a.out.write_text(json.dumps({**record, "latents": len(z), "lr": a.lr, "curve": curve}, indent=1))
     fig, ax = plt.subplots(figsize=(7, 4))
     for t, color in zip(STEPS, ("C0", "C1", "C2", "C3")):
         ax.plot([c["step"] for c in curve], [c["ladder"][t]["denoiser"] for c in curve], color=color, label=f"t={t}")
         ax.axhline(curve[0]["ladder"][t]["gaussian"], color=color, ls="--", lw=0.8)
         ax.axhline(curve[0]["ladder"][t]["empirical"], color=color, ls=":", lw=0.8)
     ax.set(yscale="log", ylim=(1e-3, 1.2), xlabel="step", ylabel="eps-MSE on its own training latents",
-           title=f"{a.backbone} backbone on {len(z)} latents (dashed: Gaussian, dotted: empirical optimum)")
+           title=f"the denoiser on {len(z)} latents (dashed: Gaussian, dotted: empirical optimum)")
     ax.legend()
     fig.tight_layout()
     fig.savefig(a.out.with_suffix(".png"), dpi=100)

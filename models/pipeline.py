@@ -3,7 +3,6 @@ its network's constructor arguments, and the denoiser's also the diffusion proce
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -17,7 +16,8 @@ from checkpoints import (
     load_file,
     require_state_dict,
 )
-from models.diffusion import PROCESS_DEFAULTS, ConditionalDenoiseDiffusion
+from errors import UserInputError
+from models.diffusion import ConditionalDenoiseDiffusion
 from models.unet import ConditionalUNet
 from models.vae import SimpleAutoencoder
 
@@ -28,17 +28,18 @@ def _legacy_config(out_dir: Path, state_file: str) -> dict:
     return load_file(path).get("model_config", {}) if path.is_file() else {}
 
 
-def _legacy_process(out_dir: Path) -> dict:
-    """Files from before "_extra_state": the process was recorded only in the run's config.json."""
-    path = out_dir / "config.json"
-    recorded = json.loads(path.read_text()).get("diffusion", {}) if path.is_file() else {}
-    return {k: recorded[k] for k in PROCESS_DEFAULTS if k in recorded}
-
-
-def build(cls, state: dict, path: Path, legacy_config: dict):
-    """The network a state dict describes, with its weights; `legacy_config` for files that do not describe it."""
+def build(cls, state: dict, path: Path, legacy_config: dict | None = None):
+    """The network a state dict describes, with its weights; `legacy_config` for files that do not describe it (VAE
+    files from before "_extra_state"). A recorded network this code cannot build is one line naming the fix."""
     require_state_dict(state, path)
-    model = cls(**state.get("_extra_state", {}).get("config", legacy_config))
+    config = state.get("_extra_state", {}).get("config", legacy_config or {})
+    try:
+        model = cls(**config)
+    except (TypeError, ValueError) as err:
+        raise UserInputError(
+            f"{path} describes a {cls.__name__} that this version of the code cannot build ({err}): retrain that stage "
+            "with --retrain-vae or --retrain-diffusion, or load it with the version of this code that wrote it"
+        ) from None
     check_state_dict(model, state, path)
     model.load_state_dict(state)
     return model
@@ -54,8 +55,5 @@ def load_pipeline(
     autoencoder = build(SimpleAutoencoder, load_file(path, device), path, _legacy_config(out_dir, VAE_STATE_FILE))
     path = out_dir / (DIFFUSION_STATE_FILE if raw_weights else DIFFUSION_FILE)
     state = load_file(path, device)
-    legacy = _legacy_config(out_dir, DIFFUSION_STATE_FILE)
-    unet = build(ConditionalUNet, state["model"] if raw_weights else state, path, legacy)
-    if not unet.process:
-        unet.process = _legacy_process(out_dir)
+    unet = build(ConditionalUNet, state["model"] if raw_weights else state, path)
     return autoencoder.to(device).eval(), ConditionalDenoiseDiffusion(unet.to(device).eval(), device=device)

@@ -1,9 +1,12 @@
-"""The latent denoiser `ConditionalUNet`: `model(z_t, t, y) -> eps_hat` (or v_hat), shaped like z_t.
+"""The latent denoiser `ConditionalUNet`: `model(z_t, t, y) -> v_hat` (or eps_hat), shaped like z_t.
 
 It embeds the timestep (sinusoidal, then an MLP) and the class (with a null class for classifier-free guidance), adds
 the two into one condition vector, and hands the latent in its VAE layout (4 channels on an 8x8 grid) with that
-condition to its backbone, which injects the condition into every block. The backbone is one of BACKBONES, chosen by
-the `backbone` argument that the weight file records. The network never sees a noise schedule.
+condition to a convolutional U-Net over the grid (models/conv_unet.py), which injects it into every block. The
+network never sees a noise schedule.
+
+The bake-off that chose this network (README, "The denoiser bake-off") also tried a U-Net over 2x2-patch tokens (this
+project's earlier denoiser) and a transformer over the 64 grid positions (DiT); both are in the git history.
 """
 
 from __future__ import annotations
@@ -15,42 +18,26 @@ from torch import nn
 
 from checkpoints import config_difference
 from models.conv_unet import ConvUNet
-from models.dit import DiT
 from models.layers import timestep_embedding
-from models.token_unet import TokenUNet
 
 PREDICTIONS = ("eps", "v")
-BACKBONES = ("tokens", "conv", "dit")
-BACKBONE_DEFAULTS = {
-    "tokens": {"patch_size": 2, "blocks_per_level": 1, "attention_min_tokens": 4},
-    "conv": {"blocks_per_level": 2, "attention_max_positions": 16},
-    "dit": {"width": 128, "depth": 6},
-}
-
-
-def build_backbone(name: str, options: dict, hidden_dims: list[int], cond_dim: int, latent_channels: int, side: int):
-    """The backbone `name` with its options over the latent grid (latent_channels x side x side)."""
-    grid = dict(cond_dim=cond_dim, latent_channels=latent_channels, side=side)
-    if name == "tokens":
-        return TokenUNet(hidden_dims=hidden_dims, **grid, **options)
-    if name == "conv":  # a level of width W holds W values per 2x2 cell of its grid: W / 4 channels per position
-        half = len(hidden_dims) // 2
-        return ConvUNet(
-            channels=[w // 4 for w in hidden_dims[:half]], middle_channels=hidden_dims[half] // 4, **grid, **options
-        )
-    return DiT(**grid, **options)
 
 
 class ConditionalUNet(nn.Module):
     """Class- and time-conditional denoiser for flat latents.
 
-    `hidden_dims` is symmetric, e.g. [256, 512, 1024, 512, 256]: the first half (with the middle) are the widths of
-    the U's levels from the finest down. Class index `num_classes` is the null class used for classifier-free guidance.
+    `hidden_dims` is symmetric, e.g. [256, 512, 1024, 512, 256]: the widths of the U from its finest level (the
+    latent's full 8x8 grid) down to its middle and back, counted in values per 2x2 cell of a level's grid, so that a
+    level of width W has W / 4 channels at each position: [256, 512, 1024, 512, 256] is 64 channels at 8x8, 128 at 4x4
+    and a middle of 256 at 2x2 (the widths of the token U-Net it replaced, whose tokens were 2x2 patches).
+    `blocks_per_level` residual blocks per level (one more on the way up), attention on grids of at most
+    `attention_max_positions` positions. Class index `num_classes` is the null class used for classifier-free
+    guidance.
 
-    `prediction` is what the output means: "eps", the noise (Ho et al. 2020), or "v" = sqrt(a) eps -
-    sqrt(1 - a) z_0 (Salimans & Ho 2022). The state dict carries it with the other constructor arguments and the
-    diffusion process the network was trained in (`process`), so a loaded file sets them; the network itself never
-    reads the process.
+    `prediction` is what the output means: "v" = sqrt(a) eps - sqrt(1 - a) z_0 (Salimans & Ho 2022; with unit-variance
+    latents this is EDM's preconditioning, Karras et al. 2022, up to sign) or "eps", the noise (Ho et al. 2020). The
+    state dict carries it with the other constructor arguments and the diffusion process the network was trained in
+    (`process`), so a loaded file sets them; the network itself never reads the process.
     """
 
     def __init__(
@@ -61,45 +48,50 @@ class ConditionalUNet(nn.Module):
         num_classes: int = 2,
         *,
         latent_channels: int = 4,
-        backbone: str = "tokens",
-        backbone_options: dict | None = None,
-        prediction: str = "eps",
+        blocks_per_level: int = 2,
+        attention_max_positions: int = 16,
+        prediction: str = "v",
     ):
         super().__init__()
         hidden_dims = list(hidden_dims)
-        if backbone not in BACKBONES:
-            raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}")
-        options = {**BACKBONE_DEFAULTS[backbone], **(backbone_options or {})}
         self.config = dict(
             latent_dim=latent_dim,
             hidden_dims=hidden_dims,
             time_emb_dim=time_emb_dim,
             num_classes=num_classes,
             latent_channels=latent_channels,
-            backbone=backbone,
-            backbone_options=options,
+            blocks_per_level=blocks_per_level,
+            attention_max_positions=attention_max_positions,
         )
-        if len(hidden_dims) % 2 == 0 or hidden_dims != hidden_dims[::-1]:
+        if len(hidden_dims) % 2 == 0 or hidden_dims != hidden_dims[::-1] or any(w % 4 for w in hidden_dims):
             raise ValueError(
-                f"hidden_dims must be symmetric with odd length, e.g. [256, 512, 1024, 512, 256]; got {hidden_dims}"
+                "hidden_dims must be symmetric, of odd length and multiples of 4, e.g. [256, 512, 1024, 512, 256]; "
+                f"got {hidden_dims}"
             )
         side = math.isqrt(latent_dim // latent_channels)
         if latent_channels * side * side != latent_dim:
             raise ValueError(f"latent_dim={latent_dim} is not latent_channels={latent_channels} on a square grid")
         self.latent_dim, self.num_classes, self.latent_channels = latent_dim, num_classes, latent_channels
-        self.side = side
-        self.time_emb_dim = time_emb_dim
+        self.side, self.time_emb_dim = side, time_emb_dim
         self.time_mlp = nn.Sequential(
             nn.Linear(time_emb_dim, time_emb_dim), nn.SiLU(), nn.Linear(time_emb_dim, time_emb_dim)
         )
         self.class_emb = nn.Embedding(num_classes + 1, time_emb_dim)  # last row: the null class
-        self.backbone = build_backbone(backbone, options, hidden_dims, time_emb_dim, latent_channels, side)
+        half = len(hidden_dims) // 2  # a width W is W values per 2x2 cell of its grid: W / 4 channels per position
+        self.backbone = ConvUNet(
+            channels=[w // 4 for w in hidden_dims[:half]],
+            middle_channels=hidden_dims[half] // 4,
+            cond_dim=time_emb_dim,
+            latent_channels=latent_channels,
+            side=side,
+            blocks_per_level=blocks_per_level,
+            attention_max_positions=attention_max_positions,
+        )
         if prediction not in PREDICTIONS:
             raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
         self.config["prediction"] = prediction
         self.process: dict = {}  # the diffusion process it was trained in (n_steps, schedule, ...), set by training
         self.guide: ConditionalUNet | None = None  # a smaller, less trained denoiser for autoguidance (attach_guide)
-        self._register_load_state_dict_pre_hook(self._upgrade_old_file, with_module=True)
         self._register_load_state_dict_pre_hook(self._build_guide, with_module=True)
 
     def attach_guide(self, guide: "ConditionalUNet | None") -> None:
@@ -123,9 +115,7 @@ class ConditionalUNet(nn.Module):
 
     # Files carry the constructor arguments and the process under "_extra_state" (nn.Module's own mechanism, read by
     # torch.load(weights_only=True)): a file rebuilds its network, and its process, without flags.
-    optional_state_keys = ("_extra_state",)  # absent from files written before it existed
     optional_state_prefixes = ("guide.",)  # the guide network, in files that carry one
-    legacy_state_keys = ("v_prediction",)  # how such files recorded a v-predicting network
     config_set_by_file = ("prediction",)  # loading a file sets it; the rest of the config must match
 
     def get_extra_state(self) -> dict:
@@ -136,24 +126,6 @@ class ConditionalUNet(nn.Module):
             raise ValueError(f"the file describes another ConditionalUNet ({config_difference(self, state)})")
         self.config["prediction"] = state["config"]["prediction"]
         self.process = dict(state["process"])
-
-    @staticmethod
-    def _upgrade_old_file(module, state_dict, prefix, *args) -> None:
-        """A file from before "_extra_state": this network's own architecture, eps unless its v_prediction buffer
-        says v, and no recorded process (the diffusion's arguments or defaults apply)."""
-        if prefix + "_extra_state" in state_dict:
-            return
-        v = bool(state_dict.pop(prefix + "v_prediction", False))
-        config = {**module.config, "prediction": "v" if v else "eps"}
-        state_dict[prefix + "_extra_state"] = {"config": config, "process": {}}
-
-    @classmethod
-    def from_state_dict(cls, state: dict) -> "ConditionalUNet":
-        """Build the network a file describes (public defaults for files without a record) and load its weights."""
-        config = dict(state.get("_extra_state", {}).get("config", {}))
-        net = cls(**config)
-        net.load_state_dict(state)
-        return net
 
     @property
     def prediction(self) -> str:

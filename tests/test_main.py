@@ -107,6 +107,7 @@ def test_sample_command_writes_images_without_training(trained_run):
     folder = out / "samples" / "dog_seed7"
     assert sorted(p.name for p in folder.iterdir()) == ["dog.npz", "dog_0000.png", "dog_0001.png", "dog_0002.png"]
     assert (out / "samples" / "dog_seed7.png").is_file()
+    assert f"arrays {folder / 'dog.npz'}" in proc.stdout  # before: the .npz went unmentioned
 
 
 @pytest.mark.parametrize(
@@ -178,6 +179,8 @@ def test_help_shows_each_default_once_and_the_presets_that_change_it(capsys):
     assert "--visualize-every VISUALIZE_EVERY also write visualisations" in text
     assert "(default: 0) (preset: default 2000)" in text
     assert "1-minute" not in text
+    for choices in ("--sampler {ddim,ddpm,heun}", "--diffusion-schedule {cosine,linear}", "--eval-weights {ema,raw}"):
+        assert choices in text  # before: SAMPLER, DIFFUSION_SCHEDULE, ... without the choices
 
 
 @pytest.mark.parametrize("command", ["train", "sample", "evaluate"])
@@ -234,3 +237,105 @@ def test_a_stage_never_rewrites_a_file_an_earlier_stage_owns(image_folder, tmp_p
     config = recorded()
     assert config["diffusion"]["lr"] != 0.123 and config["vae"]["lr"] != 0.456
     assert config["run_facts"]["diffusion_stage"].startswith("skipped")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--vae-stpes", "10"], "unrecognized argument --vae-stpes (did you mean --vae-steps?)"),
+        (["sample", "--num-sample", "3"], "unrecognized argument --num-sample (did you mean --num-samples?)"),
+        (["evaluate", "--eval-sample=5"], "unrecognized argument --eval-sample (did you mean --eval-samples?)"),
+        (["diagnose", "--diagnose-sample", "5"], "(did you mean --diagnose-samples?)"),
+        (["--sampler", "euler"], "argument --sampler: invalid choice: 'euler'"),
+    ],
+)
+def test_a_mistyped_flag_gets_one_line_that_names_it_not_the_usage(tmp_path, capsys, args, message):
+    """Before: 48 lines of usage, then "argument command: invalid choice: '10'" (the flag's value taken for the
+    command)."""
+    assert main.main([*args, "--output-dir", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "--help" in err and err.count("\n") == 1 and "usage:" not in err
+
+
+def test_evaluate_on_a_folder_without_a_run_says_so_before_touching_any_data(tmp_path, capsys):
+    """Before: it tried to download CIFAR-10 into ./data first, and failed on the download."""
+    (tmp_path / "empty").mkdir()
+    args = ["--output-dir", str(tmp_path / "empty"), "--device", "cpu"]
+    for command, data in (("evaluate", True), ("diagnose", True), ("sample", False)):
+        assert main.main([command, *args, *(["--download-dir", str(tmp_path / "dl")] if data else [])]) == 2
+        assert "no trained run in" in capsys.readouterr().err
+    assert not (tmp_path / "dl").exists()
+
+
+def test_a_read_only_run_folder_is_refused_in_one_line_before_any_work(trained_run, capsys, monkeypatch):
+    """Before: a PermissionError traceback after the work (evaluate lost the numbers it had computed)."""
+    import os
+
+    out = trained_run / OUT
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: False if str(path) == str(out) else real_access(path, mode))
+    for command in ("sample", "evaluate"):
+        assert main.main([command, "--output-dir", str(out), "--device", "cpu"]) == 2
+        err = capsys.readouterr().err
+        assert f"output dir {out} is not writable" in err and "cp -r" in err and err.count("\n") == 1
+
+
+def test_a_second_command_on_a_folder_in_use_is_refused(trained_run, capsys):
+    """Before: two runs in one folder interleaved their logs and checkpoints. A stale lock is taken over: see
+    test_robustness::test_sigkill_mid_stage_then_resume_equals_an_uninterrupted_run."""
+    import os
+    import platform
+
+    from training.run import LOCK_FILE
+
+    out = trained_run / OUT
+    lock = out / LOCK_FILE
+    lock.write_text(json.dumps({"pid": os.getpid(), "host": platform.node(), "command": "train"}))  # a live holder
+    try:
+        assert main.main(["sample", "--output-dir", str(out), "--device", "cpu", "--num-samples", "1"]) == 2
+        err = capsys.readouterr().err
+        assert f"{out} is in use by another command (train, pid {os.getpid()} here)" in err and err.count("\n") == 1
+        assert lock.is_file()  # someone else's lock is never removed
+    finally:
+        lock.unlink()
+
+
+def test_config_records_the_data_dir_resolved_and_names_it_when_it_is_gone(image_folder, tmp_path):
+    """Before: config.json kept a relative --data-dir, so evaluate from another folder failed without saying why."""
+    import shutil
+
+    data = tmp_path / "work" / "images"
+    shutil.copytree(image_folder, data)
+    out = tmp_path / "run"
+    base = [*TINY_RUN, "--no-figures", "--vae-steps", "2", "--diffusion-steps", "2"]
+    proc = run_main(*base, "--data-dir", "images", "--output-dir", str(out), cwd=tmp_path / "work")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((out / "config.json").read_text())["run"]["data_dir"] == str(data)
+    shutil.rmtree(data)
+    proc = run_main("evaluate", "--output-dir", str(out), "--device", "cpu")
+    assert proc.returncode == 2
+    assert f"data dir {data}, recorded in {out / 'config.json'}, does not exist here; pass --data-dir" in proc.stderr
+
+
+def test_the_project_installs_as_a_package_and_the_snippet_imports_from_anywhere(tmp_path):
+    """`pip install -e .` is how the notebook snippet works outside the repository root: build the package from the
+    checkout's files into a folder and import the snippet's names from elsewhere."""
+    import shutil
+    import subprocess
+    import sys
+
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    if not files:
+        pytest.skip("not a git checkout")
+    src = tmp_path / "src"
+    for name in files:
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, src / name)
+    target = tmp_path / "site"
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(target)]
+    proc = subprocess.run([*pip, str(src)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    code = "from models import SimpleAutoencoder, ConditionalUNet, ConditionalDenoiseDiffusion, generate_class_samples"
+    env = {**__import__("os").environ, "PYTHONPATH": str(target)}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -108,6 +108,7 @@ def test_sigkill_mid_stage_then_resume_equals_an_uninterrupted_run(image_folder,
     resumed = run_main(*RUN, "--data-dir", str(image_folder), "--output-dir", str(tmp_path))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming from step" in resumed.stderr
+    assert "took over the lock" in resumed.stderr  # the killed run's lock: its process is gone
     assert not list(tmp_path.glob(".*.tmp"))
     assert same_weights(reference, tmp_path)
     # the resumed stage dropped the log lines past its checkpoint: every step once, as in an uninterrupted run

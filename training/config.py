@@ -10,7 +10,7 @@ from errors import UserInputError
 from models.compiled import COMPILE_MODES
 from models.diffusion import GUIDANCE, PROCESS_DEFAULTS, SCHEDULES, TIMESTEP_SAMPLING, SamplingOptions
 from models.samplers import SAMPLERS
-from models.unet import BACKBONES, PREDICTIONS
+from models.unet import PREDICTIONS
 
 # The constraints a field may carry (metadata "check"): a test of the value and the words for the error message.
 CHECKS = {
@@ -151,17 +151,19 @@ class DiffusionConfig:
         "EMA decay per step of the weights used for sampling (half-life 87 steps = 178k latents at 2048)",
         "decay",
     )
-    backbone: str = opt(BACKBONES[0], "the denoiser's backbone (recorded in its file)", choices=BACKBONES)
     n_steps: int = opt(PROCESS_DEFAULTS["n_steps"], "diffusion timesteps", "positive")
     schedule: str = opt(PROCESS_DEFAULTS["schedule"], "noise schedule", choices=tuple(SCHEDULES))
     prediction: str = opt(
-        PREDICTIONS[0], "what the denoiser predicts: eps (the noise) or v (Salimans & Ho 2022)", choices=PREDICTIONS
+        "v",
+        "what the denoiser predicts: v (Salimans & Ho 2022; EDM's preconditioning for unit-variance latents) or eps "
+        "(the noise)",
+        choices=PREDICTIONS,
     )
     class_dropout: float = opt(
         0.1, "probability of replacing the label by the null class (classifier-free guidance)", "fraction"
     )
     timestep_sampling: str = opt(
-        TIMESTEP_SAMPLING[0],
+        "lognormal",
         "training timesteps: uniform, or lognormal (EDM's log-normal noise levels, Karras et al. 2022)",
         choices=TIMESTEP_SAMPLING,
     )
@@ -267,7 +269,7 @@ PRESETS: dict[str, dict[str, dict]] = {
     "cpu": {
         "run": {"log_every": 50, "checkpoint_every": 500},
         "vae": {"steps": 900, "batch_size": 64, "lr": 2e-3, "warmup_steps": 50, "perceptual_weight": 0.0},
-        "diffusion": {"steps": 1400, "batch_size": 128, "lr": 5e-4, "warmup_steps": 100, "ema_decay": 0.998},
+        "diffusion": {"steps": 985, "batch_size": 128, "lr": 5e-4, "warmup_steps": 100, "ema_decay": 0.998},
     },
     "smoke": {
         "run": {"max_images": 600, "log_every": 10, "checkpoint_every": 20},

@@ -6,25 +6,21 @@ import torch.nn.functional as F
 
 from models import ConditionalUNet
 from models.layers import attention
-from models.token_unet import depth_to_space, depthwise_conv3x3, space_to_depth
-from models.unet import BACKBONES
 
 PUBLIC = dict(latent_dim=256, hidden_dims=[256, 512, 1024, 512, 256], time_emb_dim=256, num_classes=2)
 
 
-@pytest.mark.parametrize("backbone", BACKBONES)
-def test_output_is_shaped_like_input_and_starts_at_zero(backbone):
-    net = ConditionalUNet(**PUBLIC, backbone=backbone)
+def test_output_is_shaped_like_input_and_starts_at_zero():
+    net = ConditionalUNet(**PUBLIC)
     z = torch.randn(5, 256)
     out = net(z, torch.randint(0, 1000, (5,)), torch.tensor([0, 1, 2, 0, 1]))
     assert out.shape == z.shape
-    assert torch.count_nonzero(out) == 0  # zero-initialised output layer: training starts from eps_hat = 0
+    assert torch.count_nonzero(out) == 0  # zero-initialised output layer: training starts from a zero prediction
 
 
-@pytest.mark.parametrize("backbone", BACKBONES)
 @pytest.mark.parametrize("mode", ["train", "eval"])
-def test_sample_does_not_depend_on_its_batch(randomize, mode, backbone):
-    net = randomize(ConditionalUNet(**PUBLIC, backbone=backbone))
+def test_sample_does_not_depend_on_its_batch(randomize, mode):
+    net = randomize(ConditionalUNet(**PUBLIC))
     net.train(mode == "train")
     z, t, y = torch.randn(6, 256), torch.randint(0, 1000, (6,)), torch.randint(0, 3, (6,))
     together = net(z, t, y)
@@ -34,23 +30,22 @@ def test_sample_does_not_depend_on_its_batch(randomize, mode, backbone):
     assert torch.allclose(together, shuffled, atol=1e-4)
 
 
-@pytest.mark.parametrize("backbone", BACKBONES)
-def test_output_depends_on_time_class_and_every_position(randomize, backbone):
-    net = randomize(ConditionalUNet(**PUBLIC, backbone=backbone)).eval()
+def test_output_depends_on_time_class_and_every_position(randomize):
+    net = randomize(ConditionalUNet(**PUBLIC)).eval()
     z, t, y = torch.randn(1, 256), torch.tensor([500]), torch.tensor([0])
     base = net(z, t, y)
     assert not torch.allclose(base, net(z, torch.tensor([20]), y))
     assert not torch.allclose(base, net(z, t, torch.tensor([1])))
     z.requires_grad_(True)
     net(z, t, y)[0, 0].backward()
-    assert (z.grad.abs() > 0).float().mean() > 0.9  # attention (and the U's levels) let one output see the whole latent
+    assert (z.grad.abs() > 0).float().mean() > 0.9  # attention and the U's coarse levels let one output see it all
 
 
 def test_up_half_uses_skip_connections(randomize):
-    """The finest-level skip alone carries signal: zeroing the deepest level's output does not silence the network."""
+    """The skips alone carry signal: with nothing coming up from the middle of the U, the output still moves."""
     net = randomize(ConditionalUNet(**PUBLIC)).eval()
-    for p in net.backbone.split[-1].parameters():
-        torch.nn.init.zeros_(p)  # nothing comes up from the bottom of the U
+    for p in net.backbone.up[0].parameters():  # the upsampling out of the middle
+        torch.nn.init.zeros_(p)
     z, t, y = torch.randn(2, 256), torch.tensor([10, 900]), torch.tensor([0, 1])
     out = net(z, t, y)
     assert out.abs().sum() > 0
@@ -59,64 +54,64 @@ def test_up_half_uses_skip_connections(randomize):
     assert not torch.allclose(out, net(z2, t, y))
 
 
+def test_hidden_dims_are_values_per_2x2_cell_of_each_level():
+    """[256, 512, 1024, 512, 256]: 64 channels on the 8x8 grid, 128 on 4x4, a middle of 256 on 2x2."""
+    net = ConditionalUNet(**PUBLIC)
+    assert net.backbone.conv_in.out_channels == 64 and net.backbone.out.in_channels == 64
+    assert {block.res.conv_in.out_channels for block in net.backbone.middle} == {256}
+    assert net(torch.randn(2, 256), torch.tensor([1, 2]), torch.tensor([0, 1])).shape == (2, 256)
+    small = ConditionalUNet(hidden_dims=[128, 256, 128])
+    assert small.backbone.conv_in.out_channels == 32
+    assert {block.res.conv_in.out_channels for block in small.backbone.middle} == {64}
+
+
 def test_bad_hidden_dims_are_refused():
     with pytest.raises(ValueError, match="symmetric"):
         ConditionalUNet(hidden_dims=[256, 512, 256, 128])
-    with pytest.raises(ValueError, match="token grid"):
+    with pytest.raises(ValueError, match="multiples of 4"):
+        ConditionalUNet(hidden_dims=[66, 130, 66])
+    with pytest.raises(ValueError, match="cannot be halved"):
         ConditionalUNet(hidden_dims=[64, 128, 256, 512, 1024, 512, 256, 128, 64])
-    with pytest.raises(ValueError, match="backbone"):
-        ConditionalUNet(backbone="mlp")
 
 
-@pytest.mark.parametrize("side", [1, 2, 4])
-def test_token_depthwise_conv_equals_a_grouped_conv2d(side):
-    x, w = torch.randn(3, side, side, 8), torch.randn(8, 3, 3)
-    expected = F.conv2d(x.permute(0, 3, 1, 2), w[:, None], padding=1, groups=8).permute(0, 2, 3, 1)
-    assert torch.allclose(depthwise_conv3x3(x, w), expected, atol=1e-5)
-
-
-def test_merge_and_split_are_strided_convolutions_on_tokens():
-    """A linear map after space_to_depth is a 2x2 stride-2 convolution; depth_to_space undoes space_to_depth."""
-    x = torch.randn(2, 4, 4, 6)
-    assert torch.equal(depth_to_space(space_to_depth(x, 2), 2), x)
-    weight = torch.randn(5, 6, 2, 2)  # Conv2d layout (out, in, kh, kw)
-    as_linear = weight.permute(0, 2, 3, 1).reshape(5, 24)  # tokens are merged row-major, channels last
-    expected = F.conv2d(x.permute(0, 3, 1, 2), weight, stride=2).permute(0, 2, 3, 1)
-    assert torch.allclose(space_to_depth(x, 2) @ as_linear.T, expected, atol=1e-5)
-
-
-def test_latent_layout_round_trips_through_the_patches():
-    """Patching reads the latent in its VAE layout (C, 8, 8): a 2x2 patch holds 4 neighbouring positions."""
-    z = torch.arange(256.0).view(1, 4, 8, 8)
-    patches = space_to_depth(z.permute(0, 2, 3, 1), 2)  # (1, 4, 4, 16)
-    assert patches.shape == (1, 4, 4, 16)
-    assert patches[0, 0, 0].view(2, 2, 4).permute(2, 0, 1).tolist() == z[0, :, :2, :2].tolist()
-
-
-def test_the_file_carries_architecture_prediction_and_process_and_old_files_still_load(tmp_path):
+def test_the_file_carries_architecture_prediction_and_process(tmp_path):
     from checkpoints import load_weights, save_weights
+    from models.pipeline import build
 
-    one = {"backbone_options": {"attention_min_tokens": 1}}
-    trained = ConditionalUNet(**PUBLIC, prediction="v", **one)
+    other = {"attention_max_positions": 64}
+    trained = ConditionalUNet(**PUBLIC, prediction="eps", **other)
     trained.process = {"n_steps": 500, "schedule": "linear", "normalize_latents": False}
-    save_weights(trained, tmp_path / "v.pt")
-    state = torch.load(tmp_path / "v.pt", weights_only=True)  # still a plain weights file
-    rebuilt = ConditionalUNet.from_state_dict(state)
-    assert rebuilt.config == trained.config and rebuilt.process == trained.process and rebuilt.prediction == "v"
+    save_weights(trained, tmp_path / "eps.pt")
+    state = torch.load(tmp_path / "eps.pt", weights_only=True)  # still a plain weights file
+    rebuilt = build(ConditionalUNet, state, tmp_path / "eps.pt")  # what load_pipeline does
+    assert rebuilt.config == trained.config and rebuilt.process == trained.process and rebuilt.prediction == "eps"
     assert all(torch.equal(a, b) for a, b in zip(rebuilt.parameters(), trained.parameters()))
-    fresh = ConditionalUNet(**PUBLIC, **one)  # as in the notebook snippet: no prediction given
-    load_weights(fresh, tmp_path / "v.pt")
-    assert fresh.prediction == "v" and fresh.process["schedule"] == "linear"
-    with pytest.raises(UserInputError, match="backbone_options: file .*'attention_min_tokens': 1"):
-        load_weights(ConditionalUNet(**PUBLIC), tmp_path / "v.pt")  # same shapes, another network
-    # files from before "_extra_state": eps, or v where their v_prediction buffer said so; no recorded process
-    old = {k: v for k, v in state.items() if k != "_extra_state"}
-    for flag, prediction in ((None, "eps"), (True, "v"), (False, "eps")):
-        torch.save(old if flag is None else {**old, "v_prediction": torch.tensor(flag)}, tmp_path / "old.pt")
-        load_weights(fresh, tmp_path / "old.pt")
-        assert fresh.prediction == prediction and fresh.process == {}
+    fresh = ConditionalUNet(**PUBLIC, **other)  # as in the notebook snippet: no prediction given
+    assert fresh.prediction == "v"
+    load_weights(fresh, tmp_path / "eps.pt")
+    assert fresh.prediction == "eps" and fresh.process["schedule"] == "linear"
+    with pytest.raises(UserInputError, match="attention_max_positions: file 64 vs model 16"):
+        load_weights(ConditionalUNet(**PUBLIC), tmp_path / "eps.pt")  # same shapes, another network
     with pytest.raises(ValueError, match="prediction"):
         ConditionalUNet(prediction="x0")
+
+
+def test_a_file_of_the_earlier_token_unet_gives_one_line_naming_the_fix(tmp_path):
+    """Denoiser files written before the bake-off hold the token U-Net: they are named as another network, and the
+    message says to retrain the diffusion stage, both for the notebook's load_weights and for load_pipeline."""
+    from checkpoints import AUTOENCODER_FILE, DIFFUSION_FILE, load_weights, save_weights
+    from models import SimpleAutoencoder
+    from models.pipeline import load_pipeline
+
+    old = {"patch_in.weight": torch.zeros(256, 16), "down.0.blocks.0.depthwise": torch.zeros(256, 3, 3)}
+    config = {**ConditionalUNet().config, "patch_size": 2, "attention_min_tokens": 4}
+    old["_extra_state"] = {"config": config, "process": {}}
+    torch.save(old, tmp_path / DIFFUSION_FILE)
+    with pytest.raises(UserInputError, match="does not match ConditionalUNet: .*--retrain-diffusion"):
+        load_weights(ConditionalUNet(**PUBLIC), tmp_path / DIFFUSION_FILE)
+    save_weights(SimpleAutoencoder(), tmp_path / AUTOENCODER_FILE)
+    with pytest.raises(UserInputError, match="cannot build .*--retrain-diffusion"):
+        load_pipeline(tmp_path)
 
 
 def test_attention_equals_torch_scaled_dot_product_attention_and_its_gradients():

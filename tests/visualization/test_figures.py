@@ -32,7 +32,7 @@ def models():
     ae = SimpleAutoencoder()
     unet = ConditionalUNet()
     with torch.no_grad():  # non-zero output layer, so trajectories move
-        unet.out.weight.normal_(0, 0.02)
+        unet.backbone.out.weight.normal_(0, 0.02)
     return ae, ConditionalDenoiseDiffusion(unet, n_steps=1000, device="cpu")
 
 
