@@ -5,7 +5,8 @@
     python benchmark.py --preset smoke --data-dir DIR   # also time each stage of that preset end to end
 
 Measures, on the chosen device: VAE training images/s (with and without the VGG16 perceptual term;
-its cost does not depend on the weights, so random ones are used where ImageNet's cannot be had),
+its cost does not depend on the weights, so random ones are used where ImageNet's cannot be had; and with the
+adversarial phase's discriminator, whose cost per step it also prints),
 diffusion training latents/s on cached latents against the original's re-encoding of every image at
 every step, and sampling images/s with DDIM-50 + guidance against 1000 DDPM steps; peak memory.
 Where bf16 autocast is on (native bf16: CUDA, or a CPU with AVX512-BF16/AMX), training is also timed in fp32.
@@ -29,8 +30,11 @@ from models import ConditionalDenoiseDiffusion, ConditionalUNet, SimpleAutoencod
 from training.context import native_bf16
 from training.perceptual import VGGPerceptualLoss
 from training.run import resolve_device
-from training.optim import make_optimizer
-from training.vae import vae_losses
+from models.discriminator import PatchDiscriminator
+from training.config import VAEConfig
+from training.context import RunContext
+from training.optim import make_optimizer, warmup_cosine
+from training.vae import Adversary, loss_weights, train_step
 
 
 def machine() -> dict:
@@ -69,20 +73,18 @@ def rate(fn, items: int, repeats: int, device: torch.device) -> float:
     return items * repeats / (time.perf_counter() - start)
 
 
-def vae_step_fn(device, batch: int, perceptual: VGGPerceptualLoss | None, amp: bool):
-    """One full VAE training step (all loss terms, backward, AdamW) on random images."""
+def vae_step_fn(device, batch: int, perceptual: VGGPerceptualLoss | None, amp: bool, adversarial: bool = False):
+    """One full VAE training step as the stage runs it in its last phase (every loss term, backward, the training
+    stages' AdamW; with `adversarial`, the discriminator's hinge term and its own step) on random images."""
     ae = SimpleAutoencoder().to(device)
-    opt = make_optimizer(ae, 1e-4, 0.0, device)  # the training stages' optimizer
+    opt = make_optimizer(ae, 1e-4, 0.0, device)
+    cfg = VAEConfig(steps=100, adversarial_weight=0.5 if adversarial else 0.0, perceptual_weight=0.1)
+    ctx = RunContext(device, Path("."), amp=amp)
+    adversary = Adversary(PatchDiscriminator().to(device), 1e-4, ctx) if adversarial else None
+    weights = loss_weights(90, cfg)  # fine-tuning: every term on
     x, y = torch.rand(batch, 3, 32, 32, device=device) * 2 - 1, torch.randint(0, 2, (batch,), device=device)
-
-    def step():
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            losses, _ = vae_losses(ae, x, y, perceptual, None)
-        opt.zero_grad(set_to_none=True)
-        sum(losses.values()).backward()
-        opt.step()
-
-    return step
+    scheduler = warmup_cosine(opt, 1, 10**9)
+    return lambda: train_step(ae, opt, scheduler, x, y, weights, perceptual, cfg, ctx, None, adversary)
 
 
 def diffusion_step_fn(device, batch: int, reencode: bool, amp: bool):
@@ -163,7 +165,8 @@ def main() -> None:
         "settings": {
             "vae_batch": vae_b,
             "diffusion_batch": diff_b,
-            "fast_sampler": "the default: ddim 50 steps, classifier-free guidance 8 (2 network calls/step)",
+            "fast_sampler": "the default: ddim 50 steps, classifier-free guidance (2 network calls/step); heun 18 "
+            "steps (35 network calls, each 2 with guidance)",
             "slow_sampler": "ddpm 1000 steps, no guidance",
             "repeats": reps,
         },
@@ -171,6 +174,7 @@ def main() -> None:
     r = results["rates"] = {}
     r["vae_train_images_per_s"] = rate(vae_step_fn(device, vae_b, None, amp), vae_b, reps, device)
     r["vae_train_with_vgg_images_per_s"] = rate(vae_step_fn(device, vae_b, vgg, amp), vae_b, reps, device)
+    r["vae_train_adversarial_images_per_s"] = rate(vae_step_fn(device, vae_b, None, amp, True), vae_b, reps, device)
     r["diffusion_train_latents_per_s"] = rate(diffusion_step_fn(device, diff_b, False, amp), diff_b, reps, device)
     r["diffusion_train_reencoding_latents_per_s"] = rate(
         diffusion_step_fn(device, diff_b, True, amp), diff_b, reps, device
@@ -181,7 +185,13 @@ def main() -> None:
             diffusion_step_fn(device, diff_b, False, False), diff_b, reps, device
         )
     r["sample_ddim50_cfg_images_per_s"] = sampling_rate(device, n_fast)  # SamplingOptions' defaults
+    r["sample_heun18_cfg_images_per_s"] = sampling_rate(device, n_fast, sampler="heun", steps=18)
     r["sample_ddpm1000_images_per_s"] = sampling_rate(device, n_slow, sampler="ddpm", steps=1000, guidance_scale=1.0)
+    results["costs"] = {
+        "discriminator_ms_per_vae_step": 1000
+        * vae_b
+        * (1 / r["vae_train_adversarial_images_per_s"] - 1 / r["vae_train_images_per_s"]),
+    }
     results["speedups"] = {
         "diffusion_training_cached_vs_reencoding": r["diffusion_train_latents_per_s"]
         / r["diffusion_train_reencoding_latents_per_s"],

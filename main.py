@@ -12,10 +12,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import difflib
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -35,15 +33,28 @@ from checkpoints import AUTOENCODER_FILE, DIFFUSION_FILE, DIFFUSION_STATE_FILE, 
 from evaluation.diagnose import diagnose_run, format_report
 from evaluation.evaluate import evaluate_run, format_table
 from evaluation.judge import get_judge, load_reference
-from training.config import PRESETS, SECTIONS, RunConfig, add_config_args, explicit_flags, flag_of, resolve_configs
+from training.config import (
+    PRESETS,
+    SECTIONS,
+    Parser,
+    RunConfig,
+    add_config_args,
+    check_unknown_flags,
+    explicit_flags,
+    flag_of,
+    resolve_configs,
+)
 from training.diffusion import train_diffusion
 from models.compiled import compile_mode
 from models.pipeline import load_pipeline
 from training.run import (
     check_output_dir,
+    check_recorded_data,
     folder_lock,
     make_context,
     prepare_output_dir,
+    resolve_paths,
+    run_folder,
     setup_logging,
     write_config,
 )
@@ -60,25 +71,6 @@ ALLOWED = {  # flags each command takes, by config section (None: all of the sec
     "evaluate": {"run": COMMON | DATA, "diffusion": {"compile"}, "sample": SAMPLER, "eval": None},
     "diagnose": {"run": COMMON | DATA, "diffusion": {"compile"}, "sample": SAMPLER, "eval": None},
 }
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (a UserInputError, exit 2) that point to --help instead of printing the usage."""
-
-    def error(self, message: str):
-        raise UserInputError(f"{message}; python main.py --help lists every option")
-
-
-def check_unknown_flags(parser: argparse.ArgumentParser, argv: list[str]) -> None:
-    """Refuse a flag the parser does not know, before argparse takes its value for the command, naming the nearest
-    known flag."""
-    known = [flag for flag in parser._option_string_actions if flag.startswith("--")]
-    for token in argv:
-        flag = token.split("=", 1)[0]
-        if token.startswith("--") and flag not in known:
-            close = difflib.get_close_matches(flag, known, n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
-            raise UserInputError(f"unrecognized argument {flag}{hint}; python main.py --help lists every option")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -129,23 +121,6 @@ def load_splits(run) -> tuple:
         max_images=run.max_images,
         generator=torch.Generator().manual_seed(run.seed),
     )
-
-
-def resolve_paths(run: RunConfig) -> RunConfig:
-    """The run options with its data folders as absolute paths, so that config.json names them from anywhere."""
-    data_dir = str(Path(run.data_dir).resolve()) if run.data_dir is not None else None
-    return dataclasses.replace(run, data_dir=data_dir, download_dir=str(Path(run.download_dir).resolve()))
-
-
-def check_recorded_data(run: RunConfig, out_dir: Path) -> None:
-    """A data folder taken from the run's config.json that is missing here: say where the path came from and which
-    flag overrides it (the data loader alone would only say that it does not exist)."""
-    path = out_dir / "config.json"
-    recorded = json.loads(path.read_text()).get("run", {}) if path.is_file() else {}
-    if run.data_dir is not None and run.data_dir == recorded.get("data_dir") and not Path(run.data_dir).exists():
-        raise UserInputError(
-            f"data dir {run.data_dir}, recorded in {path}, does not exist here; pass --data-dir DIR to use another"
-        )
 
 
 def train(cfg: dict) -> None:
@@ -323,25 +298,6 @@ def judged_run(cfg: dict) -> dict:
         options=s.options(),
         seed=seed,
     )
-
-
-@contextlib.contextmanager
-def run_folder(out_dir: Path, command: str):
-    """Hold the lock of a trained run's folder while `command` reads and writes there; a folder without a run, or one
-    this user cannot write to, is refused with one line before any work is done."""
-    out_dir = Path(out_dir)
-    if not (out_dir / AUTOENCODER_FILE).is_file():
-        raise UserInputError(
-            f"no trained run in {out_dir}: checkpoint not found: {out_dir / AUTOENCODER_FILE} (train one with "
-            f"python main.py --output-dir {out_dir}, or pass the run's folder as --output-dir)"
-        )
-    if not os.access(out_dir, os.W_OK | os.X_OK):
-        raise UserInputError(
-            f"output dir {out_dir} is not writable: {command} writes its results there; run it on a writable copy "
-            f"(cp -r {out_dir} NEW_DIR, then --output-dir NEW_DIR)"
-        )
-    with folder_lock(out_dir, command):
-        yield
 
 
 def evaluate(cfg: dict) -> None:

@@ -18,12 +18,12 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import models.unet  # noqa: E402
+import models.layers  # noqa: E402
 from models import ConditionalDenoiseDiffusion, ConditionalUNet  # noqa: E402
 from training.context import native_bf16  # noqa: E402
 from training.optim import make_optimizer  # noqa: E402
 
-FORMS = {"matmuls": models.unet.attention, "sdpa": F.scaled_dot_product_attention}
+FORMS = {"matmuls": models.layers.attention, "sdpa": F.scaled_dot_product_attention}
 
 
 def main() -> None:
@@ -54,7 +54,7 @@ def main() -> None:
     times = {(form, what): [] for form in FORMS for what in ("train", "sample")}
     for _ in range(a.rounds):
         for form, fn in FORMS.items():
-            models.unet.attention = fn
+            models.layers.attention = fn
             for what, call in (("train", train_step), ("sample", sample_call)):
                 call()  # warm-up
                 start = time.perf_counter()

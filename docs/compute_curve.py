@@ -43,15 +43,21 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for q in points:
         s = q["samples"]
-        cells = [" / ".join(f"{s[c][m]:{f}}" for c in CLASSES) for m, f in
-                 (("fd", ".2f"), ("recall", ".2f"), ("colour_fd", ".0f"), ("copies", ".2f"))]
+        cells = [
+            " / ".join(f"{s[c][m]:{f}}" for c in CLASSES)
+            for m, f in (("fd", ".2f"), ("recall", ".2f"), ("colour_fd", ".0f"), ("copies", ".2f"))
+        ]
         print(f"| {q['latents']:,} ({q['run']}) | " + " | ".join(cells) + " |")
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     x = [q["latents"] for q in points]
     for c, style in zip(CLASSES, ("o-", "s--")):
         axes[0].plot(x, [q["samples"][c]["fd"] for q in points], style, label=f"{c}s")
-        axes[0].axhline(points[-1]["blur"][c]["fd"], ls=":", color="C0" if c == "cat" else "C1",
-                        label=f"blur 0.7 ({c}s): the target")
+        axes[0].axhline(
+            points[-1]["blur"][c]["fd"],
+            ls=":",
+            color="C0" if c == "cat" else "C1",
+            label=f"blur 0.7 ({c}s): the target",
+        )
         axes[1].plot(x, [q["samples"][c]["recall"] for q in points], style, label=f"{c}s")
     axes[1].axhline(0.6, ls=":", color="grey", label="recall 0.6: the target")
     for ax, label in zip(axes, ("feature FD (lower is better)", "recall (higher is better)")):

@@ -4,7 +4,8 @@
 # Usage: bash docs/levers.sh CATDOG_DIR OTHER_DIR RUNS_DIR   (e.g. ../shared/data/cifar10-catdog/train
 #        ../shared/data/cifar10-other/train runs)
 # Rows marked "at commit f081ab5" in the README were trained by that commit's code (before the speed changes, which
-# alter the arithmetic's rounding, not the model); the flags below reproduce them with today's code.
+# alter the arithmetic's rounding, not the model). Every row here is of the token U-Net that the bake-off replaced
+# (docs/bakeoff.sh): check out commit 7b68753 to run this script as it was run.
 set -euo pipefail
 D=${1:?cat/dog data dir}; O=${2:?other classes dir}; R=${3:?runs dir}
 E=(--eval-reference-dir "$D" "$O" --device cpu)

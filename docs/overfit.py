@@ -72,9 +72,7 @@ def main() -> None:
     ae = build(SimpleAutoencoder, load_file(path), path).eval()
     torch.manual_seed(0)
     net = ConditionalUNet(prediction=a.prediction)  # in the default process (cosine, 1000 steps, normalised latents)
-    diffusion = ConditionalDenoiseDiffusion(
-        net, device="cpu", class_dropout=0.0, timestep_sampling=a.timestep_sampling
-    )
+    diffusion = ConditionalDenoiseDiffusion(net, device="cpu", class_dropout=0.0, timestep_sampling=a.timestep_sampling)
     idx = torch.cat([torch.nonzero(train.y == c)[: a.latents // 2, 0] for c in (0, 1)])
     with torch.no_grad():
         z = diffusion.from_vae_latents(ae, encode_images(ae, train.x[idx])[0])
@@ -90,8 +88,11 @@ def main() -> None:
                 curve.append({"step": step, "seconds": time.perf_counter() - start, "ladder": rows})
             net.train()
             mid = curve[-1]["ladder"][300]
-            print(f"step {step}: eps-MSE at t=300 {mid['denoiser']:.4f} (Gaussian {mid['gaussian']:.4f}, empirical "
-                  f"{mid['empirical']:.4f})", flush=True)
+            print(
+                f"step {step}: eps-MSE at t=300 {mid['denoiser']:.4f} (Gaussian {mid['gaussian']:.4f}, empirical "
+                f"{mid['empirical']:.4f})",
+                flush=True,
+            )
             earlier = [c for c in curve if c["step"] <= step - 1500]
             if earlier and mid["denoiser"] > 0.97 * earlier[-1]["ladder"][300]["denoiser"]:
                 break  # less than 3% better than 1,500 steps ago: the loss has stopped falling
@@ -108,8 +109,13 @@ def main() -> None:
         ax.plot([c["step"] for c in curve], [c["ladder"][t]["denoiser"] for c in curve], color=color, label=f"t={t}")
         ax.axhline(curve[0]["ladder"][t]["gaussian"], color=color, ls="--", lw=0.8)
         ax.axhline(curve[0]["ladder"][t]["empirical"], color=color, ls=":", lw=0.8)
-    ax.set(yscale="log", ylim=(1e-3, 1.2), xlabel="step", ylabel="eps-MSE on its own training latents",
-           title=f"the denoiser on {len(z)} latents (dashed: Gaussian, dotted: empirical optimum)")
+    ax.set(
+        yscale="log",
+        ylim=(1e-3, 1.2),
+        xlabel="step",
+        ylabel="eps-MSE on its own training latents",
+        title=f"the denoiser on {len(z)} latents (dashed: Gaussian, dotted: empirical optimum)",
+    )
     ax.legend()
     fig.tight_layout()
     fig.savefig(a.out.with_suffix(".png"), dpi=100)

@@ -113,9 +113,7 @@ def judge_image_sets(autoencoder, diffusion, bank, held_z, held: Split, n: int, 
 
     return {
         CEILING_ROW: [decode(autoencoder, diffusion, z) for z in train_z],
-        RECON_ROW: [
-            decode(autoencoder, diffusion, z_held[y_held == c]) for c in range(len(CLASS_NAMES))
-        ],
+        RECON_ROW: [decode(autoencoder, diffusion, z_held[y_held == c]) for c in range(len(CLASS_NAMES))],
         BLUR_ROW: [gaussian_blur(images, 0.7) for images in real],
         "samples of the per-class Gaussian": [decode(autoencoder, diffusion, g.sample(n, gen)) for g in gaussians],
         "samples, no guidance": samples(options.replace(guidance_scale=1.0)),
@@ -199,12 +197,16 @@ def _finite(value):
 
 def format_report(result: dict) -> str:
     """The diagnosis as plain text: the ladder per class, the judge rows, the verdict."""
-    lines = ["loss ladder: eps-MSE per dimension (no guidance, true label); gain = the denoiser's loss below the "
-             "Gaussian's on held-out latents; gap = its held-out loss above its training loss; n_eff = training "
-             "latents the empirical optimum mixes"]
+    lines = [
+        "loss ladder: eps-MSE per dimension (no guidance, true label); gain = the denoiser's loss below the "
+        "Gaussian's on held-out latents; gap = its held-out loss above its training loss; n_eff = training "
+        "latents the empirical optimum mixes"
+    ]
     for name, sets in result["ladder"].items():
-        lines.append(f"{name}: {'t':>5s} | held-out: {'denoiser':>9s}{'Gaussian':>10s}{'empirical':>10s}{'gain':>9s}"
-                     f" | training: {'denoiser':>9s}{'empirical':>10s}{'n_eff':>8s}{'gap':>9s}")
+        lines.append(
+            f"{name}: {'t':>5s} | held-out: {'denoiser':>9s}{'Gaussian':>10s}{'empirical':>10s}{'gain':>9s}"
+            f" | training: {'denoiser':>9s}{'empirical':>10s}{'n_eff':>8s}{'gap':>9s}"
+        )
         for t, held in sets["held_out"].items():
             train, s = sets["train"][t], result["ladder_summary"][name][t]
             lines.append(
@@ -212,12 +214,16 @@ def format_report(result: dict) -> str:
                 f"{held['empirical']:>10.4f}{s['gain_over_gaussian']:>8.1f}% | {'':9s} {train['denoiser']:>9.4f}"
                 f"{train['empirical']:>10.4f}{train['effective_latents']:>8.1f}{s['train_gap']:>8.1f}%"
             )
-    lines.append(f"judge rows ({result['samples_per_class']} per class where drawn; cat / dog, against the held-out "
-                 "images of the class):")
+    lines.append(
+        f"judge rows ({result['samples_per_class']} per class where drawn; cat / dog, against the held-out "
+        "images of the class):"
+    )
     lines.append(f"{'set':40s}{'FD':>15s}{'recall':>15s}{'colour FD':>15s}{'copies':>15s}")
     for row, scores in result["judge_rows"].items():
-        cells = [" / ".join(f"{scores[c][m]:{f}}" for c in CLASS_NAMES) for m, f in
-                 (("fd", ".2f"), ("recall", ".2f"), ("colour_fd", ".0f"), ("copies", ".2f"))]
+        cells = [
+            " / ".join(f"{scores[c][m]:{f}}" for c in CLASS_NAMES)
+            for m, f in (("fd", ".2f"), ("recall", ".2f"), ("colour_fd", ".0f"), ("copies", ".2f"))
+        ]
         lines.append(f"{row:40s}" + "".join(f"{cell:>15s}" for cell in cells))
     lines.append(result["verdict"])
     return "\n".join(lines)

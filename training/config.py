@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 from dataclasses import dataclass, field
 
 from errors import UserInputError
@@ -114,7 +115,8 @@ class VAEConfig:
         "non_negative",
     )
     adversarial_start: float = opt(
-        0.5, "the adversarial phase starts at this fraction of steps (not before the reconstruction phase ends)",
+        0.5,
+        "the adversarial phase starts at this fraction of steps (not before the reconstruction phase ends)",
         "fraction",
     )
     scale_equivariance_weight: float = opt(
@@ -237,7 +239,9 @@ class EvalConfig:
     )
     name: str = opt("evaluation", "results go to OUTPUT_DIR/NAME.json", flag="--eval-name")
     diagnose_samples: int = opt(
-        500, "diagnose command: images per class in each judge row, and training latents in the ladder", "positive",
+        500,
+        "diagnose command: images per class in each judge row, and training latents in the ladder",
+        "positive",
         flag="--diagnose-samples",
     )
     classifier_epochs: int = opt(15, "epochs of the judge classifier", "positive")
@@ -310,6 +314,25 @@ def validate_sampling(cfg: dict) -> None:
 
 def _flag(f: dataclasses.Field, prefix: str) -> str:
     return f.metadata.get("flag") or "--" + prefix + f.name.replace("_", "-")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (a UserInputError, exit 2) that point to --help instead of printing the usage."""
+
+    def error(self, message: str):
+        raise UserInputError(f"{message}; python main.py --help lists every option")
+
+
+def check_unknown_flags(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """Refuse a flag the parser does not know, before argparse takes its value for the command, naming the nearest
+    known flag."""
+    known = [flag for flag in parser._option_string_actions if flag.startswith("--")]
+    for token in argv:
+        flag = token.split("=", 1)[0]
+        if token.startswith("--") and flag not in known:
+            close = difflib.get_close_matches(flag, known, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise UserInputError(f"unrecognized argument {flag}{hint}; python main.py --help lists every option")
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:

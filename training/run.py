@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from checkpoints import AUTOENCODER_FILE
 from errors import UserInputError
 from training.context import RunContext, native_bf16
 from training.config import RunConfig
@@ -134,6 +135,42 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # it exists, under another user
         return True
     return True
+
+
+def resolve_paths(run: RunConfig) -> RunConfig:
+    """The run options with its data folders as absolute paths, so that config.json names them from anywhere."""
+    data_dir = str(Path(run.data_dir).resolve()) if run.data_dir is not None else None
+    return dataclasses.replace(run, data_dir=data_dir, download_dir=str(Path(run.download_dir).resolve()))
+
+
+def check_recorded_data(run: RunConfig, out_dir: Path) -> None:
+    """A data folder taken from the run's config.json that is missing here: say where the path came from and which
+    flag overrides it (the data loader alone would only say that it does not exist)."""
+    path = out_dir / "config.json"
+    recorded = json.loads(path.read_text()).get("run", {}) if path.is_file() else {}
+    if run.data_dir is not None and run.data_dir == recorded.get("data_dir") and not Path(run.data_dir).exists():
+        raise UserInputError(
+            f"data dir {run.data_dir}, recorded in {path}, does not exist here; pass --data-dir DIR to use another"
+        )
+
+
+@contextlib.contextmanager
+def run_folder(out_dir: Path, command: str):
+    """Hold the lock of a trained run's folder while `command` reads and writes there; a folder without a run, or one
+    this user cannot write to, is refused with one line before any work is done."""
+    out_dir = Path(out_dir)
+    if not (out_dir / AUTOENCODER_FILE).is_file():
+        raise UserInputError(
+            f"no trained run in {out_dir}: checkpoint not found: {out_dir / AUTOENCODER_FILE} (train one with "
+            f"python main.py --output-dir {out_dir}, or pass the run's folder as --output-dir)"
+        )
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise UserInputError(
+            f"output dir {out_dir} is not writable: {command} writes its results there; run it on a writable copy "
+            f"(cp -r {out_dir} NEW_DIR, then --output-dir NEW_DIR)"
+        )
+    with folder_lock(out_dir, command):
+        yield
 
 
 def setup_logging(out_dir: Path | None, is_main: bool) -> None:
