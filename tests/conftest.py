@@ -28,26 +28,25 @@ torch.set_num_threads(1)  # a test never waits on a core that another process ho
 
 ROOT = Path(__file__).resolve().parents[1]
 
+
+def smoke_run(vae: tuple[int, int], diffusion: tuple[int, int], log_every: int, checkpoint_every: int) -> list[str]:
+    """Flags of a smoke-preset run on one CPU thread: (steps, batch size) of each stage and the logging cadence."""
+    stages = ("--vae-steps", "--vae-batch-size", "--diffusion-steps", "--diffusion-batch-size")
+    flags = dict(zip(stages, (*vae, *diffusion)), **{"--log-every": log_every, "--checkpoint-every": checkpoint_every})
+    return [
+        "--preset",
+        "smoke",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        *(x for f, v in flags.items() for x in (f, str(v))),
+    ]
+
+
 # Command-line flags of a run that trains both stages on the CPU in seconds.
 TINY_RUN = [
-    "--preset",
-    "smoke",
-    "--device",
-    "cpu",
-    "--threads",
-    "1",
-    "--vae-steps",
-    "12",
-    "--vae-batch-size",
-    "16",
-    "--diffusion-steps",
-    "12",
-    "--diffusion-batch-size",
-    "32",
-    "--log-every",
-    "4",
-    "--checkpoint-every",
-    "6",
+    *smoke_run(vae=(12, 16), diffusion=(12, 32), log_every=4, checkpoint_every=6),
     "--num-samples",
     "4",
     "--sample-steps",

@@ -6,7 +6,7 @@ import sys
 
 import torch
 
-from conftest import ROOT, run_main
+from conftest import ROOT, run_main, smoke_run
 
 
 def test_two_process_ddp_run_on_cpu(image_folder, tmp_path):
@@ -18,28 +18,11 @@ def test_two_process_ddp_run_on_cpu(image_folder, tmp_path):
         "--standalone",
         "--nproc_per_node=2",
         str(ROOT / "main.py"),
-        "--preset",
-        "smoke",
-        "--device",
-        "cpu",
-        "--threads",
-        "1",
+        *smoke_run(vae=(8, 8), diffusion=(8, 16), log_every=4, checkpoint_every=4),
         "--data-dir",
         str(image_folder),
         "--output-dir",
         str(out),
-        "--vae-steps",
-        "8",
-        "--vae-batch-size",
-        "8",
-        "--diffusion-steps",
-        "8",
-        "--diffusion-batch-size",
-        "16",
-        "--log-every",
-        "4",
-        "--checkpoint-every",
-        "4",
         "--no-figures",
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)

@@ -10,30 +10,13 @@ import pytest
 import torch
 
 import main
-from conftest import ROOT, run_main, same_state
+from conftest import ROOT, run_main, same_state, smoke_run
 from training.context import RunContext
 from training.loop import MetricsLog, run_steps
 
 # Long enough to be killed mid-stage, short enough for CI; no figures, only checkpoints matter here.
 RUN = [
-    "--preset",
-    "smoke",
-    "--device",
-    "cpu",
-    "--threads",
-    "1",
-    "--vae-steps",
-    "40",
-    "--vae-batch-size",
-    "8",
-    "--diffusion-steps",
-    "16",
-    "--diffusion-batch-size",
-    "16",
-    "--checkpoint-every",
-    "8",
-    "--log-every",
-    "4",
+    *smoke_run(vae=(40, 8), diffusion=(16, 16), log_every=4, checkpoint_every=8),
     "--no-figures",
     "--vae-adversarial-weight",  # the discriminator and its optimizer are part of the resumed state
     "0.5",
