@@ -8,24 +8,24 @@ import json
 import sys
 
 HEADER = (
-    "| configuration | feature FD (cat / dog) | recall (cat / dog) | colour FD (cat / dog) | precision (cat / dog) | "
-    "called its class (cat / dog) | PSNR (dB) | sampler |\n|---|---|---|---|---|---|---|---|"
+    "| configuration | feature FD (cat / dog) | recall (cat / dog) | colour FD (cat / dog) | copies (cat / dog) | "
+    "precision (cat / dog) | called its class (cat / dog) | PSNR (dB) | sampler |\n|---|---|---|---|---|---|---|---|---|"
 )
 CALIBRATION_HEADER = (
-    "| image set | n per class | feature FD (cat / dog) | recall (cat / dog) | colour FD (cat / dog) | "
-    "precision (cat / dog) | called its class (cat / dog) |\n|---|---|---|---|---|---|---|"
+    "| image set | n per class | feature FD (cat / dog) | recall (cat / dog) | colour FD (cat / dog) | copies (cat / dog) "
+    "| precision (cat / dog) | called its class (cat / dog) |\n|---|---|---|---|---|---|---|---|"
 )
 
 
 def pair(scores: dict, metric: str, fmt: str) -> str:
-    values = [scores[c].get(metric) for c in ("cat", "dog")]  # older files lack colour_fd
+    values = [scores[c].get(metric) for c in ("cat", "dog")]  # older files lack colour_fd and copies
     return " / ".join("n/a" if v is None else format(v, fmt) for v in values)
 
 
 def scores_cells(s: dict) -> str:
     return (
         f"{pair(s, 'fd', '.2f')} | {pair(s, 'recall', '.2f')} | {pair(s, 'colour_fd', '.0f')} | "
-        f"{pair(s, 'precision', '.2f')} | {pair(s, 'fidelity', '.0%')}"
+        f"{pair(s, 'copies', '.2f')} | {pair(s, 'precision', '.2f')} | {pair(s, 'fidelity', '.0%')}"
     )
 
 
@@ -35,7 +35,8 @@ def row(label: str, path: str) -> str:
     lo, hi = smp.get("guidance_interval", (0, 1))
     interval = "" if (lo, hi) == (0, 1) else f" on t/T in [{lo:g}, {hi:g}]"
     kind = {"cfg": "CFG", "autoguidance": "autoguidance"}.get(smp.get("guidance", "cfg"), "CFG")
-    sampler = f"{smp['sampler']} {smp['steps']}, eta {smp['eta']:g}, {kind} {smp['guidance_scale']:g}{interval}"
+    eta = "" if smp["sampler"] == "heun" else f", eta {smp['eta']:g}"  # Heun's solver is deterministic
+    sampler = f"{smp['sampler']} {smp['steps']}{eta}, {kind} {smp['guidance_scale']:g}{interval}"
     return f"| {label} | {scores_cells(r['samples'])} | {r['reconstruction']['psnr']:.2f} | {sampler} |"
 
 

@@ -70,7 +70,7 @@ TIMESTEP_SAMPLING = ("uniform", "lognormal")
 LOGNORMAL_MEAN, LOGNORMAL_STD = -1.2 + math.log(2.0), 1.2
 
 GUIDANCE = ("cfg", "autoguidance")
-DEFAULT_SCALE = {"cfg": 8.0, "autoguidance": 3.0}  # measured best (README); 1.0 = no guidance for either
+DEFAULT_SCALE = {"cfg": 3.0, "autoguidance": 3.0}  # measured best (README); 1.0 = no guidance for either
 
 
 @dataclass(frozen=True)
@@ -180,6 +180,7 @@ class ConditionalDenoiseDiffusion:
         self.normalize_latents = process["normalize_latents"]
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.alphas_cumprod = SCHEDULES[self.schedule](self.n_steps).float().to(self.device)  # (T,)
+        self.log_sigmas = 0.5 * ((1 - self.alphas_cumprod) / self.alphas_cumprod).log()  # (T,), increasing
 
     def compile(self, mode: str) -> "ConditionalDenoiseDiffusion":
         """Sample through torch.compile(model) in `mode` ("reduce-overhead": CUDA graphs, so that 50 steps of a batch
@@ -260,9 +261,8 @@ class ConditionalDenoiseDiffusion:
         device = self.alphas_cumprod.device
         if self.timestep_sampling == "uniform":
             return torch.randint(0, self.n_steps, (n,), device=device, generator=generator)
-        log_sigma = 0.5 * ((1 - self.alphas_cumprod) / self.alphas_cumprod).log()  # (T,), increasing
         target = LOGNORMAL_MEAN + LOGNORMAL_STD * torch.randn(n, device=device, generator=generator)
-        return torch.searchsorted(log_sigma, target).clamp(max=self.n_steps - 1)
+        return torch.searchsorted(self.log_sigmas, target).clamp(max=self.n_steps - 1)
 
     def predict_eps(
         self, z_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor, guidance_scale: float = 1.0, guidance: str = "cfg"

@@ -334,12 +334,12 @@ def test_autoguidance_extrapolates_from_the_guide_network_and_needs_one():
         guide.w.fill_(-0.5)
     guide.prediction = "eps"
     diffusion = ConditionalDenoiseDiffusion(toy, n_steps=100, device="cpu")
-    assert SamplingOptions().resolve(toy) == SamplingOptions(guidance="cfg", guidance_scale=8.0)
+    assert SamplingOptions().resolve(toy) == SamplingOptions(guidance="cfg", guidance_scale=3.0)
     with pytest.raises(UserInputError, match="no.*guide|guide.*none"):
         SamplingOptions(guidance="autoguidance").resolve(toy)
     toy.guide = guide
     assert SamplingOptions(guidance="autoguidance").resolve(toy).guidance_scale == 3.0
-    assert SamplingOptions().resolve(toy) == SamplingOptions(guidance="cfg", guidance_scale=8.0)
+    assert SamplingOptions().resolve(toy) == SamplingOptions(guidance="cfg", guidance_scale=3.0)
     z, t, y = torch.randn(3, 8), torch.tensor([5, 50, 99]), torch.tensor([0, 1, 0])
     good, weak = toy(z, t, y), guide(z, t, y)
     assert torch.allclose(diffusion.predict_eps(z, t, y, 3.0, "autoguidance"), weak + 3.0 * (good - weak), atol=1e-6)
