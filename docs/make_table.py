@@ -9,11 +9,11 @@ import sys
 
 HEADER = (
     "| configuration | feature FD (cat / dog) | recall (cat / dog) | colour FD (cat / dog) | copies (cat / dog) | "
-    "precision (cat / dog) | called its class (cat / dog) | PSNR (dB) | sampler |\n|---|---|---|---|---|---|---|---|---|"
+    "precision (cat / dog) | called its class (cat / dog) | PSNR (dB) | sampler |\n" + "|---" * 9 + "|"
 )
 CALIBRATION_HEADER = (
-    "| image set | n per class | feature FD (cat / dog) | recall (cat / dog) | colour FD (cat / dog) | copies (cat / dog) "
-    "| precision (cat / dog) | called its class (cat / dog) |\n|---|---|---|---|---|---|---|---|"
+    "| image set | n per class | feature FD (cat / dog) | recall (cat / dog) | colour FD (cat / dog) | "
+    "copies (cat / dog) | precision (cat / dog) | called its class (cat / dog) |\n" + "|---" * 8 + "|"
 )
 
 

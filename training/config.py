@@ -201,7 +201,7 @@ class SampleConfig:
         choices=GUIDANCE,
     )
     guidance_scale: float | None = opt(
-        SAMPLING.guidance_scale, "guidance scale (default: 3, for cfg and autoguidance alike; 1.0 = off)", "non_negative"
+        SAMPLING.guidance_scale, "guidance scale (default: 3 for cfg and autoguidance alike; 1.0 = off)", "non_negative"
     )
     guidance_interval: tuple[float, float] = opt(
         SAMPLING.guidance_interval,

@@ -88,14 +88,14 @@ def test_copy_fraction_is_five_percent_for_held_out_images_and_one_for_copies():
     assert copy_fraction(train, held, train[:300] + 1e-3) == 1.0
 
 
-def rows(samples_fd, ceiling_fd, blur_fd, copies=0.08):
+def rows(samples_fd, ceiling_fd, blur_fd, copies=0.05):
     def row(fd, copied):
-        return {c: {"fd": v, "copies": copied} for c, v in zip(("cat", "dog"), fd)}
+        return {c: {"fd": v, "copies": 0.1, "latent_copies": copied} for c, v in zip(("cat", "dog"), fd)}
 
     return {
-        CEILING_ROW: row(ceiling_fd, 0.16),  # decoded training latents are near copies of training images
-        RECON_ROW: row((1.0, 1.0), 0.07),
-        BLUR_ROW: row(blur_fd, 0.05),
+        CEILING_ROW: row(ceiling_fd, 1.0),  # training latents are their own nearest training latents
+        RECON_ROW: row((1.0, 1.0), 0.05),
+        BLUR_ROW: row(blur_fd, None),
         "samples, cfg 3": row(samples_fd, copies),
     }
 
@@ -114,7 +114,7 @@ SUMMARY = {c: {300: {"gain_over_gaussian": 9.0, "train_gap": 0.1}} for c in ("ca
 def test_verdict_names_the_bottleneck(fds, expected):
     line = verdict(rows(*fds), SUMMARY)
     assert line.startswith(expected) and "copy" not in line
-    assert "close copies of training images" in verdict(rows(*fds, copies=0.13), SUMMARY)
+    assert "close copies of training latents" in verdict(rows(*fds, copies=0.13), SUMMARY)
 
 
 def test_diagnose_command_prints_the_ladder_rows_and_a_verdict(trained_run, tmp_path):
@@ -134,4 +134,7 @@ def test_diagnose_command_prints_the_ladder_rows_and_a_verdict(trained_run, tmp_
     assert list(result["judge_rows"])[:3] == [CEILING_ROW, RECON_ROW, BLUR_ROW]
     assert result["judge_rows"][CEILING_ROW]["dog"]["n"] == 6
     assert 0 <= result["judge_rows"]["samples, no guidance"]["cat"]["copies"] <= 1
+    assert result["judge_rows"][CEILING_ROW]["cat"]["latent_copies"] == 1.0  # training latents are their own copies
+    assert result["judge_rows"][RECON_ROW]["dog"]["latent_copies"] <= 0.5  # held-out latents: 1 of the 2 here
+    assert result["judge_rows"][BLUR_ROW]["cat"]["latent_copies"] is None
     assert result["verdict"].startswith(("bottleneck", "no bottleneck"))
