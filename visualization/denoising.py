@@ -154,7 +154,7 @@ def create_diffusion_animation(
     label = class_index(target_class)
     generator = ensure_generator(generator, diffusion.device)
     options = options or SamplingOptions()
-    options = options.replace(steps=max(options.steps, num_frames - 1))
+    options = options.replace(steps=max(options.step_count, num_frames - 1))
     traj = record_trajectory(diffusion, label, num_samples, generator, options)
     chosen = np.unique(np.linspace(0, len(traj.timesteps) - 1, num_frames).round().astype(int))
     frames = [

@@ -292,7 +292,7 @@ def test_guidance_interval_guides_only_the_timesteps_inside_it():
     calls = []
     real = diffusion.predict_eps
     diffusion.predict_eps = lambda z, t, y, scale, kind: calls.append((int(t[0]), scale)) or real(z, t, y, scale, kind)
-    diffusion.sample(torch.tensor([0, 1]), steps=10, guidance_scale=3.0, guidance_interval=(0.2, 0.6))
+    diffusion.sample(torch.tensor([0, 1]), sampler="ddim", steps=10, guidance_scale=3.0, guidance_interval=(0.2, 0.6))
     assert [t for t, _ in calls] == spaced_timesteps(100, 10)
     assert all((scale == 3.0) == (0.2 * 99 <= t <= 0.6 * 99) for t, scale in calls)
     assert {scale for _, scale in calls} == {1.0, 3.0}
@@ -306,6 +306,7 @@ def test_one_set_of_sampling_defaults_for_every_entry_point():
     from training.config import SampleConfig
 
     assert SampleConfig().options() == SamplingOptions()
+    assert SamplingOptions().resolve(_Toy()).steps == 18 and SamplingOptions(sampler="ddim").step_count == 50
     for fn in (ConditionalDenoiseDiffusion.sample, generate_class_samples):
         names = set(inspect.signature(fn).parameters)
         assert "options" in names and not names & {"sampler", "steps", "eta", "guidance_scale"}  # no second default
@@ -334,12 +335,12 @@ def test_autoguidance_extrapolates_from_the_guide_network_and_needs_one():
         guide.w.fill_(-0.5)
     guide.prediction = "eps"
     diffusion = ConditionalDenoiseDiffusion(toy, n_steps=100, device="cpu")
-    assert SamplingOptions().resolve(toy) == SamplingOptions(guidance="cfg", guidance_scale=3.0)
+    assert SamplingOptions().resolve(toy) == SamplingOptions(guidance="cfg", guidance_scale=3.0, steps=18)
     with pytest.raises(UserInputError, match="no.*guide|guide.*none"):
         SamplingOptions(guidance="autoguidance").resolve(toy)
     toy.guide = guide
     assert SamplingOptions(guidance="autoguidance").resolve(toy).guidance_scale == 3.0
-    assert SamplingOptions().resolve(toy) == SamplingOptions(guidance="cfg", guidance_scale=3.0)
+    assert SamplingOptions().resolve(toy) == SamplingOptions(guidance="cfg", guidance_scale=3.0, steps=18)
     z, t, y = torch.randn(3, 8), torch.tensor([5, 50, 99]), torch.tensor([0, 1, 0])
     good, weak = toy(z, t, y), guide(z, t, y)
     assert torch.allclose(diffusion.predict_eps(z, t, y, 3.0, "autoguidance"), weak + 3.0 * (good - weak), atol=1e-6)
