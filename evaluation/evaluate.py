@@ -34,7 +34,7 @@ from evaluation.metrics import (
 from models.batched import psnr, reconstruct_images
 from models.diffusion import SamplingOptions
 from models.generate import generate_class_samples
-from visualization.samples import save_sample_sheet
+from visualization.samples import save_reconstruction_sheet, save_sample_sheet
 
 log = logging.getLogger(__name__)
 STEREOTYPE_IMAGES = 20  # distinct images in the stereotype set
@@ -200,6 +200,8 @@ def evaluate_run(
     result["sheet"] = str(
         save_sample_sheet([s[:SHEET_SAMPLES] for s in samples], CLASS_NAMES, out_dir / f"{eval_cfg.name}_sheet.png")
     )
+    path = out_dir / f"{eval_cfg.name}_reconstructions.png"
+    result["reconstruction_sheet"] = str(save_reconstruction_sheet(real, recons_per_class, CLASS_NAMES, path))
     result = _nan_to_none(result)
     (out_dir / f"{eval_cfg.name}.json").write_text(json.dumps(result, indent=2))
     return result
@@ -271,5 +273,7 @@ def format_table(result: dict) -> str:
     seen = result["metric_sees_failures"]
     lines.append("which failures each metric ranks clearly worse than real images (a blind metric sees none):")
     lines += [f"  {m}: {', '.join(bad) if bad else 'NONE'}" for m, bad in seen.items()]
-    lines.append(f"sample sheet: {result['sheet']}")
+    lines.append(
+        f"sample sheet: {result['sheet']}; reconstructions beside their originals: {result['reconstruction_sheet']}"
+    )
     return "\n".join(lines)

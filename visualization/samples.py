@@ -51,7 +51,28 @@ def save_sample_sheet(
 ) -> Path:
     """One PNG of samples to judge by eye: a labelled block of images (N, 3, H, W) in [0, 1] per class, one above
     the other, each pixel enlarged `scale` times (nearest neighbour, so nothing is smoothed)."""
-    blocks = [Image.fromarray(tile(images, nrow, pad=1)) for images in per_class]
+    labels = [f"{name} ({len(images)} samples)" for name, images in zip(names, per_class)]
+    return labelled_sheet(per_class, labels, path, nrow, scale)
+
+
+def save_reconstruction_sheet(
+    originals: list[torch.Tensor], recons: list[torch.Tensor], names: tuple[str, ...], path: str | Path, pairs: int = 64
+) -> Path:
+    """Like save_sample_sheet, for `pairs` images of each class beside their reconstructions: 8 pairs a row, each
+    original on the left of its reconstruction, enlarged 4x."""
+    blocks = [torch.stack([o[:pairs], r[:pairs]], 1).flatten(0, 1) for o, r in zip(originals, recons)]  # o0 r0 o1 ...
+    labels = [
+        f"{name}: {min(pairs, len(o))} held-out images, each left of its reconstruction"
+        for name, o in zip(names, originals)
+    ]
+    return labelled_sheet(blocks, labels, path, nrow=16, scale=4)
+
+
+def labelled_sheet(
+    blocks_images: list[torch.Tensor], labels: list[str], path: str | Path, nrow: int, scale: int
+) -> Path:
+    """Blocks of images (N, 3, H, W) in [0, 1], `nrow` a row, one above the other under their labels, enlarged."""
+    blocks = [Image.fromarray(tile(images, nrow, pad=1)) for images in blocks_images]
     blocks = [b.resize((b.width * scale, b.height * scale), Image.NEAREST) for b in blocks]
     try:
         font = ImageFont.load_default(size=28)
@@ -60,8 +81,8 @@ def save_sample_sheet(
     label_h = 40
     sheet = Image.new("RGB", (max(b.width for b in blocks), sum(b.height + label_h for b in blocks)), "white")
     y = 0
-    for block, name, images in zip(blocks, names, per_class):
-        ImageDraw.Draw(sheet).text((8, y + 4), f"{name} ({len(images)} samples)", fill="black", font=font)
+    for block, label in zip(blocks, labels):
+        ImageDraw.Draw(sheet).text((8, y + 4), label, fill="black", font=font)
         sheet.paste(block, (0, y + label_h))
         y += block.height + label_h
     path = Path(path)

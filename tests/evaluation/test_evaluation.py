@@ -106,5 +106,6 @@ def test_evaluate_command_writes_json_table_and_sheet(trained_run, tmp_path):
     assert result["sampling"]["steps"] == 4 and result["sampling"]["samples_per_class"] == 6
     assert result["held_out_images"] == 4  # the run's own split (10% of 48, per class), read from its config.json
     assert (out / "judge_classifier.pt").is_file()
+    assert Image.open(out / "evaluation_reconstructions.png").width > Image.open(out / "evaluation_sheet.png").width
     sheet = Image.open(out / "evaluation_sheet.png")
     assert sheet.width >= 3 * 6 * 32  # 6 samples in a row, enlarged at least 3x

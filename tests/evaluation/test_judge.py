@@ -134,6 +134,18 @@ def test_sample_sheet_holds_every_class_block_enlarged(tmp_path):
     assert np.abs(first.astype(float) - expected).max() <= 1
 
 
+def test_reconstruction_sheet_puts_each_original_left_of_its_reconstruction(tmp_path):
+    from visualization.samples import save_reconstruction_sheet
+
+    originals, recons = [textured(10, 0, 0), textured(10, 1, 2)], [textured(10, 2, 0), textured(10, 3, 2)]
+    sheet = np.asarray(Image.open(save_reconstruction_sheet(originals, recons, ("cat", "dog"), tmp_path / "r.png")))
+    cell = 33 * 4  # a 32-pixel image and its 1-pixel gap, 4x
+    assert sheet.shape[1] == 16 * cell + 4  # 8 pairs a row
+    for column, expected in ((0, originals[0][0]), (1, recons[0][0]), (2, originals[0][1])):
+        got = sheet[40 + 4 : 40 + 4 + 128 : 4, column * cell + 4 : column * cell + 4 + 128 : 4]
+        assert np.abs(got.astype(float) - (expected.permute(1, 2, 0) * 255).round().numpy()).max() <= 1
+
+
 def reference_dirs(image_folder, tmp_path):
     """The run's cat/dog folder plus a second root with two more classes (one CIFAR-10 name, one not)."""
     make_images(tmp_path / "others" / "frog", 20, 5, color=1)
