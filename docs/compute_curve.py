@@ -4,7 +4,9 @@ blur-0.7 calibration row (the FD target) and recall 0.6 marked.
 python docs/compute_curve.py RUN_DIR [RUN_DIR ...] --out docs/compute_curve.png [--eval-name evaluation]
 
 Each RUN_DIR holds a finished run and its `evaluate` result (RUN_DIR/NAME.json); latents seen = the diffusion stage's
-steps x batch size, read from its config.json. Prints the table (markdown) and writes the figure.
+steps x batch size, read from its config.json. Where a run also holds `diagnose.json`, the decoder's ceiling (its
+"decoder on training latents" row: what a perfect generator of the training latents would score) is drawn too.
+Prints the table (markdown) and writes the figure.
 """
 
 import argparse
@@ -17,18 +19,21 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 CLASSES = ("cat", "dog")
+CEILING = "decoder on training latents"  # evaluation/diagnose.py's CEILING_ROW
 
 
 def point(run: Path, name: str) -> dict:
     """Latents seen and the samples' numbers of one run."""
     diffusion = json.loads((run / "config.json").read_text())["diffusion"]
     result = json.loads((run / f"{name}.json").read_text())
+    diagnosed = run / "diagnose.json"
     return {
         "run": run.name,
         "latents": diffusion["steps"] * diffusion["batch_size"],
         "samples": result["samples"],
         "blur": result["calibration"]["blurred, sigma 0.7"],
         "guidance": f"{result['sampling']['guidance']} {result['sampling']['guidance_scale']:g}",
+        "ceiling": json.loads(diagnosed.read_text())["judge_rows"][CEILING] if diagnosed.is_file() else None,
     }
 
 
@@ -50,15 +55,15 @@ def main() -> None:
         print(f"| {q['latents']:,} ({q['run']}) | " + " | ".join(cells) + " |")
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     x = [q["latents"] for q in points]
-    for c, style in zip(CLASSES, ("o-", "s--")):
-        axes[0].plot(x, [q["samples"][c]["fd"] for q in points], style, label=f"{c}s")
-        axes[0].axhline(
-            points[-1]["blur"][c]["fd"],
-            ls=":",
-            color="C0" if c == "cat" else "C1",
-            label=f"blur 0.7 ({c}s): the target",
-        )
-        axes[1].plot(x, [q["samples"][c]["recall"] for q in points], style, label=f"{c}s")
+    ceiling = next((q["ceiling"] for q in points if q["ceiling"]), None)
+    for c, style, color in zip(CLASSES, ("o-", "s--"), ("C0", "C1")):
+        axes[0].plot(x, [q["samples"][c]["fd"] for q in points], style, color=color, label=f"{c}s")
+        axes[0].axhline(points[-1]["blur"][c]["fd"], ls=":", color=color, label=f"blur 0.7 ({c}s): the target")
+        if ceiling:
+            axes[0].axhline(ceiling[c]["fd"], ls="-.", lw=0.8, color=color, label=f"decoder's ceiling ({c}s)")
+        axes[1].plot(x, [q["samples"][c]["recall"] for q in points], style, color=color, label=f"{c}s")
+        if ceiling:
+            axes[1].axhline(ceiling[c]["recall"], ls="-.", lw=0.8, color=color, label=f"decoder's ceiling ({c}s)")
     axes[1].axhline(0.6, ls=":", color="grey", label="recall 0.6: the target")
     for ax, label in zip(axes, ("feature FD (lower is better)", "recall (higher is better)")):
         ax.set(xscale="log", xlabel="latents seen by the denoiser", ylabel=label)
