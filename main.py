@@ -45,6 +45,7 @@ from training.config import (
     resolve_configs,
 )
 from training.diffusion import train_diffusion
+from training.loop import interrupts_remembered
 from models.compiled import compile_mode
 from models.pipeline import load_pipeline
 from training.run import (
@@ -348,16 +349,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     try:
-        check_flags(args)
-        cfg = resolve_configs(args, args.preset, recorded_config(args))
-        if args.command == "train":
-            train(cfg)
-        elif args.command == "sample":
-            sample(cfg)
-        elif args.command == "evaluate":
-            evaluate(cfg)
-        else:
-            diagnose(cfg)
+        with interrupts_remembered():
+            check_flags(args)
+            cfg = resolve_configs(args, args.preset, recorded_config(args))
+            if args.command == "train":
+                train(cfg)
+            elif args.command == "sample":
+                sample(cfg)
+            elif args.command == "evaluate":
+                evaluate(cfg)
+            else:
+                diagnose(cfg)
     except UserInputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

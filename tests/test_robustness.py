@@ -128,6 +128,32 @@ def test_nan_loss_stops_the_stage_and_keeps_the_last_good_state(tmp_path):
     assert saved == [4]  # the state at step 4 was saved; nothing after the NaN was
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped interrupt, by design
+def test_a_ctrl_c_that_a_finaliser_swallows_still_stops_the_loop(tmp_path):
+    """Before: Python drops an exception raised inside __del__, so a Ctrl-C that landed in one was lost and the run
+    went on to the end (seen once as exit 0 in test_ctrl_c_saves_state_and_says_how_to_resume)."""
+    import os
+
+    from training.loop import interrupts_remembered
+
+    class SignalsOnCollection:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGINT)  # the handler's KeyboardInterrupt is raised here, and dropped
+            time.sleep(0.05)
+
+    def step_fn(step):
+        if step == 2:
+            SignalsOnCollection()  # collected at once: the Ctrl-C lands inside its finaliser
+        return {"total": torch.tensor(1.0)}
+
+    saved = []
+    ctx = RunContext(device=torch.device("cpu"), out_dir=tmp_path, log_every=2, checkpoint_every=100)
+    with interrupts_remembered(), pytest.raises(KeyboardInterrupt):
+        run_steps("VAE", 0, 20, step_fn, saved.append, MetricsLog(tmp_path / "m.jsonl"), ctx)
+    assert saved == [3]  # stopped at the next step and saved it
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+
+
 def test_nan_loss_ends_the_run_with_one_line(image_folder, tmp_path, capsys, monkeypatch):
     import training.vae
 

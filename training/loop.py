@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import math
 import os
+import signal
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -21,6 +24,29 @@ from models.compiled import compile_mode, maybe_compile, report_graphs
 from training.optim import make_optimizer, warmup_cosine
 
 log = logging.getLogger(__name__)
+_ctrl_c = threading.Event()  # set by Ctrl-C while `interrupts_remembered` is active
+
+
+@contextlib.contextmanager
+def interrupts_remembered():
+    """Ctrl-C raises KeyboardInterrupt as always, and is also remembered: Python drops an exception raised while a
+    finaliser (`__del__`) runs, so a Ctrl-C that lands there would be lost; `run_steps` checks the flag at every
+    step and stops there. Only on the main thread; the previous handler is restored on exit."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def remember(signum, frame):
+        _ctrl_c.set()
+        raise KeyboardInterrupt
+
+    _ctrl_c.clear()
+    previous = signal.signal(signal.SIGINT, remember)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        _ctrl_c.clear()
 
 
 class MetricsLog:
@@ -118,6 +144,8 @@ def run_steps(
     bar = tqdm(total=total, initial=step, desc=name, disable=not ctx.is_main, dynamic_ncols=True)
     try:
         while step < total:
+            if _ctrl_c.is_set():  # a Ctrl-C whose KeyboardInterrupt a finaliser swallowed
+                raise KeyboardInterrupt
             losses = step_fn(step)
             step += 1
             bar.update(1)
