@@ -27,6 +27,7 @@ PUBLIC = ("cifar_cat_dog_autoencoder.pt", "conditional_diffusion_final.pt")
 
 
 def start(image_folder, out, *extra):
+    # Ctrl-C as in a terminal, however the suite was started (a shell's background job inherits SIGINT ignored)
     return subprocess.Popen(
         [
             sys.executable,
@@ -41,6 +42,7 @@ def start(image_folder, out, *extra):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
@@ -131,7 +133,7 @@ def test_nan_loss_stops_the_stage_and_keeps_the_last_good_state(tmp_path):
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped interrupt, by design
 def test_a_ctrl_c_that_a_finaliser_swallows_still_stops_the_loop(tmp_path):
     """Before: Python drops an exception raised inside __del__, so a Ctrl-C that landed in one was lost and the run
-    went on to the end (seen once as exit 0 in test_ctrl_c_saves_state_and_says_how_to_resume)."""
+    went on to the end."""
     import os
 
     from training.loop import interrupts_remembered
@@ -148,10 +150,14 @@ def test_a_ctrl_c_that_a_finaliser_swallows_still_stops_the_loop(tmp_path):
 
     saved = []
     ctx = RunContext(device=torch.device("cpu"), out_dir=tmp_path, log_every=2, checkpoint_every=100)
-    with interrupts_remembered(), pytest.raises(KeyboardInterrupt):
-        run_steps("VAE", 0, 20, step_fn, saved.append, MetricsLog(tmp_path / "m.jsonl"), ctx)
-    assert saved == [3]  # stopped at the next step and saved it
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, however pytest was started
+    try:
+        with interrupts_remembered(), pytest.raises(KeyboardInterrupt):
+            run_steps("VAE", 0, 20, step_fn, saved.append, MetricsLog(tmp_path / "m.jsonl"), ctx)
+        assert saved == [3]  # stopped at the next step and saved it
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+    finally:
+        signal.signal(signal.SIGINT, outer)
 
 
 def test_nan_loss_ends_the_run_with_one_line(image_folder, tmp_path, capsys, monkeypatch):

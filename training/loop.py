@@ -31,8 +31,10 @@ _ctrl_c = threading.Event()  # set by Ctrl-C while `interrupts_remembered` is ac
 def interrupts_remembered():
     """Ctrl-C raises KeyboardInterrupt as always, and is also remembered: Python drops an exception raised while a
     finaliser (`__del__`) runs, so a Ctrl-C that lands there would be lost; `run_steps` checks the flag at every
-    step and stops there. Only on the main thread; the previous handler is restored on exit."""
-    if threading.current_thread() is not threading.main_thread():
+    step and stops there. Only on the main thread, and only where Ctrl-C raises KeyboardInterrupt already (a job that
+    its shell started with SIGINT ignored stays so); the previous handler is restored on exit."""
+    main_thread = threading.current_thread() is threading.main_thread()
+    if not main_thread or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         yield
         return
 
