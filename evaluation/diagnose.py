@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from data import CLASS_NAMES, Split, to_unit_range
-from evaluation.evaluate import Features, per_class_images, score_set
+from evaluation.evaluate import Features, equal_n, per_class_images, score_set
 from evaluation.ladder import ClassGaussian, class_ladder
 from evaluation.metrics import copy_fraction, gaussian_blur
 from models.batched import encode_images, eval_mode
@@ -186,7 +186,7 @@ def diagnose_run(
     for name, (images, latents) in judge_image_sets(
         autoencoder, diffusion, bank, held_z, held, n, options, seed
     ).items():
-        rows[name] = score_set(list(zip(images, real)), features, reference.classes, seen)
+        rows[name] = score_set(list(zip(images, real)), features, reference.classes, seen, equal_n(n, real))
         for c, value in zip(CLASS_NAMES, latent_copies(bank, held_z, latents) if latents else [None, None]):
             rows[name][c]["latent_copies"] = value
     result = {
@@ -233,7 +233,8 @@ def format_report(result: dict) -> str:
                 f"{train['empirical']:>10.4f}{train['effective_latents']:>8.1f}{s['train_gap']:>8.1f}%"
             )
     lines.append(
-        f"judge rows ({result['samples_per_class']} per class where drawn; cat / dog, against the held-out "
+        f"judge rows ({result['samples_per_class']} per class where drawn, every row scored at n = "
+        f"{next(iter(result['judge_rows'].values()))[CLASS_NAMES[0]]['n']} per class; cat / dog, against the held-out "
         "images of the class):"
     )
     lines.append(f"{'set':40s}{'FD':>15s}{'recall':>15s}{'colour FD':>15s}{'copies':>15s}{'latent copies':>16s}")

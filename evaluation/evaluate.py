@@ -70,6 +70,12 @@ def sample_classes(
     return samples, len(CLASS_NAMES) * n / (time.perf_counter() - start)
 
 
+def equal_n(drawn: int, real: list[torch.Tensor]) -> int:
+    """The one set size at which every row of a report is scored: the images drawn per class, at most the held-out
+    images of the smallest class (the reference every row is scored against)."""
+    return min(drawn, *(len(images) for images in real))
+
+
 def calibration_sets(real: list[torch.Tensor], recons: list[torch.Tensor], generator: torch.Generator) -> dict:
     """Per class (lists in CLASS_NAMES order): each calibration set as (images, reference images) in [0, 1].
 
@@ -114,27 +120,46 @@ def score_set(
     features: Features,
     classes: tuple[str, ...],
     train: list[torch.Tensor] | None = None,
+    n: int | None = None,
 ) -> dict:
-    """Per class: FD, precision, recall (k = 3) in the judge's features against the reference, and its verdicts;
-    with the class's training images (`train`, in CLASS_NAMES order), also the copy check (`copy_fraction`)."""
+    """Per class: FD, colour FD, precision, recall (k = 3) in the judge's features against the reference, and its
+    verdicts; with the class's training images (`train`, in CLASS_NAMES order), also the copy check
+    (`copy_fraction`).
+
+    FD and recall depend on how many images are scored (FD is biased upward at small n, recall rises with n), so
+    every set is scored at `n` images (default: the reference's size): a larger set is split into disjoint chunks of n
+    and those four numbers are the mean over the chunks. Rows scored at one n compare; the per-image numbers (copies,
+    verdicts) use every image."""
     scores = {}
     for c, (name, (images, reference)) in enumerate(zip(CLASS_NAMES, pairs)):
         pred, feat = features(images)
-        precision, recall = precision_recall(features(reference)[1], feat, k=3)
+        ref_feat = features(reference)[1]
+        size = min(n or len(reference), len(images))
+        chunks = [(feat[i : i + size], images[i : i + size]) for i in range(0, len(images) - size + 1, size)]
+        chunk_scores = [_set_scores(f, x, ref_feat, reference) for f, x in chunks]
         called = torch.bincount(pred, minlength=len(classes)).float() / len(pred)
         top = called.topk(min(3, len(classes)))
         scores[name] = {
-            "n": len(images),
-            "fd": frechet_distance(feat.numpy(), features(reference)[1].numpy()),
-            "colour_fd": frechet_distance(colour_descriptor(images).numpy(), colour_descriptor(reference).numpy()),
-            "precision": precision,
-            "recall": recall,
+            "n": size,
+            "chunks": len(chunks),
+            **{k: sum(s[k] for s in chunk_scores) / len(chunks) for k in chunk_scores[0]},
             "fidelity": called[classes.index(name)].item(),
             "called": [[classes[i], v] for v, i in zip(top.values.tolist(), top.indices.tolist())],
         }
         if train is not None:
-            scores[name]["copies"] = copy_fraction(features(train[c])[1], features(reference)[1], feat)
+            scores[name]["copies"] = copy_fraction(features(train[c])[1], ref_feat, feat)
     return scores
+
+
+def _set_scores(feat: torch.Tensor, images: torch.Tensor, ref_feat: torch.Tensor, reference: torch.Tensor) -> dict:
+    """The numbers of one set that depend on its size: FD, colour FD, precision and recall against the reference."""
+    precision, recall = precision_recall(ref_feat, feat, k=3)
+    return {
+        "fd": frechet_distance(feat.numpy(), ref_feat.numpy()),
+        "colour_fd": frechet_distance(colour_descriptor(images).numpy(), colour_descriptor(reference).numpy()),
+        "precision": precision,
+        "recall": recall,
+    }
 
 
 def blind_check(calibration: dict) -> dict[str, list[str]]:
@@ -178,11 +203,12 @@ def evaluate_run(
     features = Features(judge)
     recons_per_class = [recons[held.y == label] for label in range(len(CLASS_NAMES))]
     sets = calibration_sets(real, recons_per_class, torch.Generator().manual_seed(seed))
-    calibration = {name: score_set(pairs, features, reference.classes, seen) for name, pairs in sets.items()}
+    n = equal_n(eval_cfg.samples_per_class, real)
+    calibration = {name: score_set(pairs, features, reference.classes, seen, n) for name, pairs in sets.items()}
     result = {
         "reconstruction": reconstruction,
         "judge": {"classes": list(reference.classes), "source": reference.source, "accuracy": accuracy},
-        "samples": score_set(list(zip(samples, real)), features, reference.classes, seen),
+        "samples": score_set(list(zip(samples, real)), features, reference.classes, seen, n),
         "calibration": calibration,
         "metric_sees_failures": blind_check(calibration),
         "sampling": {

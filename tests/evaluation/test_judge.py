@@ -14,7 +14,7 @@ from conftest import make_images
 from data import Split, load_image_folder, load_labelled_folders, to_model_range, to_unit_range
 from errors import UserInputError
 from evaluation.classifier import JudgeClassifier
-from evaluation.evaluate import Features, blind_check, calibration_sets, score_set
+from evaluation.evaluate import Features, blind_check, calibration_sets, equal_n, score_set
 from evaluation.judge import JUDGE_FILE, get_judge, image_keys, load_reference
 from evaluation.metrics import colour_descriptor, frechet_distance, gaussian_blur, precision_recall, saturate
 from visualization.samples import save_sample_sheet
@@ -83,6 +83,26 @@ def test_a_set_scores_fd_zero_and_full_recall_against_itself(random_judge):
         assert scores[c]["fd"] == pytest.approx(0.0, abs=1e-4)
         assert scores[c]["precision"] == 1.0 and scores[c]["recall"] == 1.0
         assert scores[c]["n"] == 200 and sum(v for _, v in scores[c]["called"]) <= 1.0
+
+
+def test_rows_scored_at_one_n_compare_where_plain_fd_is_biased_by_the_sample_count():
+    """The same distribution drawn 1,000 and 200 times: plain FD against one reference differs by a factor of two (its
+    small-n bias), and scoring both sets at the same n (chunks of 200, averaged) removes the difference."""
+
+    def identity_features(images):  # a judge whose features are the pixels: FD's bias is then plain to see
+        return torch.zeros(len(images), dtype=torch.long), images.flatten(1)
+
+    g = torch.Generator().manual_seed(0)
+    ref, big, small = (torch.rand(n, 3, 4, 4, generator=g) for n in (500, 1000, 200))
+    plain = [frechet_distance(x.flatten(1).numpy(), ref.flatten(1).numpy()) for x in (big, small)]
+    assert plain[1] > 2 * plain[0]
+    n = equal_n(200, [big, small])
+    scored = [score_set([(x, ref)] * 2, identity_features, ("cat", "dog"), n=n)["cat"] for x in (big, small)]
+    assert n == 200 and [s["n"] for s in scored] == [200, 200] and [s["chunks"] for s in scored] == [5, 1]
+    assert scored[0]["fd"] == pytest.approx(scored[1]["fd"], rel=0.1)
+    assert scored[0]["recall"] == pytest.approx(scored[1]["recall"], abs=0.05)
+    default = score_set([(big, ref)] * 2, identity_features, ("cat", "dog"))["cat"]  # default n: the reference's size
+    assert default["n"] == 500 and default["chunks"] == 2
 
 
 def test_calibration_ranks_blur_and_stereotype_below_real_images(random_judge):
