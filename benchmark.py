@@ -5,8 +5,8 @@
     python benchmark.py --preset smoke --data-dir DIR   # also time each stage of that preset end to end
 
 Measures, on the chosen device: VAE training images/s (with and without the VGG16 perceptual term;
-its cost does not depend on the weights, so random ones are used where ImageNet's cannot be had; and with the
-adversarial phase's discriminator, whose cost per step it also prints),
+its cost does not depend on the weights, so random ones are used where ImageNet's cannot be had), the decoder stage's
+images/s (decoder, discriminator and their two AdamW steps),
 diffusion training latents/s on cached latents against the original's re-encoding of every image at
 every step, and sampling images/s with DDIM-50 + guidance against 1000 DDPM steps; peak memory.
 Where bf16 autocast is on (native bf16: CUDA, or a CPU with AVX512-BF16/AMX), training is also timed in fp32.
@@ -31,10 +31,12 @@ from training.context import native_bf16
 from training.perceptual import VGGPerceptualLoss
 from training.run import resolve_device
 from models.discriminator import PatchDiscriminator
-from training.config import VAEConfig
+from training.config import DecoderConfig, VAEConfig
 from training.context import RunContext
-from training.optim import make_optimizer, warmup_cosine
-from training.vae import Adversary, loss_weights, train_step
+from training.decoder import Adversary
+from training.decoder import train_step as decoder_train_step
+from training.optim import EMA, make_optimizer, warmup_cosine
+from training.vae import loss_weights, train_step
 
 
 def machine() -> dict:
@@ -73,18 +75,29 @@ def rate(fn, items: int, repeats: int, device: torch.device) -> float:
     return items * repeats / (time.perf_counter() - start)
 
 
-def vae_step_fn(device, batch: int, perceptual: VGGPerceptualLoss | None, amp: bool, adversarial: bool = False):
+def vae_step_fn(device, batch: int, perceptual: VGGPerceptualLoss | None, amp: bool):
     """One full VAE training step as the stage runs it in its last phase (every loss term, backward, the training
-    stages' AdamW; with `adversarial`, the discriminator's hinge term and its own step) on random images."""
+    stages' AdamW) on random images."""
     ae = SimpleAutoencoder().to(device)
     opt = make_optimizer(ae, 1e-4, 0.0, device)
-    cfg = VAEConfig(steps=100, adversarial_weight=0.5 if adversarial else 0.0, perceptual_weight=0.1)
+    cfg = VAEConfig(steps=100, perceptual_weight=0.1)
     ctx = RunContext(device, Path("."), amp=amp)
-    adversary = Adversary(PatchDiscriminator().to(device), 1e-4, ctx) if adversarial else None
     weights = loss_weights(90, cfg)  # fine-tuning: every term on
     x, y = torch.rand(batch, 3, 32, 32, device=device) * 2 - 1, torch.randint(0, 2, (batch,), device=device)
     scheduler = warmup_cosine(opt, 1, 10**9)
-    return lambda: train_step(ae, opt, scheduler, x, y, weights, perceptual, cfg, ctx, None, adversary)
+    return lambda: train_step(ae, opt, scheduler, x, y, weights, perceptual, cfg, ctx, None)
+
+
+def decoder_step_fn(device, batch: int, amp: bool):
+    """One decoder-stage step (decoder forward and backward with the adaptive-weighted hinge term, EMA, then the
+    discriminator's step) on random latents and images."""
+    ae, cfg = SimpleAutoencoder().to(device), DecoderConfig()
+    ctx = RunContext(device, Path("."), amp=amp)
+    opt = make_optimizer(ae.decoder, cfg.lr, 0.0, device)
+    scheduler, ema = warmup_cosine(opt, 1, 10**9), EMA(ae.decoder, cfg.ema_decay)
+    adversary = Adversary(PatchDiscriminator().to(device), cfg.discriminator_lr, ctx)
+    z, x = torch.randn(batch, 4, 8, 8, device=device), torch.rand(batch, 3, 32, 32, device=device) * 2 - 1
+    return lambda: decoder_train_step(ae.decoder, ae.decoder, opt, scheduler, ema, adversary, z, x, cfg, ctx)
 
 
 def diffusion_step_fn(device, batch: int, reencode: bool, amp: bool):
@@ -157,6 +170,7 @@ def main() -> None:
     big = device.type == "cuda"
     reps = 3 if args.quick else (50 if big else 8)
     vae_b, diff_b, n_fast, n_slow = (1024, 2048, 1000, 1000) if big else (64, 128, 100, 20 if args.quick else 100)
+    dec_b = DecoderConfig().batch_size if big else 64  # the default preset's decoder batch on a GPU, the cpu one's
     vgg = VGGPerceptualLoss(__import__("torchvision").models.vgg16().features).to(device)
     results = {
         "machine": machine(),
@@ -164,6 +178,7 @@ def main() -> None:
         "amp_bf16": amp,
         "settings": {
             "vae_batch": vae_b,
+            "decoder_batch": dec_b,
             "diffusion_batch": diff_b,
             "fast_samplers": "the default, heun 18 noise levels (35 network calls) with classifier-free guidance 3 (2 "
             "calls each); ddim 50 steps with the same guidance",
@@ -174,7 +189,7 @@ def main() -> None:
     r = results["rates"] = {}
     r["vae_train_images_per_s"] = rate(vae_step_fn(device, vae_b, None, amp), vae_b, reps, device)
     r["vae_train_with_vgg_images_per_s"] = rate(vae_step_fn(device, vae_b, vgg, amp), vae_b, reps, device)
-    r["vae_train_adversarial_images_per_s"] = rate(vae_step_fn(device, vae_b, None, amp, True), vae_b, reps, device)
+    r["decoder_stage_images_per_s"] = rate(decoder_step_fn(device, dec_b, amp), dec_b, reps, device)
     r["diffusion_train_latents_per_s"] = rate(diffusion_step_fn(device, diff_b, False, amp), diff_b, reps, device)
     r["diffusion_train_reencoding_latents_per_s"] = rate(
         diffusion_step_fn(device, diff_b, True, amp), diff_b, reps, device
@@ -187,11 +202,6 @@ def main() -> None:
     r["sample_heun18_cfg_images_per_s"] = sampling_rate(device, n_fast)  # SamplingOptions' defaults
     r["sample_ddim50_cfg_images_per_s"] = sampling_rate(device, n_fast, sampler="ddim", steps=50)
     r["sample_ddpm1000_images_per_s"] = sampling_rate(device, n_slow, sampler="ddpm", steps=1000, guidance_scale=1.0)
-    results["costs"] = {
-        "discriminator_ms_per_vae_step": 1000
-        * vae_b
-        * (1 / r["vae_train_adversarial_images_per_s"] - 1 / r["vae_train_images_per_s"]),
-    }
     results["speedups"] = {
         "diffusion_training_cached_vs_reencoding": r["diffusion_train_latents_per_s"]
         / r["diffusion_train_reencoding_latents_per_s"],

@@ -1,6 +1,6 @@
 """Train the class-conditional latent diffusion model of CIFAR-10 cats and dogs, or sample from a trained one.
 
-python main.py                      # train (VAE, then diffusion; finished stages are skipped) and draw samples
+python main.py                      # train (VAE, decoder stage, diffusion; finished stages are skipped), draw samples
 python main.py --preset cpu         # a run sized for a 2-core CPU
 python main.py sample --class dog --num-samples 64 --sample-seed 0
 python main.py evaluate             # PSNR/SSIM, class fidelity, feature distance, FID/KID where weights exist
@@ -29,7 +29,15 @@ from models import (
     SimpleAutoencoder,
     generate_class_samples,
 )
-from checkpoints import AUTOENCODER_FILE, DIFFUSION_FILE, DIFFUSION_STATE_FILE, VAE_STATE_FILE, load_file, load_weights
+from checkpoints import (
+    AUTOENCODER_FILE,
+    DECODER_STATE_FILE,
+    DIFFUSION_FILE,
+    DIFFUSION_STATE_FILE,
+    VAE_STATE_FILE,
+    load_file,
+    load_weights,
+)
 from evaluation.diagnose import diagnose_run, format_report
 from evaluation.evaluate import evaluate_run, format_table
 from evaluation.judge import get_judge, load_reference
@@ -44,6 +52,7 @@ from training.config import (
     flag_of,
     resolve_configs,
 )
+from training.decoder import latent_space_fingerprint, train_decoder
 from training.diffusion import train_diffusion
 from training.loop import interrupts_remembered
 from models.compiled import compile_mode
@@ -67,7 +76,7 @@ SAMPLER = {f.name for f in dataclasses.fields(SamplingOptions)} | {"sample_seed"
 DATA = {"data_dir", "download_dir", "holdout_fraction", "max_images"}
 COMMON = {"output_dir", "device", "seed", "threads"}
 ALLOWED = {  # flags each command takes, by config section (None: all of the section)
-    "train": {"run": None, "vae": None, "diffusion": None, "sample": SAMPLER | {"num_samples"}},
+    "train": {"run": None, "vae": None, "decoder": None, "diffusion": None, "sample": SAMPLER | {"num_samples"}},
     "sample": {"run": COMMON, "diffusion": {"compile"}, "sample": None},
     "evaluate": {"run": COMMON | DATA, "diffusion": {"compile"}, "sample": SAMPLER, "eval": None},
     "diagnose": {"run": COMMON | DATA, "diffusion": {"compile"}, "sample": SAMPLER, "eval": None},
@@ -141,12 +150,17 @@ def train(cfg: dict) -> None:
 
 
 def run_stages(cfg: dict, ctx, train_set, held) -> None:
-    """The VAE (unless done), the diffusion model (unless done), then the figures and the run's config.json."""
+    """The VAE (unless done), the decoder stage (unless done), the diffusion model (unless done), then the figures and
+    the run's config.json."""
     run = cfg["run"]
     torch.manual_seed(run.seed)  # model initialisation only; identical on every rank
     autoencoder = SimpleAutoencoder().to(ctx.device)
     unet = ConditionalUNet(prediction=cfg["diffusion"].prediction).to(ctx.device)
     vae_trained = vae_stage(autoencoder, train_set, held, cfg, ctx)
+    write_config(cfg, ctx)
+    decoder_trained = decoder_stage(autoencoder, train_set, held, cfg, ctx)
+    if ctx.is_main and run.figures and (vae_trained or decoder_trained):
+        write_vae_figures(autoencoder, held, ctx.out_dir, "final")
     write_config(cfg, ctx)
     diffusion_stage(unet, autoencoder, train_set, held, cfg, ctx, vae_trained)
     if ctx.is_main and run.figures:
@@ -202,10 +216,42 @@ def vae_stage(autoencoder, train_set, held, cfg: dict, ctx) -> bool:
     figures = lambda step, ae: write_vae_figures(ae, held, ctx.out_dir, f"step_{step}")  # noqa: E731
     with timed(ctx, "vae_seconds"):
         train_vae(autoencoder, train_set, held, cfg["vae"], ctx, stage_generator(cfg, ctx, 1), figures)
-    ctx.resume = False  # a new VAE makes any earlier diffusion state stale
-    if ctx.is_main and cfg["run"].figures:
-        write_vae_figures(autoencoder, held, ctx.out_dir, "final")
+    ctx.resume = False  # a new VAE makes any earlier decoder or diffusion state stale
     return True
+
+
+def decoder_stage(autoencoder, train_set, held, cfg: dict, ctx) -> bool:
+    """Fine-tune the VAE's decoder on its frozen latent space (training/decoder.py), unless it is off or already done
+    for this latent space; return whether it ran now. The latents do not change, so the diffusion stage never needs
+    retraining for it."""
+    path = ctx.out_dir / DECODER_STATE_FILE
+    if cfg["decoder"].steps == 0:
+        ctx.extra["decoder_stage"] = "off (--decoder-steps 0): the VAE's pixel-loss decoder"
+        return False
+    state = load_file(path, ctx.device) if path.is_file() else {}
+    fingerprint = state.get("latent_space", {}).get("fingerprint")
+    if state.get("done") and fingerprint == latent_space_fingerprint(autoencoder) and not cfg["run"].retrain_decoder:
+        log.info("decoder stage done for this VAE, skipping it (--retrain-decoder to run it again)")
+        record_skipped_stage(cfg, ctx, "decoder", DECODER_STATE_FILE)
+        return False
+    if not (ctx.resume and state and not state.get("done")):  # a fresh start: from the VAE's pixel-loss decoder
+        restore_pixel_decoder(autoencoder, ctx)
+    with timed(ctx, "decoder_seconds"):
+        train_decoder(autoencoder, train_set, held, cfg["decoder"], ctx, stage_generator(cfg, ctx, 3))
+    return True
+
+
+def restore_pixel_decoder(autoencoder, ctx) -> None:
+    """Put the VAE stage's own decoder (from its finished training state) back into `autoencoder`, so that a decoder
+    stage run again starts where the first one did; without that state, from the decoder the public file holds."""
+    path = ctx.out_dir / VAE_STATE_FILE
+    state = load_file(path, ctx.device) if path.is_file() else {}
+    if not state.get("done"):
+        log.warning("no finished %s: the decoder stage starts from the decoder in %s", path, AUTOENCODER_FILE)
+        return
+    prefix = "decoder."
+    decoder = {k[len(prefix) :]: v for k, v in state["model"].items() if k.startswith(prefix)}
+    autoencoder.decoder.load_state_dict(decoder)
 
 
 def diffusion_stage(unet, autoencoder, train_set, held, cfg: dict, ctx, vae_trained: bool) -> None:

@@ -1,6 +1,6 @@
-"""The VAE's patch discriminator: a small convolutional PatchGAN (Isola et al. 2017) that scores overlapping patches of
-a 32x32 image as real or reconstructed, as in the latent-diffusion autoencoders (Esser et al. 2021, Rombach et al.
-2022). It needs no pretrained weights, so the adversarial loss works offline.
+"""The decoder stage's patch discriminator: a small convolutional PatchGAN (Isola et al. 2017) that scores
+overlapping patches of a 32x32 image as real or reconstructed, as in the latent-diffusion autoencoders (Esser et al.
+2021, Rombach et al. 2022). It needs no pretrained weights, so the adversarial loss works offline.
 """
 
 from __future__ import annotations

@@ -19,9 +19,11 @@ def test_training_writes_checkpoints_config_metrics_and_samples(trained_run):
         "cifar_cat_dog_autoencoder.pt",
         "conditional_diffusion_final.pt",
         "vae_train_state.pt",
+        "decoder_train_state.pt",
         "diffusion_train_state.pt",
         "config.json",
         "metrics_vae.jsonl",
+        "metrics_decoder.jsonl",
         "metrics_diffusion.jsonl",
         "samples/samples_grid_final.png",
         "samples/sample_class_cat_final.png",
@@ -73,7 +75,7 @@ def test_readme_notebook_snippet_runs_as_written(trained_run, monkeypatch):
         assert samples.min() >= 0 and samples.max() <= 1
 
 
-def test_second_run_skips_both_stages(trained_run, image_folder):
+def test_second_run_skips_every_stage(trained_run, image_folder):
     out = trained_run / OUT
     stamps = {
         name: (out / name).stat().st_mtime_ns
@@ -82,6 +84,7 @@ def test_second_run_skips_both_stages(trained_run, image_folder):
     proc = run_main(*TINY_RUN, "--data-dir", str(image_folder), "--output-dir", str(out))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "skipping VAE training" in proc.stderr and "skipping diffusion training" in proc.stderr
+    assert "decoder stage done for this VAE, skipping it" in proc.stderr
     assert stamps == {name: (out / name).stat().st_mtime_ns for name in stamps}
 
 

@@ -18,10 +18,8 @@ from training.loop import MetricsLog, run_steps
 RUN = [
     *smoke_run(vae=(40, 8), diffusion=(16, 16), log_every=4, checkpoint_every=8),
     "--no-figures",
-    "--vae-adversarial-weight",  # the discriminator and its optimizer are part of the resumed state
-    "0.5",
-    "--vae-adversarial-start",
-    "0.1",
+    "--decoder-steps",  # the decoder stage's discriminator, its optimizer and the EMA are part of the resumed state
+    "16",
 ]
 PUBLIC = ("cifar_cat_dog_autoencoder.pt", "conditional_diffusion_final.pt")
 
@@ -80,16 +78,17 @@ def logged_steps(path) -> list[int]:
     return [json.loads(line)["step"] for line in path.read_text().splitlines() if "total" in line]
 
 
-def test_sigkill_mid_stage_then_resume_equals_an_uninterrupted_run(image_folder, reference, tmp_path):
+@pytest.mark.parametrize("stage", ["vae", "decoder"])
+def test_sigkill_mid_stage_then_resume_equals_an_uninterrupted_run(image_folder, reference, tmp_path, stage):
     proc = start(image_folder, tmp_path)
-    wait_for(tmp_path / "vae_train_state.pt", proc)  # first VAE checkpoint (step 8 of 40) is on disk
+    wait_for(tmp_path / f"{stage}_train_state.pt", proc)  # the stage's first checkpoint (step 8) is on disk
     deadline = time.time() + 60
-    while 12 not in logged_steps(tmp_path / "metrics_vae.jsonl"):  # logged past the checkpoint: lost on resume
+    while 12 not in logged_steps(tmp_path / f"metrics_{stage}.jsonl"):  # logged past the checkpoint: lost on resume
         assert proc.poll() is None and time.time() < deadline
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not (tmp_path / PUBLIC[0]).exists()  # it really died mid-stage
+    assert not torch.load(tmp_path / f"{stage}_train_state.pt", weights_only=True)["done"]  # it died mid-stage
     resumed = run_main(*RUN, "--data-dir", str(image_folder), "--output-dir", str(tmp_path))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming from step" in resumed.stderr
@@ -97,9 +96,10 @@ def test_sigkill_mid_stage_then_resume_equals_an_uninterrupted_run(image_folder,
     assert not list(tmp_path.glob(".*.tmp"))
     assert same_weights(reference, tmp_path)
     # the resumed stage dropped the log lines past its checkpoint: every step once, as in an uninterrupted run
-    for name in ("metrics_vae.jsonl", "metrics_diffusion.jsonl"):
+    for name in ("metrics_vae.jsonl", "metrics_decoder.jsonl", "metrics_diffusion.jsonl"):
         assert logged_steps(tmp_path / name) == logged_steps(reference / name)
     assert logged_steps(tmp_path / "metrics_vae.jsonl") == list(range(4, 41, 4))
+    assert logged_steps(tmp_path / "metrics_decoder.jsonl") == list(range(4, 17, 4))
 
 
 def test_ctrl_c_saves_state_and_says_how_to_resume(image_folder, tmp_path):
@@ -182,10 +182,7 @@ def test_nan_loss_ends_the_run_with_one_line(image_folder, tmp_path, capsys, mon
     [
         (["--vae-steps", "0"], "--vae-steps must be positive"),
         (["--vae-kl-start", "0.5", "--vae-cls-start", "0.2"], "VAE phases out of order"),
-        (
-            ["--vae-adversarial-weight", "0.5", "--vae-adversarial-start", "0.05"],
-            "the adversarial phase (--vae-adversarial-start 0.05) must start after",
-        ),
+        (["--decoder-adversarial-weight", "0"], "--decoder-adversarial-weight must be positive"),
         (["--holdout-fraction", "1.0"], "--holdout-fraction must be strictly between 0 and 1"),
         (["--sample-steps", "5000"], "--sample-steps must be an integer in [1, 1000], got 5000"),
         (["--sample-steps", "600", "--diffusion-n-steps", "500"], "--sample-steps must be an integer in [1, 500]"),

@@ -59,6 +59,11 @@ class RunConfig:
     retrain_vae: bool = opt(
         False, "train the VAE even if its checkpoint exists (implies retraining the diffusion model)"
     )
+    retrain_decoder: bool = opt(
+        False,
+        "run the decoder stage again on the run's VAE, from its pixel-loss decoder (the latents and the diffusion "
+        "model stay as they are)",
+    )
     retrain_diffusion: bool = opt(False, "train the diffusion model even if its checkpoint exists")
     visualize_every: int = opt(
         0, "also write visualisations every N steps of each stage (0: only at the end of a stage)", "non_negative"
@@ -108,17 +113,6 @@ class VAEConfig:
     center_weight: float = opt(
         0.01, "final weight of the center loss (mean squared distance of mu to its class center)", "non_negative"
     )
-    adversarial_weight: float = opt(
-        0.0,
-        "weight of the adversarial patch loss (a PatchGAN discriminator, hinge loss, times the adaptive weight of "
-        "Esser et al. 2021); 0 disables the discriminator",
-        "non_negative",
-    )
-    adversarial_start: float = opt(
-        0.5,
-        "the adversarial phase starts at this fraction of steps (not before the reconstruction phase ends)",
-        "fraction",
-    )
     scale_equivariance_weight: float = opt(
         0.0,
         "weight of the scale-equivariance loss (Skorokhodov et al. 2025): the latent average-pooled 2x2 must decode to "
@@ -126,6 +120,38 @@ class VAEConfig:
         "(0 disables it)",
         "non_negative",
     )
+
+
+@dataclass
+class DecoderConfig:
+    """The decoder stage: the VAE's decoder alone fine-tuned with a pixel loss and a PatchGAN on the frozen latent
+    space (the encoder, the latents and the denoiser trained on them do not change)."""
+
+    steps: int = opt(
+        3000, "optimizer steps (0: no decoder stage; the VAE's pixel-loss decoder is kept)", "non_negative"
+    )
+    batch_size: int = opt(256, "images per step (per process under torchrun)", "positive")
+    lr: float = opt(2e-4, "peak AdamW learning rate of the decoder, cosine-annealed after warm-up", "positive")
+    warmup_steps: int = opt(50, "linear learning-rate warm-up steps", "positive")
+    weight_decay: float = opt(0.0, "AdamW weight decay", "non_negative")
+    grad_clip: float = opt(1.0, "gradient-norm clip", "positive")
+    compile: str = opt(
+        "auto",
+        "torch.compile the decoder for training: auto (reduce-overhead on CUDA, off elsewhere), off, default, "
+        "reduce-overhead",
+        choices=COMPILE_MODES,
+    )
+    adversarial_weight: float = opt(
+        0.5,
+        "factor on the adaptive weight of the discriminator's hinge term (Esser et al. 2021: the ratio of the pixel "
+        "loss's gradient norm to the adversarial loss's at the decoder's output)",
+        "positive",
+    )
+    discriminator_lr: float = opt(
+        2e-4, "AdamW learning rate of the PatchGAN discriminator (betas 0.5, 0.9)", "positive"
+    )
+    discriminator_width: int = opt(64, "channels of the discriminator's first layer (it doubles twice)", "positive")
+    ema_decay: float = opt(0.999, "EMA decay per step of the decoder weights written to the public file", "decay")
 
 
 @dataclass
@@ -267,6 +293,7 @@ class EvalConfig:
 SECTIONS = {
     "run": (RunConfig, ""),
     "vae": (VAEConfig, "vae-"),
+    "decoder": (DecoderConfig, "decoder-"),
     "diffusion": (DiffusionConfig, "diffusion-"),
     "sample": (SampleConfig, ""),
     "eval": (EvalConfig, "eval-"),
@@ -278,11 +305,13 @@ PRESETS: dict[str, dict[str, dict]] = {
     "cpu": {
         "run": {"log_every": 50, "checkpoint_every": 500},
         "vae": {"steps": 900, "batch_size": 64, "lr": 2e-3, "warmup_steps": 50, "perceptual_weight": 0.0},
+        "decoder": {"steps": 1500, "batch_size": 64},
         "diffusion": {"steps": 1970, "batch_size": 128, "lr": 5e-4, "warmup_steps": 100, "ema_decay": 0.998},
     },
     "smoke": {
         "run": {"max_images": 600, "log_every": 10, "checkpoint_every": 20},
         "vae": {"steps": 30, "batch_size": 32, "lr": 1e-3, "warmup_steps": 5, "perceptual_weight": 0.0},
+        "decoder": {"steps": 10, "batch_size": 16, "warmup_steps": 5},
         "diffusion": {"steps": 30, "batch_size": 64, "lr": 3e-4, "warmup_steps": 5, "ema_decay": 0.9},
         "sample": {"steps": 10, "num_samples": 16},
         "eval": {"samples_per_class": 50, "classifier_epochs": 1, "diagnose_samples": 50},
@@ -301,11 +330,6 @@ def validate(section: str, cfg) -> None:
         raise UserInputError(
             f"VAE phases out of order: --vae-kl-start ({cfg.kl_start}) <= --vae-cls-start "
             f"({cfg.cls_start}) <= --vae-finetune-start ({cfg.finetune_start}) must hold"
-        )
-    if section == "vae" and cfg.adversarial_weight > 0 and not cfg.kl_start <= cfg.adversarial_start < 1:
-        raise UserInputError(
-            f"VAE phases out of order: the adversarial phase (--vae-adversarial-start {cfg.adversarial_start}) must "
-            f"start after the reconstruction phase (--vae-kl-start {cfg.kl_start}) and before the end"
         )
 
 

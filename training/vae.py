@@ -10,7 +10,6 @@ import torch.nn.functional as F
 
 from data import Split, augment, to_model_range, to_unit_range
 from models.batched import encode_images, eval_mode, psnr, reconstruct_images
-from models.discriminator import PatchDiscriminator, generator_loss, hinge_d_loss
 from models.vae import SimpleAutoencoder
 from checkpoints import AUTOENCODER_FILE, VAE_STATE_FILE, save_weights
 from training.context import RunContext
@@ -21,7 +20,6 @@ from training.perceptual import VGGPerceptualLoss, load_perceptual_loss
 log = logging.getLogger(__name__)
 
 PHASES = ("reconstruction", "kl", "classifier", "finetune")
-ADAPTIVE_WEIGHT_MAX = 1e4  # the adaptive weight's clamp (Esser et al. 2021)
 
 
 def phase_of(step: int, cfg: VAEConfig) -> int:
@@ -31,13 +29,8 @@ def phase_of(step: int, cfg: VAEConfig) -> int:
 
 
 def phase_name(step: int, cfg: VAEConfig) -> str:
-    """The phase of `step` as logged, "+adversarial" once the discriminator is on."""
-    return PHASES[phase_of(step, cfg)] + ("+adversarial" if adversarial_on(step, cfg) else "")
-
-
-def adversarial_on(step: int, cfg: VAEConfig) -> bool:
-    """Whether the adversarial phase has begun at `step`."""
-    return cfg.adversarial_weight > 0 and step / cfg.steps >= cfg.adversarial_start
+    """The phase of `step` as logged."""
+    return PHASES[phase_of(step, cfg)]
 
 
 def _ramp(frac: float, start: float, length: float) -> float:
@@ -55,7 +48,6 @@ def loss_weights(step: int, cfg: VAEConfig) -> dict[str, float]:
         "cls": cfg.cls_weight * cls_ramp,
         "center": cfg.center_weight * cls_ramp,
         "scale_eq": cfg.scale_equivariance_weight,
-        "adversarial": cfg.adversarial_weight if adversarial_on(step, cfg) else 0.0,
     }
 
 
@@ -88,76 +80,18 @@ def vae_losses(
     return losses, x_hat
 
 
-class Adversary:
-    """The adversarial phase's discriminator (models/discriminator.py) with its optimizer: the generator's hinge term
-    with its adaptive weight, and the discriminator's own step. Checkpointed with the stage (state_dict)."""
-
-    def __init__(self, discriminator: PatchDiscriminator, lr: float, ctx: RunContext):
-        self.discriminator = discriminator
-        self.net = ctx.wrap(discriminator)  # DistributedDataParallel under torchrun
-        self.optimizer = torch.optim.AdamW(discriminator.parameters(), lr=lr, betas=(0.5, 0.9), weight_decay=0.0)
-
-    def generator_term(self, x_hat: torch.Tensor, rec_loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(-mean D(x_hat), the adaptive weight): the ratio of the reconstruction loss's gradient norm to the
-        adversarial loss's (Esser et al. 2021), both taken at the decoder's output x_hat, which keeps the computation
-        out of the (possibly compiled) network and costs two small backward passes."""
-        g_loss = generator_loss(self.net(x_hat))
-        rec_grad = torch.autograd.grad(rec_loss, x_hat, retain_graph=True)[0]
-        adv_grad = torch.autograd.grad(g_loss, x_hat, retain_graph=True)[0]
-        weight = (rec_grad.float().norm() / (adv_grad.float().norm() + 1e-4)).clamp(max=ADAPTIVE_WEIGHT_MAX)
-        return g_loss, weight.detach()
-
-    def step(self, x: torch.Tensor, x_hat: torch.Tensor, ctx: RunContext) -> torch.Tensor:
-        """One discriminator step on real images and (detached) reconstructions; returns its hinge loss."""
-        with ctx.autocast():
-            loss = hinge_d_loss(self.net(x), self.net(x_hat.detach()))
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        return loss.detach()
-
-    def state_dict(self) -> dict:
-        return {"model": self.discriminator.state_dict(), "optimizer": self.optimizer.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.discriminator.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-
-
-def train_step(
-    model, optimizer, scheduler, x, y, weights, perceptual, cfg, ctx, generator, adversary=None
-) -> dict[str, torch.Tensor]:
-    """One optimizer step on a batch (and, in the adversarial phase, one discriminator step); returns the unweighted
-    losses and the total (tensors, no host sync)."""
+def train_step(model, optimizer, scheduler, x, y, weights, perceptual, cfg, ctx, generator) -> dict[str, torch.Tensor]:
+    """One optimizer step on a batch; returns the unweighted losses and the total (tensors, no host sync)."""
     with ctx.autocast():
-        losses, x_hat = vae_losses(model, x, y, perceptual, generator, scale_equivariance=weights["scale_eq"] > 0)
+        losses, _ = vae_losses(model, x, y, perceptual, generator, scale_equivariance=weights["scale_eq"] > 0)
     # Terms of weight 0 stay in the sum: every parameter gets a gradient, as DistributedDataParallel expects.
-    total = sum(weights[k] * v for k, v in losses.items())
-    if weights["adversarial"] > 0:
-        rec_loss = weights["pixel"] * losses["pixel"] + weights["perceptual"] * losses.get("perceptual", 0.0)
-        with ctx.autocast():
-            losses["adversarial"], losses["adaptive_weight"] = adversary.generator_term(x_hat, rec_loss)
-        total = total + weights["adversarial"] * losses["adaptive_weight"] * losses["adversarial"]
-    losses["total"] = total
+    losses["total"] = sum(weights[k] * v for k, v in losses.items())
     optimizer.zero_grad(set_to_none=True)
     losses["total"].backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     optimizer.step()
     scheduler.step()
-    if weights["adversarial"] > 0:
-        losses["discriminator"] = adversary.step(x, x_hat, ctx)
     return {k: v.detach() for k, v in losses.items()}
-
-
-def make_adversary(cfg: VAEConfig, ctx: RunContext, generator: torch.Generator) -> Adversary | None:
-    """The discriminator and its optimizer when the adversarial phase is on (its own seed: the VAE's random draws stay
-    as without it, and the global RNG is left as it was); else None."""
-    if cfg.adversarial_weight <= 0:
-        return None
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(generator.initial_seed() + 1)
-        discriminator = PatchDiscriminator().to(ctx.device)
-    return Adversary(discriminator, cfg.lr, ctx)
 
 
 @torch.no_grad()
@@ -196,20 +130,17 @@ def train_vae(
         cfg = dataclasses.replace(cfg, perceptual_weight=0.0)
     x_all, y_all = train.x.to(ctx.device), train.y.to(ctx.device)  # the whole data set lives on the device
     shard = ctx.shard(len(y_all))
-    adversary = make_adversary(cfg, ctx, generator)
 
     def make_step(net, optimizer, scheduler):
         def step_fn(step: int) -> dict[str, torch.Tensor]:
             idx = shard[torch.randint(0, len(shard), (cfg.batch_size,), device=ctx.device, generator=generator)]
             x = augment(to_model_range(x_all[idx]), generator, cfg.augment_shift)
             weights = loss_weights(step, cfg)
-            args = (x, y_all[idx], weights, perceptual, cfg, ctx, generator, adversary)
-            return train_step(net, optimizer, scheduler, *args)
+            return train_step(net, optimizer, scheduler, x, y_all[idx], weights, perceptual, cfg, ctx, generator)
 
         return step_fn
 
-    extra = {"discriminator": adversary} if adversary is not None else {}
-    stage = Stage("VAE", model, cfg, VAE_STATE_FILE, "metrics_vae.jsonl", extra)
+    stage = Stage("VAE", model, cfg, VAE_STATE_FILE, "metrics_vae.jsonl")
     step = train_stage(
         stage,
         ctx,

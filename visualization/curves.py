@@ -10,7 +10,8 @@ import matplotlib.pyplot as plt
 
 from visualization.latents import save_figure
 
-VAE_TERMS = ("total", "pixel", "perceptual", "kl", "cls", "center", "scale_eq", "adversarial", "discriminator")
+VAE_TERMS = ("total", "pixel", "perceptual", "kl", "cls", "center", "scale_eq")
+DECODER_TERMS = ("pixel", "adversarial", "discriminator")  # the decoder stage's, drawn after the VAE's steps
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -21,10 +22,9 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 def phase_starts(vae_config: dict) -> list[tuple[int, str]]:
     """(step, name) where each VAE phase after the first begins, from the run's VAE config (fractions of steps)."""
-    names = ("kl", "classifier", "finetune", "adversarial")
-    keys = ("kl_start", "cls_start", "finetune_start", "adversarial_start")
-    on = [k != "adversarial_start" or vae_config.get("adversarial_weight", 0) > 0 for k in keys]
-    return [(math.ceil(vae_config[k] * vae_config["steps"]), name) for k, name, o in zip(keys, names, on) if o]
+    names = ("kl", "classifier", "finetune")
+    keys = ("kl_start", "cls_start", "finetune_start")
+    return [(math.ceil(vae_config[k] * vae_config["steps"]), name) for k, name in zip(keys, names)]
 
 
 def plot_loss_curves(
@@ -33,18 +33,28 @@ def plot_loss_curves(
     path: str | Path,
     vae_config: dict | None = None,
     prediction: str = "eps",
+    decoder_metrics: str | Path | None = None,
 ) -> Path:
     """Two panels (log scale): every VAE loss term, with its phase boundaries marked when `vae_config` (the run's
-    config.json "vae" section) is given; the diffusion loss (MSE of `prediction`, eps or v) overall and per
-    timestep quartile. A panel without metrics says so."""
+    config.json "vae" section) is given, and after them the decoder stage's terms (`decoder_metrics`, dotted); the
+    diffusion loss (MSE of `prediction`, eps or v) overall and per timestep quartile. A panel without metrics says
+    so."""
     vae = [r for r in read_jsonl(vae_metrics) if "total" in r]
+    decoder = [r for r in read_jsonl(decoder_metrics) if "total" in r] if decoder_metrics else []
     diff = [r for r in read_jsonl(diffusion_metrics) if "total" in r]
     fig, (ax_v, ax_d) = plt.subplots(1, 2, figsize=(12, 4.2))
     for term in VAE_TERMS:
         points = [(r["step"], r[term]) for r in vae if r.get(term, 0) > 0]
         if points:
             ax_v.plot(*zip(*points), label=term, lw=1.5 if term == "total" else 1)
-    for step, phase in phase_starts(vae_config) if vae_config else []:
+    offset = vae[-1]["step"] if vae else 0
+    for term in DECODER_TERMS:
+        points = [(offset + r["step"], abs(r[term])) for r in decoder if r.get(term)]
+        if points:
+            label = f"decoder stage: {term}" + (" (abs)" if term == "adversarial" else "")  # -mean D: either sign
+            ax_v.plot(*zip(*points), ls=":", lw=1, label=label)
+    phases = phase_starts(vae_config) if vae_config else []
+    for step, phase in phases + ([(offset, "decoder stage")] if decoder else []):
         ax_v.axvline(step, color="grey", ls="--", lw=0.8)
         # inside the axes, right of the line, hanging from just below the top: nothing is cut off by the frame
         ax_v.text(step, 0.97, phase, transform=ax_v.get_xaxis_transform(), fontsize=8, va="top", ha="left", rotation=90)

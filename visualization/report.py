@@ -93,6 +93,7 @@ def write_loss_curves(out_dir: Path) -> Path:
         out_dir / "curves" / "loss_curves.png",
         run_config.get("vae"),
         run_config.get("diffusion", {}).get("prediction", "eps"),
+        out_dir / "metrics_decoder.jsonl",
     )
     log.info("wrote %s", path)
     return path

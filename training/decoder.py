@@ -1,0 +1,161 @@
+"""The decoder stage: adversarial fine-tuning of the VAE's decoder on its frozen latent space.
+
+A decoder trained on a pixel loss alone draws the average of the images its latent allows (soft fur, no grain); more
+pixel-loss training raises PSNR and sharpens nothing. With the encoder, classifier, centres and latent statistics
+frozen, the latent space stays bit-identical, so the denoiser trained on it needs no retraining, and the decoder alone
+learns, from a PatchGAN's hinge loss beside the pixel loss, to draw the detail that real images have. This is how the
+released Stable Diffusion decoders were improved (decoder-only fine-tuning on a fixed latent space; Rombach et al.
+2022), with the adaptive weight of Esser et al. 2021.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+import torch
+import torch.nn.functional as F
+
+from checkpoints import AUTOENCODER_FILE, DECODER_STATE_FILE, save_weights
+from data import Split, to_model_range
+from errors import UserInputError
+from models.discriminator import PatchDiscriminator, generator_loss, hinge_d_loss
+from models.vae import SimpleAutoencoder
+from training.config import DecoderConfig
+from training.context import RunContext
+from training.diffusion import encode_dataset
+from training.loop import Stage, train_stage
+from training.optim import EMA
+from training.vae import evaluate
+
+log = logging.getLogger(__name__)
+
+ADAPTIVE_WEIGHT_MAX = 1e4  # the adaptive weight's clamp (Esser et al. 2021)
+
+
+class Adversary:
+    """The PatchGAN discriminator (models/discriminator.py) with its optimizer: the generator's hinge term with its
+    adaptive weight, and the discriminator's own step. Checkpointed with the stage (state_dict)."""
+
+    def __init__(self, discriminator: PatchDiscriminator, lr: float, ctx: RunContext):
+        self.discriminator = discriminator
+        self.net = ctx.wrap(discriminator)  # DistributedDataParallel under torchrun
+        self.optimizer = torch.optim.AdamW(discriminator.parameters(), lr=lr, betas=(0.5, 0.9), weight_decay=0.0)
+
+    def generator_term(self, x_hat: torch.Tensor, rec_loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(-mean D(x_hat), the adaptive weight): the ratio of the reconstruction loss's gradient norm to the
+        adversarial loss's (Esser et al. 2021), both taken at the decoder's output x_hat, which keeps the computation
+        out of the (possibly compiled) network and costs two small backward passes."""
+        g_loss = generator_loss(self.net(x_hat))
+        rec_grad = torch.autograd.grad(rec_loss, x_hat, retain_graph=True)[0]
+        adv_grad = torch.autograd.grad(g_loss, x_hat, retain_graph=True)[0]
+        weight = (rec_grad.float().norm() / (adv_grad.float().norm() + 1e-4)).clamp(max=ADAPTIVE_WEIGHT_MAX)
+        return g_loss, weight.detach()
+
+    def step(self, x: torch.Tensor, x_hat: torch.Tensor, ctx: RunContext) -> torch.Tensor:
+        """One discriminator step on real images and (detached) reconstructions; returns its hinge loss."""
+        with ctx.autocast():
+            loss = hinge_d_loss(self.net(x), self.net(x_hat.detach()))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
+
+    def state_dict(self) -> dict:
+        return {"model": self.discriminator.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.discriminator.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+def make_adversary(cfg: DecoderConfig, ctx: RunContext, generator: torch.Generator) -> Adversary:
+    """The discriminator (initialised from its own seed, so the global RNG is left as it was) and its optimizer."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(generator.initial_seed() + 1)
+        discriminator = PatchDiscriminator(width=cfg.discriminator_width).to(ctx.device)
+    return Adversary(discriminator, cfg.discriminator_lr, ctx)
+
+
+def latent_space_fingerprint(autoencoder: SimpleAutoencoder) -> str:
+    """A hash of everything that defines the latent space (encoder weights, latent statistics): a decoder stage that
+    finished on one latent space is not finished on another."""
+    digest = hashlib.sha1()
+    parts = {**autoencoder.encoder.state_dict(), "shift": autoencoder.latent_shift, "scale": autoencoder.latent_scale}
+    for name, tensor in sorted(parts.items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+class LatentSpace:
+    """The fingerprint of the latent space a decoder stage trains on, as a part of its training state: resuming on
+    another latent space is refused."""
+
+    def __init__(self, autoencoder: SimpleAutoencoder):
+        self.fingerprint = latent_space_fingerprint(autoencoder)
+
+    def state_dict(self) -> dict:
+        return {"fingerprint": self.fingerprint}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["fingerprint"] != self.fingerprint:
+            raise UserInputError(
+                "the interrupted decoder stage was trained on another latent space (another VAE): --no-resume"
+            )
+
+
+def train_step(net, decoder, optimizer, scheduler, ema, adversary, z, x, cfg, ctx) -> dict[str, torch.Tensor]:
+    """One decoder step (pixel MSE + adaptive-weighted hinge term), its EMA update, then one discriminator step; returns
+    the unweighted losses and the total (tensors, no host sync). `net` is `decoder` as the loop wrapped it."""
+    with ctx.autocast():
+        x_hat = net(z)
+        pixel = F.mse_loss(x_hat.float(), x)
+        g_loss, weight = adversary.generator_term(x_hat, pixel)
+    total = pixel + cfg.adversarial_weight * weight * g_loss
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    torch.nn.utils.clip_grad_norm_(decoder.parameters(), cfg.grad_clip)
+    optimizer.step()
+    scheduler.step()
+    ema.update(decoder)
+    d_loss = adversary.step(x, x_hat, ctx)
+    losses = {"total": total, "pixel": pixel, "adversarial": g_loss, "adaptive_weight": weight, "discriminator": d_loss}
+    return {k: v.detach() for k, v in losses.items()}
+
+
+def train_decoder(
+    autoencoder: SimpleAutoencoder, train: Split, held: Split, cfg: DecoderConfig, ctx: RunContext, generator
+) -> SimpleAutoencoder:
+    """Fine-tune `autoencoder.decoder` for cfg.steps on the frozen latent space, install its EMA weights, and write the
+    public autoencoder file (encoder, classifier, centres and latent statistics unchanged)."""
+    decoder = autoencoder.decoder  # the optimizer holds its parameters only; the latents are cached
+    mu, logvar, _ = encode_dataset(autoencoder, train)  # the training images, then their mirrors (as the denoiser's)
+    x_all = train.x.to(ctx.device)
+    x_all = torch.cat([x_all, x_all.flip(3)])
+    shape = (-1, autoencoder.latent_channels, autoencoder.side, autoencoder.side)
+    shard = ctx.shard(len(x_all))
+    ema = EMA(decoder, cfg.ema_decay)
+    adversary = make_adversary(cfg, ctx, generator)
+
+    def make_step(net, optimizer, scheduler):
+        def step_fn(step: int) -> dict[str, torch.Tensor]:
+            idx = shard[torch.randint(0, len(shard), (cfg.batch_size,), device=ctx.device, generator=generator)]
+            z = autoencoder.reparameterize(mu[idx], logvar[idx], generator).view(shape)  # z ~ q(z|x), as sampled
+            x = to_model_range(x_all[idx])
+            return train_step(net, decoder, optimizer, scheduler, ema, adversary, z, x, cfg, ctx)
+
+        return step_fn
+
+    extra = {"ema": ema, "discriminator": adversary, "latent_space": LatentSpace(autoencoder)}
+    stage = Stage("Decoder", decoder, cfg, DECODER_STATE_FILE, "metrics_decoder.jsonl", extra)
+    step = train_stage(stage, ctx, generator, make_step)
+    stage.checkpoint(step, done=True)  # with the raw weights, before they are replaced by the EMA's
+    decoder.load_state_dict(ema.model.state_dict())
+    autoencoder.eval()
+    scores = evaluate(autoencoder, held)
+    stage.metrics.write({"step": step, "eval": scores})
+    log.info("decoder: held-out PSNR %.2f dB after fine-tuning", scores["psnr"])
+    if ctx.is_main:
+        save_weights(autoencoder, ctx.out_dir / AUTOENCODER_FILE)
+    return autoencoder
