@@ -42,20 +42,27 @@ class Adversary:
         self.net = ctx.wrap(discriminator)  # DistributedDataParallel under torchrun
         self.optimizer = torch.optim.AdamW(discriminator.parameters(), lr=lr, betas=(0.5, 0.9), weight_decay=0.0)
 
-    def generator_term(self, x_hat: torch.Tensor, rec_loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(-mean D(x_hat), the adaptive weight): the ratio of the reconstruction loss's gradient norm to the
-        adversarial loss's (Esser et al. 2021), both taken at the decoder's output x_hat, which keeps the computation
-        out of the (possibly compiled) network and costs two small backward passes."""
-        g_loss = generator_loss(self.net(x_hat))
+    def output_gradient(
+        self, x_hat: torch.Tensor, rec_loss: torch.Tensor, factor: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The gradient at the decoder's output x_hat of rec_loss + factor * w * g, with g = -mean D(x_hat) and w the
+        adaptive weight (Esser et al. 2021: the ratio of the two losses' gradient norms, here taken at x_hat, held
+        constant); and (g, w). `x_hat.backward(gradient)` then gives the decoder the gradient of that total in one
+        backward pass through the decoder alone: the discriminator's parameters, which this step does not update, get
+        no gradient, and the discriminator is run without its DDP wrapper (only its input gradient is needed)."""
+        g_loss = generator_loss(self.discriminator(x_hat))
         rec_grad = torch.autograd.grad(rec_loss, x_hat, retain_graph=True)[0]
         adv_grad = torch.autograd.grad(g_loss, x_hat, retain_graph=True)[0]
         weight = (rec_grad.float().norm() / (adv_grad.float().norm() + 1e-4)).clamp(max=ADAPTIVE_WEIGHT_MAX)
-        return g_loss, weight.detach()
+        gradient = rec_grad.float() + factor * weight * adv_grad.float()
+        return gradient.to(x_hat.dtype), g_loss.detach(), weight.detach()
 
     def step(self, x: torch.Tensor, x_hat: torch.Tensor, ctx: RunContext) -> torch.Tensor:
-        """One discriminator step on real images and (detached) reconstructions; returns its hinge loss."""
+        """One discriminator step on real images and (detached) reconstructions, in one forward pass (its GroupNorm is
+        per sample: the halves do not mix); returns its hinge loss."""
         with ctx.autocast():
-            loss = hinge_d_loss(self.net(x), self.net(x_hat.detach()))
+            logits = self.net(torch.cat([x, x_hat.detach().to(x.dtype)]))
+            loss = hinge_d_loss(*logits.chunk(2))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -111,15 +118,15 @@ def train_step(net, decoder, optimizer, scheduler, ema, adversary, z, x, cfg, ct
     with ctx.autocast():
         x_hat = net(z)
         pixel = F.mse_loss(x_hat.float(), x)
-        g_loss, weight = adversary.generator_term(x_hat, pixel)
-    total = pixel + cfg.adversarial_weight * weight * g_loss
+        gradient, g_loss, weight = adversary.output_gradient(x_hat, pixel, cfg.adversarial_weight)
     optimizer.zero_grad(set_to_none=True)
-    total.backward()
+    x_hat.backward(gradient)
     torch.nn.utils.clip_grad_norm_(decoder.parameters(), cfg.grad_clip)
     optimizer.step()
     scheduler.step()
     ema.update(decoder)
     d_loss = adversary.step(x, x_hat, ctx)
+    total = pixel + cfg.adversarial_weight * weight * g_loss  # what the gradient descends, for the log
     losses = {"total": total, "pixel": pixel, "adversarial": g_loss, "adaptive_weight": weight, "discriminator": d_loss}
     return {k: v.detach() for k, v in losses.items()}
 

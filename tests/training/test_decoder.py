@@ -36,18 +36,22 @@ def test_discriminator_separates_real_from_reconstructed_images_on_a_tiny_batch(
         assert adversary.discriminator(x).mean() > adversary.discriminator(x_hat).mean() + 1
 
 
-def test_adaptive_weight_balances_the_two_gradients_at_the_decoders_output():
+def test_the_output_gradient_is_the_weighted_sum_and_the_adaptive_weight_balances_its_two_parts():
+    """The gradient the decoder stage backpropagates from x_hat is that of pixel + w * g with w held constant; w makes
+    the two pulls equal; the discriminator's parameters get no gradient from it."""
     torch.manual_seed(0)
     adversary = Adversary(PatchDiscriminator(), 2e-4, RunContext(CPU, Path(".")))
     x = torch.rand(4, 3, 32, 32) * 2 - 1
     x_hat = (x + 0.1 * torch.randn_like(x)).requires_grad_(True)
     rec = torch.nn.functional.mse_loss(x_hat, x)
-    g_loss, weight = adversary.generator_term(x_hat, rec)
-    rec_grad = torch.autograd.grad(rec, x_hat, retain_graph=True)[0]
-    adv_grad = torch.autograd.grad(weight * g_loss, x_hat)[0]
-    assert not weight.requires_grad
+    gradient, g_loss, weight = adversary.output_gradient(x_hat, rec, factor=0.5)
+    rec_grad = torch.autograd.grad(rec, x_hat)[0]
+    adv_grad = torch.autograd.grad(weight * adversary.discriminator(x_hat).mean().neg(), x_hat)[0]
+    assert not weight.requires_grad and g_loss.item() == pytest.approx(-adversary.discriminator(x_hat).mean().item())
     assert adv_grad.norm().item() == pytest.approx(rec_grad.norm().item(), rel=0.01)  # equal pull once weighted
-    _, doubled = adversary.generator_term(x_hat, 4 * rec)
+    assert torch.allclose(gradient, rec_grad + 0.5 * adv_grad, atol=1e-6)
+    assert all(p.grad is None for p in adversary.discriminator.parameters())
+    _, _, doubled = adversary.output_gradient(x_hat, 4 * torch.nn.functional.mse_loss(x_hat, x), factor=0.5)
     assert doubled.item() == pytest.approx(4 * weight.item(), rel=1e-4)
 
 
