@@ -108,7 +108,11 @@ def _load_class_folders(folders: list[Path]) -> Split:
         if bad:
             log.warning("skipped %d unreadable image file(s) in %s", bad, folder)
         if not images:
-            raise UserInputError(f"class folder {folder} has no readable images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            nested = any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.glob("*/**/*"))
+            hint = "; its sub-folders hold images, but sub-folders are not searched" if nested else ""
+            raise UserInputError(
+                f"class folder {folder} has no readable images ({', '.join(sorted(IMAGE_SUFFIXES))}){hint}"
+            )
         xs.append(torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2))
         ys.append(torch.full((len(images),), label, dtype=torch.long))
     return Split(torch.cat(xs).contiguous(), torch.cat(ys))
@@ -152,12 +156,22 @@ def load_image_folder(root: str | Path) -> tuple[Split, Split | None]:
     Images of any size or mode are converted to RGB and resized to 32x32. Returns (train, test or None).
     """
     root = Path(root)
-    if not root.is_dir():
+    if not root.exists():
         raise UserInputError(f"data dir {root} does not exist")
+    if not root.is_dir():
+        raise UserInputError(f"data dir {root} is not a folder: pass the folder that holds cat/ and dog/")
     if _has_class_folders(root):
         return _load_split_folder(root), None
     if _has_class_folders(root / "train"):
-        test = _load_split_folder(root / "test") if _has_class_folders(root / "test") else None
+        test_dir = root / "test"
+        partial = [name for name in CLASS_NAMES if (test_dir / name).is_dir()]
+        if partial and not _has_class_folders(test_dir):
+            missing = [name for name in CLASS_NAMES if name not in partial]
+            raise UserInputError(
+                f"test split {test_dir} has {'/ and '.join(partial)}/ but no {'/ or '.join(missing)}/: add it, or "
+                f"remove {test_dir} to hold out part of train instead"
+            )
+        test = _load_split_folder(test_dir) if partial else None
         return _load_split_folder(root / "train"), test
     raise UserInputError(
         f"data dir {root} has no class folders: expected {root}/cat and {root}/dog "
@@ -207,7 +221,12 @@ def load_dataset(
         test = None if test is None else limit_per_class(test, max(2, int(max_images * holdout_fraction)), generator)
     if test is None:
         train, test = split_holdout(train, holdout_fraction, generator)
-    log.info("%d training and %d held-out images", len(train), len(test))
+    empty = [name for label, name in enumerate(CLASS_NAMES) if not (train.y == label).any()]
+    if empty:
+        raise UserInputError(
+            f"no training image of {' or '.join(empty)} is left after holding out {len(test)} of "
+            f"{len(train) + len(test)} images: too few to train on; raise --max-images or add images"
+        )
     return train, test
 
 

@@ -122,6 +122,20 @@ def check_flags(args: argparse.Namespace) -> None:
         raise UserInputError(f"{flags} cannot be used with the {args.command} command")
 
 
+def check_option_use(args: argparse.Namespace, cfg: dict) -> None:
+    """Refuse an option that the resolved run would silently ignore or find missing only after minutes of work."""
+    sampler = cfg["sample"].sampler
+    if "eta" in explicit_flags(args, "sample") and sampler != "ddim":
+        raise UserInputError(
+            f"--eta applies to the ddim sampler only (the sampler is {sampler}): drop it, or add --sampler ddim"
+        )
+    weights = cfg["eval"].fid_weights
+    if args.command == "evaluate" and weights is not None and not Path(weights).is_file():
+        raise UserInputError(
+            f"--fid-weights {weights} is not a file (the Inception weights, pt_inception-2015-12-05-6726825d.pth)"
+        )
+
+
 def load_splits(run) -> tuple:
     """The training and held-out splits that the run options describe."""
     return load_dataset(
@@ -398,6 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         with interrupts_remembered():
             check_flags(args)
             cfg = resolve_configs(args, args.preset, recorded_config(args))
+            check_option_use(args, cfg)
             if args.command == "train":
                 train(cfg)
             elif args.command == "sample":

@@ -47,6 +47,8 @@ def test_corrupt_files_are_skipped_and_counted(tmp_path, caplog):
         ({}, "does not exist"),
         ({"cat": 1}, "no class folders"),
         ({"cat": 1, "dog": 0}, "no readable images"),
+        ({"cat": 1, "dog/nested": 1}, r"no readable images .*sub-folders are not searched"),
+        ({"train/cat": 1, "train/dog": 1, "test/cat": 1}, r"test split .*test has cat/ but no dog/: add it, or remove"),
     ],
 )
 def test_bad_folders_give_one_clear_error(tmp_path, layout, message):
@@ -57,6 +59,17 @@ def test_bad_folders_give_one_clear_error(tmp_path, layout, message):
             Image.new("RGB", (32, 32)).save(root / name / f"{i}.png")
     with pytest.raises(UserInputError, match=message):
         data.load_image_folder(root)
+
+
+def test_a_file_for_a_data_dir_and_a_split_too_small_to_train_on_are_refused_in_one_line(tmp_path, image_folder):
+    (tmp_path / "file.txt").write_text("not a folder")
+    with pytest.raises(UserInputError, match="is not a folder"):
+        data.load_image_folder(tmp_path / "file.txt")
+    options = dict(download_root=tmp_path, holdout_fraction=0.1, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(UserInputError, match="no training image of cat or dog is left after holding out 2 of 2"):
+        data.load_dataset(image_folder, max_images=3, **options)  # was a RuntimeError from torch.randint
+    train, held = data.load_dataset(image_folder, max_images=6, **options)
+    assert len(train) == 4 and len(held) == 2
 
 
 def test_class_index_accepts_names_and_indices():

@@ -121,6 +121,9 @@ def test_sample_command_writes_images_without_training(trained_run):
         (["evaluate", "--retrain-vae"], "--retrain-vae cannot be used with the evaluate command"),
         (["--device", "cuda:7"] if not torch.cuda.is_available() else ["--device", "tpu"], "device"),
         (["sample", "--class", "horse"], "unknown class"),
+        (["sample", "--eta", "0.5"], "--eta applies to the ddim sampler only (the sampler is heun)"),
+        (["evaluate", "--fid-weights", "missing.pth"], "--fid-weights missing.pth is not a file"),
+        (["--decoder-steps", "-1"], "--decoder-steps must be >= 0"),
     ],
 )
 def test_bad_options_give_one_line_and_exit_2(tmp_path, capsys, args, message):
