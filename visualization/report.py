@@ -17,14 +17,24 @@ from visualization.latents import visualize_latent_space, visualize_reconstructi
 from visualization.samples import generate_samples_grid, save_sample_sheet
 
 log = logging.getLogger(__name__)
+MIN_MAP_IMAGES_PER_CLASS = 3  # fewer held-out latents per class: t-SNE and the silhouette score are undefined
 
 
 def write_vae_figures(autoencoder, held: Split, out_dir: Path, tag: str) -> list[Path]:
-    """Reconstructions and the t-SNE latent map of held-out images."""
-    paths = [
-        visualize_reconstructions(autoencoder, held, out_dir / "reconstruction" / f"vae_reconstruction_{tag}.png"),
-        visualize_latent_space(autoencoder, held, out_dir / "latent_space" / f"vae_latent_space_{tag}.png"),
-    ]
+    """Reconstructions and the t-SNE latent map of held-out images (the map is skipped, with a warning, where the split
+    has too few images for it)."""
+    paths = [visualize_reconstructions(autoencoder, held, out_dir / "reconstruction" / f"vae_reconstruction_{tag}.png")]
+    per_class = min(int((held.y == label).sum()) for label in range(2))
+    if per_class >= MIN_MAP_IMAGES_PER_CLASS:
+        paths.append(
+            visualize_latent_space(autoencoder, held, out_dir / "latent_space" / f"vae_latent_space_{tag}.png")
+        )
+    else:
+        log.warning(
+            "latent-space figure skipped: %d held-out image(s) of a class, too few for t-SNE and the silhouette (%d)",
+            per_class,
+            MIN_MAP_IMAGES_PER_CLASS,
+        )
     log.info("wrote %s", ", ".join(str(p) for p in paths))
     return paths
 

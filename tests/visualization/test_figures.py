@@ -75,6 +75,16 @@ def test_latent_space_with_separability_in_the_title(models, held, tmp_path, mon
     assert "linear probe accuracy" in titles[0] and "silhouette" in titles[0]
 
 
+def test_a_split_too_small_for_the_latent_map_gets_a_warning_not_a_traceback(models, held, tmp_path, caplog):
+    """Before: 1 held-out image per class raised sklearn's ValueError (silhouette) after the VAE had trained."""
+    from visualization.report import write_vae_figures
+
+    tiny = held.subset(torch.tensor([int((held.y == 0).nonzero()[0]), int((held.y == 1).nonzero()[0])]))
+    paths = write_vae_figures(models[0], tiny, tmp_path, "final")
+    assert [p.name for p in paths] == ["vae_reconstruction_final.png"] and paths[0].is_file()
+    assert "latent-space figure skipped: 1 held-out image(s) of a class" in caplog.text
+
+
 def test_samples_grid_has_one_row_per_class(models, tmp_path):
     path = generate_samples_grid(
         *models, tmp_path / "g.png", num_per_class=4, generator=torch.Generator().manual_seed(0), options=FAST
