@@ -396,7 +396,7 @@ def recorded_config(args: argparse.Namespace) -> dict:
 
 INTERRUPTED = {
     "train": "interrupted: training state saved; run the same command again to resume",
-    "sample": "interrupted: images written so far are kept",
+    "sample": "interrupted: the classes already drawn are written; the one being drawn is not",
     "evaluate": "interrupted: nothing was written",
     "diagnose": "interrupted: nothing was written",
 }

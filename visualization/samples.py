@@ -92,9 +92,12 @@ def labelled_sheet(
 
 
 def save_samples(images: torch.Tensor, out_dir: str | Path, prefix: str, npz: bool = False) -> list[Path]:
-    """Write every image as its own PNG (`prefix_0000.png`, ...) and optionally all of them in `prefix.npz`."""
+    """Write every image as its own PNG (`prefix_0000.png`, ...) and optionally all of them in `prefix.npz`; the files
+    of an earlier call with this prefix are removed first, so the folder holds this call's images only."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    for old in [*out_dir.glob(f"{prefix}_[0-9][0-9][0-9][0-9].png"), out_dir / f"{prefix}.npz"]:
+        old.unlink(missing_ok=True)
     arr = to_uint8(images)
     paths = []
     for i, img in enumerate(arr):
