@@ -83,17 +83,32 @@ ALLOWED = {  # flags each command takes, by config section (None: all of the sec
 }
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
-    parser.add_argument(
-        "command",
-        nargs="?",
-        default="train",
-        choices=tuple(ALLOWED),
-        help="train (default): run the pipeline; sample: draw images from trained checkpoints; "
-        "evaluate: score trained checkpoints on held-out images; diagnose: find which part of a trained run (the "
-        "denoiser or the decoder) limits its samples",
+COMMANDS = {
+    "train": "run the pipeline (the default command): VAE, decoder stage, diffusion model, figures",
+    "sample": "draw images of a class from trained checkpoints",
+    "evaluate": "score trained checkpoints on held-out images with an independent judge",
+    "diagnose": "find which part of a trained run (the denoiser or the decoder) limits its samples",
+}
+
+
+def print_help(argv: list[str]) -> None:
+    """--help: without a command, the commands and how to get each one's options; with one, only its options."""
+    command = next((token for token in argv if token in ALLOWED), None)
+    if command is None:
+        lines = [__doc__.strip(), "", "commands:"]
+        lines += [f"  {name:9s} {text}" for name, text in COMMANDS.items()]
+        lines += ["", "python main.py COMMAND --help lists that command's options (train's are the training flags)."]
+        print("\n".join(lines))
+        return
+    parser = argparse.ArgumentParser(
+        prog=f"python main.py {command}", usage="%(prog)s [options]", description=COMMANDS[command]
     )
+    add_command_args(parser, ALLOWED[command])
+    parser.print_help()
+
+
+def add_command_args(parser: argparse.ArgumentParser, only: dict | None = None) -> None:
+    """--preset and the config flags (all of them, or `only` those of one command)."""
     parser.add_argument(
         "--preset",
         default=None,
@@ -102,8 +117,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "minute. sample and evaluate take their defaults from the run's config.json unless --preset is given "
         "(default: default)",
     )
-    add_config_args(parser)
+    add_config_args(parser, only)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     argv = sys.argv[1:] if argv is None else argv
+    if "-h" in argv or "--help" in argv:
+        print_help(argv)
+        raise SystemExit(0)
+    parser = Parser(description=__doc__, add_help=False, allow_abbrev=False)
+    parser.add_argument(
+        "command",
+        nargs="?",
+        default="train",
+        choices=tuple(ALLOWED),
+        help="; ".join(f"{name}: {text}" for name, text in COMMANDS.items()),
+    )
+    add_command_args(parser)
     check_unknown_flags(parser, argv)
     return parser.parse_args(argv)
 

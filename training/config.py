@@ -349,7 +349,7 @@ class Parser(argparse.ArgumentParser):
     """argparse with one-line errors (a UserInputError, exit 2) that point to --help instead of printing the usage."""
 
     def error(self, message: str):
-        raise UserInputError(f"{message}; python main.py --help lists every option")
+        raise UserInputError(f"{message}; python main.py COMMAND --help lists its options")
 
 
 def check_unknown_flags(parser: argparse.ArgumentParser, argv: list[str]) -> None:
@@ -361,14 +361,19 @@ def check_unknown_flags(parser: argparse.ArgumentParser, argv: list[str]) -> Non
         if token.startswith("--") and flag not in known:
             close = difflib.get_close_matches(flag, known, n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
-            raise UserInputError(f"unrecognized argument {flag}{hint}; python main.py --help lists every option")
+            raise UserInputError(f"unrecognized argument {flag}{hint}; python main.py COMMAND --help lists its options")
 
 
-def add_config_args(parser: argparse.ArgumentParser) -> None:
-    """Add one flag per config field (defaults None, so the preset's values show through)."""
+def add_config_args(parser: argparse.ArgumentParser, only: dict | None = None) -> None:
+    """Add one flag per config field (defaults None, so the preset's values show through); with `only`
+    ({section: field names, or None for all}), just those (one command's options, for its --help)."""
     for section, (cls, prefix) in SECTIONS.items():
+        if only is not None and section not in only:
+            continue
         group = parser.add_argument_group(f"{section} options ({cls.__doc__.strip()})")
         for f in dataclasses.fields(cls):
+            if only is not None and only[section] is not None and f.name not in only[section]:
+                continue
             kw = {"dest": f"{section}.{f.name}", "default": None, "help": _help(section, f)}
             for key in ("choices", "nargs", "metavar"):
                 if f.metadata.get(key):
@@ -384,12 +389,14 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
 def _help(section: str, f: dataclasses.Field) -> str:
     """A field's help, its default (unless the help already says it) and the presets that change it."""
     text = f.metadata["help"]
-    if "default:" not in text and f.default is not None:  # a None default is described by the help itself
-        text += f" (default: {f.default})"
     changed = [
-        f"{name} {values[section][f.name]}" for name, values in PRESETS.items() if f.name in values.get(section, {})
+        f"{name} preset: {values[section][f.name]}"
+        for name, values in PRESETS.items()
+        if f.name in values.get(section, {})
     ]
-    return text + (f" (preset: {', '.join(changed)})" if changed else "")
+    if "default:" not in text and f.default is not None:  # a None default is described by the help itself
+        return text + f" (default: {'; '.join([str(f.default), *changed])})"
+    return text + (f" ({'; '.join(changed)})" if changed else "")
 
 
 def _parse_type(f: dataclasses.Field):
