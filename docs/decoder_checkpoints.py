@@ -2,10 +2,11 @@
 
     python docs/decoder_checkpoints.py RUN STATE.pt [STATE.pt ...] --eval-reference-dir DIR [DIR ...]
 
-For each state (copies of RUN/decoder_train_state.pt taken while the stage trained, or the run's own), its EMA decoder
-replaces the run's decoder and the held-out images are encoded (the run's encoder: the latents are the same for every
-state) and decoded; prints PSNR and, per class at one n, feature FD, recall and colour FD against the held-out images,
-as `evaluate`'s "VAE reconstructions" row. `RUN` alone (no states) scores the run's public decoder.
+For each state (copies of RUN/decoder_train_state.pt taken while the stage trained, or the run's own; or the VAE
+stage's RUN/vae_train_state.pt, for its pixel-loss decoder), its (EMA) decoder replaces the run's decoder and the
+held-out images are encoded (the run's encoder: the latents are the same for every state) and decoded; prints PSNR
+and, per class at one n, feature FD, recall and colour FD against the held-out images, as `evaluate`'s "VAE
+reconstructions" row. `RUN` alone (no states) scores the run's public decoder.
 """
 
 from __future__ import annotations
@@ -47,7 +48,10 @@ def main_() -> None:
     for name in args.states or [None]:
         if name is not None:
             state = load_file(name)
-            decoder.load_state_dict(state["ema"]["model"])
+            if "ema" in state:  # a decoder-stage state: its EMA decoder
+                decoder.load_state_dict(state["ema"]["model"])
+            else:  # the VAE stage's state: its pixel-loss decoder
+                decoder.load_state_dict({k[8:]: v for k, v in state["model"].items() if k.startswith("decoder.")})
         s = score(parts)
         step = "public file" if name is None else f"step {state['step']}"
         cells = [

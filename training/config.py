@@ -128,7 +128,7 @@ class DecoderConfig:
     space (the encoder, the latents and the denoiser trained on them do not change)."""
 
     steps: int = opt(
-        3000, "optimizer steps (0: no decoder stage; the VAE's pixel-loss decoder is kept)", "non_negative"
+        1000, "optimizer steps (0: no decoder stage; the VAE's pixel-loss decoder is kept)", "non_negative"
     )
     batch_size: int = opt(256, "images per step (per process under torchrun)", "positive")
     lr: float = opt(2e-4, "peak AdamW learning rate of the decoder, cosine-annealed after warm-up", "positive")
@@ -304,8 +304,8 @@ PRESETS: dict[str, dict[str, dict]] = {
     "default": {"run": {"visualize_every": 2000}},
     "cpu": {
         "run": {"log_every": 50, "checkpoint_every": 500},
-        "vae": {"steps": 900, "batch_size": 64, "lr": 2e-3, "warmup_steps": 50, "perceptual_weight": 0.0},
-        "decoder": {"steps": 1500, "batch_size": 64},
+        "vae": {"steps": 450, "batch_size": 64, "lr": 2e-3, "warmup_steps": 50, "perceptual_weight": 0.0},
+        "decoder": {"steps": 450, "batch_size": 64},
         "diffusion": {"steps": 1970, "batch_size": 128, "lr": 5e-4, "warmup_steps": 100, "ema_decay": 0.998},
     },
     "smoke": {
