@@ -1,22 +1,13 @@
-"""Train the class-conditional latent diffusion model of CIFAR-10 cats and dogs, or sample from a trained one.
-
-python main.py                      # train (VAE, decoder stage, diffusion; finished stages are skipped), draw samples
-python main.py --preset cpu         # a run sized for a 2-core CPU
-python main.py sample --class dog --num-samples 64 --sample-seed 0
-python main.py evaluate             # PSNR/SSIM, class fidelity, feature distance, FID/KID where weights exist
-python main.py diagnose             # which part of the run limits its samples: the denoiser or the decoder
-"""
+"""Train the class-conditional latent diffusion model of CIFAR-10 cats and dogs, or sample from a trained one: the
+stages in order, and the commands. `python main.py --help` names the commands (cli.py)."""
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
-import json
 import logging
 import sys
 import time
-from pathlib import Path
 
 import torch
 
@@ -25,7 +16,6 @@ from errors import UserInputError
 from models import (
     ConditionalDenoiseDiffusion,
     ConditionalUNet,
-    SamplingOptions,
     SimpleAutoencoder,
     generate_class_samples,
 )
@@ -42,16 +32,9 @@ from evaluation.diagnose import diagnose_run, format_report
 from evaluation.evaluate import evaluate_run, format_table
 from evaluation.judge import get_judge, load_reference
 from training.config import (
-    PRESETS,
-    SECTIONS,
-    Parser,
-    RunConfig,
-    add_config_args,
-    check_unknown_flags,
-    explicit_flags,
-    flag_of,
     resolve_configs,
 )
+from cli import check_flags, check_option_use, parse_args, recorded_config
 from training.decoder import latent_space_fingerprint, train_decoder
 from training.diffusion import train_diffusion
 from training.loop import interrupts_remembered
@@ -72,98 +55,6 @@ from training.vae import train_vae
 from visualization import save_image_grid, save_samples, write_diffusion_figures, write_loss_curves, write_vae_figures
 
 log = logging.getLogger("main")
-SAMPLER = {f.name for f in dataclasses.fields(SamplingOptions)} | {"sample_seed"}
-DATA = {"data_dir", "download_dir", "holdout_fraction", "max_images"}
-COMMON = {"output_dir", "device", "seed", "threads"}
-ALLOWED = {  # flags each command takes, by config section (None: all of the section)
-    "train": {"run": None, "vae": None, "decoder": None, "diffusion": None, "sample": SAMPLER | {"num_samples"}},
-    "sample": {"run": COMMON, "diffusion": {"compile"}, "sample": None},
-    "evaluate": {"run": COMMON | DATA, "diffusion": {"compile"}, "sample": SAMPLER, "eval": None},
-    "diagnose": {"run": COMMON | DATA, "diffusion": {"compile"}, "sample": SAMPLER, "eval": None},
-}
-
-
-COMMANDS = {
-    "train": "run the pipeline (the default command): VAE, decoder stage, diffusion model, figures",
-    "sample": "draw images of a class from trained checkpoints",
-    "evaluate": "score trained checkpoints on held-out images with an independent judge",
-    "diagnose": "find which part of a trained run (the denoiser or the decoder) limits its samples",
-}
-
-
-def print_help(argv: list[str]) -> None:
-    """--help: without a command, the commands and how to get each one's options; with one, only its options."""
-    command = next((token for token in argv if token in ALLOWED), None)
-    if command is None:
-        lines = [__doc__.strip(), "", "commands:"]
-        lines += [f"  {name:9s} {text}" for name, text in COMMANDS.items()]
-        lines += ["", "python main.py COMMAND --help lists that command's options (train's are the training flags)."]
-        print("\n".join(lines))
-        return
-    parser = argparse.ArgumentParser(
-        prog=f"python main.py {command}", usage="%(prog)s [options]", description=COMMANDS[command]
-    )
-    add_command_args(parser, ALLOWED[command])
-    parser.print_help()
-
-
-def add_command_args(parser: argparse.ArgumentParser, only: dict | None = None) -> None:
-    """--preset and the config flags (all of them, or `only` those of one command)."""
-    parser.add_argument(
-        "--preset",
-        default=None,
-        choices=tuple(PRESETS),
-        help="default: full run for a GPU; cpu: a quarter of an hour on 2 cores; smoke: the whole pipeline in under a "
-        "minute. sample and evaluate take their defaults from the run's config.json unless --preset is given "
-        "(default: default)",
-    )
-    add_config_args(parser, only)
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    argv = sys.argv[1:] if argv is None else argv
-    if "-h" in argv or "--help" in argv:
-        print_help(argv)
-        raise SystemExit(0)
-    parser = Parser(description=__doc__, add_help=False, allow_abbrev=False)
-    parser.add_argument(
-        "command",
-        nargs="?",
-        default="train",
-        choices=tuple(ALLOWED),
-        help="; ".join(f"{name}: {text}" for name, text in COMMANDS.items()),
-    )
-    add_command_args(parser)
-    check_unknown_flags(parser, argv)
-    return parser.parse_args(argv)
-
-
-def check_flags(args: argparse.Namespace) -> None:
-    """Refuse flags that do not apply to the chosen command."""
-    allowed = ALLOWED[args.command]
-    wrong = {
-        flag_of(section, name)
-        for section in SECTIONS
-        for name in explicit_flags(args, section)
-        if section not in allowed or (allowed[section] is not None and name not in allowed[section])
-    }
-    if wrong:
-        flags = ", ".join(sorted(wrong))
-        raise UserInputError(f"{flags} cannot be used with the {args.command} command")
-
-
-def check_option_use(args: argparse.Namespace, cfg: dict) -> None:
-    """Refuse an option that the resolved run would silently ignore or find missing only after minutes of work."""
-    sampler = cfg["sample"].sampler
-    if "eta" in explicit_flags(args, "sample") and sampler != "ddim":
-        raise UserInputError(
-            f"--eta applies to the ddim sampler only (the sampler is {sampler}): drop it, or add --sampler ddim"
-        )
-    weights = cfg["eval"].fid_weights
-    if args.command == "evaluate" and weights is not None and not Path(weights).is_file():
-        raise UserInputError(
-            f"--fid-weights {weights} is not a file (the Inception weights, pt_inception-2015-12-05-6726825d.pth)"
-        )
 
 
 def load_splits(run) -> tuple:
@@ -405,23 +296,6 @@ def diagnose(cfg: dict) -> None:
         parts = judged_run(cfg)
         print(format_report(diagnose_run(**parts)))
     print(f"written to {parts['out_dir'] / 'diagnose.json'}")
-
-
-def recorded_config(args: argparse.Namespace) -> dict:
-    """For sample and evaluate: the options recorded in the run's config.json that the command takes, except where
-    the run was and where it runs now (output folder, device, threads); {} when there is no readable record."""
-    out_dir = getattr(args, "run.output_dir") or RunConfig.output_dir
-    path = Path(out_dir) / "config.json"
-    try:
-        record = json.loads(path.read_text()) if args.command != "train" and path.is_file() else {}
-    except (OSError, ValueError) as err:
-        log.warning("ignoring %s (%s): using the preset's options", path, err)
-        return {}
-    local = {"output_dir", "device", "threads"}
-    return {
-        section: {k: v for k, v in record.get(section, {}).items() if (names is None or k in names) and k not in local}
-        for section, names in ALLOWED[args.command].items()
-    }
 
 
 INTERRUPTED = {
