@@ -6,6 +6,7 @@ with 0 = cat and 1 = dog.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -228,6 +229,15 @@ def load_dataset(
             f"{len(train) + len(test)} images: too few to train on; raise --max-images or add images"
         )
     return train, test
+
+
+def split_fingerprint(train: Split, held: Split) -> str:
+    """A hash of the images and labels of both splits: equal exactly when the same images fall on the same side."""
+    digest = hashlib.sha1()
+    for split in (train, held):
+        digest.update(split.x.contiguous().numpy().tobytes())
+        digest.update(split.y.numpy().tobytes())
+    return digest.hexdigest()
 
 
 def to_model_range(x: torch.Tensor) -> torch.Tensor:

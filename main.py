@@ -43,13 +43,16 @@ from models.pipeline import load_pipeline
 from training.run import (
     check_output_dir,
     check_recorded_data,
+    check_split,
     folder_lock,
     make_context,
     prepare_output_dir,
     resolve_paths,
     run_folder,
     setup_logging,
+    split_record,
     write_config,
+    write_split,
 )
 from training.vae import train_vae
 from visualization import save_image_grid, save_samples, write_diffusion_figures, write_loss_curves, write_vae_figures
@@ -69,29 +72,34 @@ def load_splits(run) -> tuple:
 
 
 def train(cfg: dict) -> None:
-    """Run the stages in order: data, VAE (unless done), diffusion (unless done), figures."""
+    """Run the stages in order: data, VAE (unless done), decoder stage and diffusion (unless done), figures."""
     cfg["run"] = resolve_paths(cfg["run"])
     run = cfg["run"]
     ctx = make_context(run)
     setup_logging(None, ctx.is_main)
     check_output_dir(ctx.out_dir)
     train_set, held = load_splits(run)  # bad data fails here, before the output folder exists
+    split = split_record(run, train_set, held)
+    if not run.retrain_vae:  # finished or interrupted stages of this folder were trained on the recorded split
+        check_split(
+            ctx.out_dir, split, "pass --retrain-vae to train the run anew on this data, or another --output-dir"
+        )
     if ctx.is_main:
         prepare_output_dir(ctx.out_dir)
     with folder_lock(ctx.out_dir, "train", ctx.is_main):
         setup_logging(ctx.out_dir, ctx.is_main)
         log.info("data: %d training and %d held-out images", len(train_set), len(held))
-        run_stages(cfg, ctx, train_set, held)
+        run_stages(cfg, ctx, train_set, held, split)
 
 
-def run_stages(cfg: dict, ctx, train_set, held) -> None:
+def run_stages(cfg: dict, ctx, train_set, held, split: dict) -> None:
     """The VAE (unless done), the decoder stage (unless done), the diffusion model (unless done), then the figures and
     the run's config.json."""
     run = cfg["run"]
     torch.manual_seed(run.seed)  # model initialisation only; identical on every rank
     autoencoder = SimpleAutoencoder().to(ctx.device)
     unet = ConditionalUNet(prediction=cfg["diffusion"].prediction).to(ctx.device)
-    vae_trained = vae_stage(autoencoder, train_set, held, cfg, ctx)
+    vae_trained = vae_stage(autoencoder, train_set, held, cfg, ctx, split)
     write_config(cfg, ctx)
     decoder_trained = decoder_stage(autoencoder, train_set, held, cfg, ctx)
     if ctx.is_main and run.figures and (vae_trained or decoder_trained):
@@ -140,14 +148,17 @@ def record_skipped_stage(cfg: dict, ctx, section: str, state_file: str) -> None:
         ctx.extra[f"{section}_stage"] = "skipped: its checkpoint exists; the options it was trained with are unknown"
 
 
-def vae_stage(autoencoder, train_set, held, cfg: dict, ctx) -> bool:
-    """Train the VAE, or load it when its checkpoint exists; return whether it was trained now."""
+def vae_stage(autoencoder, train_set, held, cfg: dict, ctx, split: dict) -> bool:
+    """Train the VAE (recording the `split` it trains on), or load it when its checkpoint exists; return whether it
+    was trained now."""
     if (ctx.out_dir / AUTOENCODER_FILE).is_file() and not cfg["run"].retrain_vae:
         log.info("VAE checkpoint found, skipping VAE training (--retrain-vae to train it again)")
         load_weights(autoencoder, ctx.out_dir / AUTOENCODER_FILE, ctx.device)
         record_skipped_stage(cfg, ctx, "vae", VAE_STATE_FILE)
         return False
     write_config(cfg, ctx)
+    if ctx.is_main:
+        write_split(ctx.out_dir, split)
     figures = lambda step, ae: write_vae_figures(ae, held, ctx.out_dir, f"step_{step}")  # noqa: E731
     with timed(ctx, "vae_seconds"):
         train_vae(autoencoder, train_set, held, cfg["vae"], ctx, stage_generator(cfg, ctx, 1), figures)
@@ -263,6 +274,10 @@ def judged_run(cfg: dict) -> dict:
     diffusion.compile(compile_mode(cfg["diffusion"].compile, ctx.device))
     check_recorded_data(run, ctx.out_dir)
     train_set, held = load_splits(run)
+    fix = (
+        "drop the options that change it (--max-images, --holdout-fraction, --seed), or use a run trained on this data"
+    )
+    check_split(ctx.out_dir, split_record(run, train_set, held), fix)
     reference = load_reference(
         cfg["eval"].reference_dirs, run.data_dir, run.download_dir, train_set, held, torch.Generator().manual_seed(0)
     )

@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 import urllib.error
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 
 import main
 from conftest import ROOT, TINY_RUN, run_main, same_state
+from data import split_fingerprint
 
 OUT = "cifar_cat_dog_conditional_improved"
 
@@ -374,3 +376,33 @@ def test_the_project_installs_as_a_package_and_the_snippet_imports_from_anywhere
     env = {**__import__("os").environ, "PYTHONPATH": str(target)}
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_a_run_refuses_other_data_or_another_split_in_one_line(trained_run, image_folder, tmp_path):
+    """Before: another --max-images against a trained run's checkpoints exited 0, and a later evaluate drew its
+    held-out split from the new options: 54 of 60 "held-out" images were the model's own training images."""
+    out = tmp_path / OUT
+    shutil.copytree(trained_run / OUT, out)
+    proc = run_main(*TINY_RUN, "--data-dir", str(image_folder), "--output-dir", str(out), "--max-images", "40")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    err = proc.stderr.strip().splitlines()[-1]
+    assert "was trained on another split of the data (max_images 600 (now 40)" in err and "--retrain-vae" in err
+    proc = run_main("evaluate", "--output-dir", str(out), "--max-images", "40", "--device", "cpu")
+    assert proc.returncode == 2 and "drop the options that change it" in proc.stderr.strip().splitlines()[-1]
+    assert not (out / "evaluation.json").exists()
+    # the split an evaluation draws from the recorded options is the one the VAE trained on: no held-out image of it
+    # is a training image
+    recorded = json.loads((out / "config.json").read_text())["run"]
+    train, held = main.load_splits(main.resolve_configs(main.parse_args(["evaluate"]), None, {"run": recorded})["run"])
+    assert split_fingerprint(train, held) == json.loads((out / "split.json").read_text())["fingerprint"]
+    seen = {bytes(x.numpy()) for x in train.x}
+    assert not any(bytes(x.numpy()) in seen for x in held.x)
+
+
+def test_evaluate_with_a_preset_sizes_the_work_and_keeps_the_runs_data_and_split():
+    """Before: evaluate --preset cpu on a smoke run replaced the recorded data folder and max_images."""
+    recorded = {"run": {"data_dir": "/data/x", "max_images": 600, "holdout_fraction": 0.2, "seed": 3}}
+    cfg = main.resolve_configs(main.parse_args(["evaluate", "--preset", "cpu"]), "cpu", recorded)
+    run = cfg["run"]
+    assert (run.data_dir, run.max_images, run.holdout_fraction, run.seed) == ("/data/x", 600, 0.2, 3)
+    assert cfg["eval"].samples_per_class == 1000  # the preset's evaluation size

@@ -22,6 +22,7 @@ CHECKS = {
     "decay": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
 }
 SAMPLING = SamplingOptions()  # the defaults of the sampling flags
+RUN_DATA_OPTIONS = ("data_dir", "download_dir", "holdout_fraction", "max_images", "seed")  # what draws the split
 
 
 def opt(default, help: str, check: str | None = None, **kw):
@@ -406,10 +407,14 @@ def _parse_type(f: dataclasses.Field):
 
 def resolve_configs(args: argparse.Namespace, preset: str | None, recorded: dict | None = None) -> dict:
     """Build each section's dataclass: its defaults, then the preset (or, with no --preset, the values `recorded`
-    by the run being sampled or evaluated, {section: {field: value}}), then the flags given on the command line."""
+    by the run being sampled or evaluated, {section: {field: value}}; with both, the run's data options stay the
+    recorded ones), then the flags given on the command line."""
     if preset is not None and preset not in PRESETS:
         raise UserInputError(f"unknown preset {preset!r}: use one of {', '.join(PRESETS)}")
     base = PRESETS[preset or "default"] if preset is not None or not recorded else recorded
+    if preset is not None and recorded:  # a preset sizes the command's work; the data and its split stay the run's
+        kept = {k: v for k, v in recorded.get("run", {}).items() if k in RUN_DATA_OPTIONS}
+        base = {**base, "run": {**base.get("run", {}), **kept}}
     out = {}
     for section, (cls, _) in SECTIONS.items():
         fields = {f.name for f in dataclasses.fields(cls)}

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from checkpoints import AUTOENCODER_FILE
+from checkpoints import AUTOENCODER_FILE, SPLIT_FILE
+from data import Split, split_fingerprint
 from errors import UserInputError
 from training.context import RunContext, native_bf16
 from training.config import RunConfig
@@ -152,6 +153,44 @@ def check_recorded_data(run: RunConfig, out_dir: Path) -> None:
         raise UserInputError(
             f"data dir {run.data_dir}, recorded in {path}, does not exist here; pass --data-dir DIR to use another"
         )
+
+
+SPLIT_OPTIONS = ("data_dir", "holdout_fraction", "max_images", "seed")  # what decides the split, besides the images
+
+
+def split_record(run: RunConfig, train: Split, held: Split) -> dict:
+    """What the VAE stage records of the data it trains on: the options that drew the split, and its fingerprint."""
+    return {
+        **{key: getattr(run, key) for key in SPLIT_OPTIONS},
+        "train_images": len(train),
+        "held_out_images": len(held),
+        "fingerprint": split_fingerprint(train, held),
+    }
+
+
+def write_split(out_dir: Path, record: dict) -> None:
+    """Record the split of a VAE stage that starts training (the VAE stage owns this file)."""
+    tmp = out_dir / f".{SPLIT_FILE}.tmp"
+    tmp.write_text(json.dumps(record, indent=2))
+    os.replace(tmp, out_dir / SPLIT_FILE)
+
+
+def check_split(out_dir: Path, record: dict, fix: str) -> None:
+    """Refuse to use a run's checkpoints with another split than the one its VAE stage trained on (recorded in
+    SPLIT_FILE; runs from before the record are not checked): its held-out images would be training images, or its
+    stages would mix two data sets. The same images moved to another folder are the same split."""
+    path = Path(out_dir) / SPLIT_FILE
+    if not path.is_file():
+        return
+    recorded = json.loads(path.read_text())
+    if recorded.get("fingerprint") == record["fingerprint"]:
+        return
+    keys = (*SPLIT_OPTIONS, "train_images", "held_out_images")
+    differs = [f"{key} {recorded.get(key)} (now {record[key]})" for key in keys if recorded.get(key) != record[key]]
+    raise UserInputError(
+        f"{out_dir} was trained on another split of the data ({'; '.join(differs) or 'other images'}; recorded in "
+        f"{path}): {fix}"
+    )
 
 
 @contextlib.contextmanager
