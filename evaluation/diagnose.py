@@ -29,6 +29,7 @@ from models.batched import encode_images, eval_mode
 from models.diffusion import SamplingOptions
 
 FD_MARGIN = 0.5  # samples within this feature FD of the decoder's ceiling: the denoiser is not what limits them
+BLIND_FD = 0.1  # a judge that scores blurred held-out images this close to real ones cannot see (a trained one: ~1.6)
 HELD_OUT_COPIES = 0.05  # the copy check's rate for held-out data, by construction (copy_fraction's 95% threshold)
 BLUR_ROW = "held-out, blurred sigma 0.7"
 CEILING_ROW = "decoder on training latents"
@@ -137,22 +138,43 @@ def latent_copies(bank: tuple, held_z: tuple, latents: list[torch.Tensor]) -> li
     return [copy_fraction(z_bank[y_bank == c], z_held[y_held == c], z) for c, z in enumerate(latents)]
 
 
+def bottleneck(sample_fd: float, ceiling_fd: float, blur_fd: float) -> str:
+    """The bottleneck of one class: the denoiser while its samples score more than FD_MARGIN above the decoder's
+    ceiling; else the decoder while that ceiling lies above the blur line; else none."""
+    if sample_fd > ceiling_fd + FD_MARGIN:
+        return "the denoiser"
+    return "the decoder" if ceiling_fd > blur_fd else "none"
+
+
 def verdict(rows: dict, summary: dict) -> str:
-    """One line naming the bottleneck, from the judge rows' feature FD and the ladder's gain over the Gaussian."""
+    """One line naming the bottleneck, from the judge rows' feature FD and the ladder's gain over the Gaussian; no
+    verdict from a judge that cannot see blur; each class's own when the two classes disagree."""
     sample_row = list(rows)[-1]  # the run's samples at its guidance: the last row of judge_image_sets
     fd = {row: [rows[row][c]["fd"] for c in CLASS_NAMES] for row in (sample_row, CEILING_ROW, BLUR_ROW)}
+    if not all(v is not None and math.isfinite(v) and v >= BLIND_FD for v in fd[BLUR_ROW]):
+        return (
+            f"no verdict: the judge cannot see blur (held-out images blurred with sigma 0.7 score feature FD "
+            f"{' / '.join('n/a' if v is None else f'{v:.2f}' for v in fd[BLUR_ROW])}, under {BLIND_FD}); give it more "
+            "images or epochs (--eval-reference-dir, --eval-classifier-epochs) and more held-out images"
+        )
     pairs = {row: " / ".join(f"{v:.2f}" for v in values) for row, values in fd.items()}
+    names = [bottleneck(*(fd[row][i] for row in (sample_row, CEILING_ROW, BLUR_ROW))) for i in range(len(CLASS_NAMES))]
     gains = [summary[c][MID_NOISE]["gain_over_gaussian"] for c in CLASS_NAMES]
     gain = " / ".join(f"{abs(g):.0f}% {'below' if g >= 0 else 'above'}" for g in gains)
-    # the copy check in latent space: twice the held-out latents' rate is a warning
-    copies = [rows[sample_row][c]["latent_copies"] for c in CLASS_NAMES]
-    if any(s > ceiling + FD_MARGIN for s, ceiling in zip(fd[sample_row], fd[CEILING_ROW])):
+    if len(set(names)) > 1:
+        line = (
+            "the classes disagree: "
+            + ", ".join(f"{c}s: {n if n != 'none' else 'no bottleneck'}" for c, n in zip(CLASS_NAMES, names))
+            + f". Samples {pairs[sample_row]} (cat / dog), decoder on training latents {pairs[CEILING_ROW]}, "
+            f"blur-0.7 line {pairs[BLUR_ROW]}"
+        )
+    elif names[0] == "the denoiser":
         line = (
             f"bottleneck: the denoiser. Its samples score feature FD {pairs[sample_row]} (cat / dog) against "
             f"{pairs[CEILING_ROW]} for the decoder on training latents; on held-out latents its loss is {gain} the "
             f"exact Gaussian's at t = {MID_NOISE}"
         )
-    elif any(ceiling > blur for ceiling, blur in zip(fd[CEILING_ROW], fd[BLUR_ROW])):
+    elif names[0] == "the decoder":
         line = (
             f"bottleneck: the decoder. The samples ({pairs[sample_row]}) are within {FD_MARGIN} of what it draws from "
             f"training latents ({pairs[CEILING_ROW]}), which is above the blur-0.7 line ({pairs[BLUR_ROW]})"
@@ -162,6 +184,7 @@ def verdict(rows: dict, summary: dict) -> str:
             f"no bottleneck left at this yardstick: the samples ({pairs[sample_row]}) are within {FD_MARGIN} of the "
             f"decoder on training latents ({pairs[CEILING_ROW]}), below the blur-0.7 line ({pairs[BLUR_ROW]})"
         )
+    copies = [rows[sample_row][c]["latent_copies"] for c in CLASS_NAMES]  # twice the held-out rate: a warning
     if any(c > 2 * HELD_OUT_COPIES for c in copies):
         line += (
             f"; and its samples are close copies of training latents as often as "
