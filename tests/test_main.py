@@ -238,7 +238,7 @@ def test_evaluate_takes_its_defaults_from_the_runs_preset(trained_run):
     proc = run_main("evaluate", "--output-dir", str(out), "--device", "cpu", "--eval-name", "from_config")
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads((out / "from_config.json").read_text())
-    assert result["samples"]["cat"]["n"] == 50 and result["eval_config"]["classifier_epochs"] == 1  # smoke's
+    assert result["sampling"]["samples_per_class"] == 50 and result["eval_config"]["classifier_epochs"] == 1  # smoke's
     assert result["sampling"]["steps"] == 4  # the run's own --sample-steps, recorded in its config.json
     assert "LinAlgWarning" not in proc.stderr and "Traceback" not in proc.stderr
 
@@ -383,6 +383,7 @@ def test_a_run_refuses_other_data_or_another_split_in_one_line(trained_run, imag
     held-out split from the new options: 54 of 60 "held-out" images were the model's own training images."""
     out = tmp_path / OUT
     shutil.copytree(trained_run / OUT, out)
+    (out / "evaluation.json").unlink(missing_ok=True)  # an earlier test may have evaluated the shared run
     proc = run_main(*TINY_RUN, "--data-dir", str(image_folder), "--output-dir", str(out), "--max-images", "40")
     assert proc.returncode == 2, proc.stderr[-2000:]
     err = proc.stderr.strip().splitlines()[-1]

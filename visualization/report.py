@@ -17,7 +17,7 @@ from visualization.latents import visualize_latent_space, visualize_reconstructi
 from visualization.samples import generate_samples_grid, save_sample_sheet
 
 log = logging.getLogger(__name__)
-MIN_MAP_IMAGES_PER_CLASS = 3  # fewer held-out latents per class: t-SNE and the silhouette score are undefined
+MIN_MAP_IMAGES_PER_CLASS = 2  # fewer held-out latents per class: the silhouette score is undefined
 
 
 def write_vae_figures(autoencoder, held: Split, out_dir: Path, tag: str) -> list[Path]:

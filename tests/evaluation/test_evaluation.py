@@ -67,6 +67,8 @@ def test_evaluate_command_writes_json_table_and_sheet(trained_run, tmp_path):
     out = trained_run / "cifar_cat_dog_conditional_improved"
     make_images(tmp_path / "others" / "frog", 12, 5, color=1)
     config = json.loads((out / "config.json").read_text())
+    not_weights = tmp_path / "not_inception.pth"
+    not_weights.write_bytes(b"not a weights file")
     proc = run_main(
         "evaluate",
         "--output-dir",
@@ -83,7 +85,7 @@ def test_evaluate_command_writes_json_table_and_sheet(trained_run, tmp_path):
         config["run"]["data_dir"],
         str(tmp_path / "others"),
         "--fid-weights",
-        str(out / "no_such_file.pth"),
+        str(not_weights),  # a file, but not Inception's: FID is skipped without reaching for the network
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "FID/KID skipped" in proc.stderr and "calibration" in proc.stdout and "recall" in proc.stdout
@@ -91,7 +93,9 @@ def test_evaluate_command_writes_json_table_and_sheet(trained_run, tmp_path):
     assert result["fid_available"] is False
     assert result["judge"]["classes"] == ["cat", "dog", "frog"]
     assert set(result["samples"]) == {"cat", "dog"}
-    assert result["samples"]["cat"]["n"] == 6 and 0 <= result["samples"]["dog"]["fidelity"] <= 1
+    # every row at one n, the held-out images of a class (2 here): the 6 samples are scored as 3 chunks of 2
+    assert result["samples"]["cat"]["n"] == 2 and result["samples"]["cat"]["chunks"] == 3
+    assert 0 <= result["samples"]["dog"]["fidelity"] <= 1
     assert set(result["calibration"]) == {
         "real held-out, half vs half",
         "blurred, sigma 0.7",
