@@ -92,44 +92,19 @@ def test_second_run_skips_every_stage(trained_run, image_folder):
 
 def test_sample_command_writes_images_without_training(trained_run):
     out = trained_run / OUT
-    proc = run_main(
-        "sample",
-        "--output-dir",
-        str(out),
-        "--class",
-        "dog",
-        "--num-samples",
-        "3",
-        "--sample-seed",
-        "7",
-        "--sample-steps",
-        "5",
-        "--save-npz",
-        "--device",
-        "cpu",
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+
+    def sample(n: int, *extra: str):
+        args = ["--output-dir", str(out), "--class", "dog", "--num-samples", str(n), "--sample-seed", "7"]
+        proc = run_main("sample", *args, "--sample-steps", "5", "--device", "cpu", *extra)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return proc
+
+    proc = sample(3, "--save-npz")
     folder = out / "samples" / "dog_seed7"
     assert sorted(p.name for p in folder.iterdir()) == ["dog.npz", "dog_0000.png", "dog_0001.png", "dog_0002.png"]
     assert (out / "samples" / "dog_seed7.png").is_file()
     assert f"arrays {folder / 'dog.npz'}" in proc.stdout  # before: the .npz went unmentioned
-    # a smaller call into the same folder leaves only its own images (before: the larger call's extra files stayed)
-    proc = run_main(
-        "sample",
-        "--output-dir",
-        str(out),
-        "--class",
-        "dog",
-        "--num-samples",
-        "2",
-        "--sample-seed",
-        "7",
-        "--sample-steps",
-        "5",
-        "--device",
-        "cpu",
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    sample(2)  # a smaller call into the same folder leaves only its own images (before: the larger call's stayed)
     assert sorted(p.name for p in folder.iterdir()) == ["dog_0000.png", "dog_0001.png"]
 
 
