@@ -9,7 +9,9 @@ import logging
 import sys
 import time
 
+import numpy as np
 import torch
+from tqdm import tqdm
 
 from data import CLASS_NAMES, class_index, load_dataset
 from errors import UserInputError
@@ -55,9 +57,12 @@ from training.run import (
     write_split,
 )
 from training.vae import train_vae
-from visualization import save_image_grid, save_samples, write_diffusion_figures, write_loss_curves, write_vae_figures
+from visualization import save_samples, write_diffusion_figures, write_loss_curves, write_vae_figures
+from visualization.samples import labelled_sheet, to_uint8
 
 log = logging.getLogger("main")
+SAMPLE_BATCH = 256  # the sample command draws and writes this many images at a time
+GRID_MAX = 256  # images in the sample command's grid (every image is written as a PNG)
 
 
 def load_splits(run) -> tuple:
@@ -248,19 +253,27 @@ def sample(cfg: dict) -> None:
 
 
 def draw_samples(cfg: dict, ctx, autoencoder, diffusion, labels: list[int]) -> None:
-    """The sample command's images, grids (and arrays) of each class in `labels`."""
+    """The sample command's images, grids (and arrays) of each class in `labels`: drawn and written batch by batch
+    under a progress bar (a Ctrl-C keeps what was written); SAMPLE_BATCH is generate_class_samples' own batch size,
+    so these are the images one call would draw."""
     s = cfg["sample"]
     seed = sample_seed(cfg)
     gen = torch.Generator(ctx.device).manual_seed(seed)
     for label in labels:
-        images = generate_class_samples(
-            autoencoder, diffusion, label, s.num_samples, options=s.options(), generator=gen
-        )
-        folder = ctx.out_dir / "samples" / f"{CLASS_NAMES[label]}_seed{seed}"
-        save_samples(images, folder, CLASS_NAMES[label], npz=s.save_npz)
-        grid = save_image_grid(images, folder.with_suffix(".png"))
-        arrays = f", arrays {folder / (CLASS_NAMES[label] + '.npz')}" if s.save_npz else ""
-        print(f"{CLASS_NAMES[label]}: {len(images)} images in {folder}/, grid {grid}{arrays}")
+        name, batches = CLASS_NAMES[label], []
+        folder = ctx.out_dir / "samples" / f"{name}_seed{seed}"
+        for start in tqdm(range(0, s.num_samples, SAMPLE_BATCH), desc=f"sample {name}", unit="batch"):
+            n = min(SAMPLE_BATCH, s.num_samples - start)
+            batches.append(generate_class_samples(autoencoder, diffusion, label, n, options=s.options(), generator=gen))
+            save_samples(batches[-1], folder, name, start=start)
+        images = torch.cat(batches)
+        if s.save_npz:
+            np.savez_compressed(folder / f"{name}.npz", images=to_uint8(images))
+        shown = images[:GRID_MAX]
+        count = f"the first {len(shown)} of {len(images)}" if len(shown) < len(images) else f"{len(images)}"
+        grid = labelled_sheet([shown], [f"{name}, seed {seed}: {count} samples"], folder.with_suffix(".png"), 8, 2)
+        arrays = f", arrays {folder / (name + '.npz')}" if s.save_npz else ""
+        print(f"{name}: {len(images)} images in {folder}/, grid {grid}{arrays}")
 
 
 def judged_run(cfg: dict) -> dict:
@@ -315,7 +328,7 @@ def diagnose(cfg: dict) -> None:
 
 INTERRUPTED = {
     "train": "interrupted: training state saved; run the same command again to resume",
-    "sample": "interrupted: the classes already drawn are written; the one being drawn is not",
+    "sample": "interrupted: the images drawn so far are written (each batch as it is drawn); the grid is not",
     "evaluate": "interrupted: nothing was written",
     "diagnose": "interrupted: nothing was written",
 }

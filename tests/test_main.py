@@ -5,8 +5,10 @@ import re
 import shutil
 import urllib.error
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import main
 from conftest import ROOT, TINY_RUN, run_main, same_state
@@ -106,6 +108,25 @@ def test_sample_command_writes_images_without_training(trained_run):
     assert f"arrays {folder / 'dog.npz'}" in proc.stdout  # before: the .npz went unmentioned
     sample(2)  # a smaller call into the same folder leaves only its own images (before: the larger call's stayed)
     assert sorted(p.name for p in folder.iterdir()) == ["dog_0000.png", "dog_0001.png"]
+
+
+def test_sample_writes_batch_by_batch_the_images_of_one_call_and_caps_its_grid(trained_run, tmp_path, monkeypatch):
+    """Before: every image was kept in memory until the end (a Ctrl-C kept nothing) and the grid held them all."""
+    out = tmp_path / OUT
+    shutil.copytree(trained_run / OUT, out)
+    args = ["sample", "--output-dir", str(out), "--class", "cat", "--num-samples", "3", "--sample-steps", "4"]
+    assert main.main([*args, "--device", "cpu"]) == 0
+    whole = [np.asarray(Image.open(p)) for p in sorted((out / "samples" / "cat_seed0").glob("*.png"))]
+    monkeypatch.setattr(main, "SAMPLE_BATCH", 2)
+    monkeypatch.setattr(main, "GRID_MAX", 2)
+    assert main.main([*args, "--device", "cpu"]) == 0
+    batched = [np.asarray(Image.open(p)) for p in sorted((out / "samples" / "cat_seed0").glob("*.png"))]
+    # the same images: the same noise in the same order; only the float rounding of another batch size may move a
+    # pixel by one level (seen: 0, 0, 1)
+    assert len(batched) == 3 and max(np.abs(a.astype(int) - b).max() for a, b in zip(whole, batched)) <= 1
+    grid = np.asarray(Image.open(out / "samples" / "cat_seed0.png").convert("RGB"))
+    third = grid[40 + 2 : 40 + 2 + 64, 2 * (1 + 2 * 33) : 2 * (1 + 2 * 33) + 64]  # under the title, 2x, 1-px gaps
+    assert third.min() == 255  # the grid holds the first 2 of the 3 images: the third slot is blank
 
 
 @pytest.mark.parametrize(

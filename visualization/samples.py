@@ -91,16 +91,20 @@ def labelled_sheet(
     return path
 
 
-def save_samples(images: torch.Tensor, out_dir: str | Path, prefix: str, npz: bool = False) -> list[Path]:
-    """Write every image as its own PNG (`prefix_0000.png`, ...) and optionally all of them in `prefix.npz`; the files
-    of an earlier call with this prefix are removed first, so the folder holds this call's images only."""
+def save_samples(
+    images: torch.Tensor, out_dir: str | Path, prefix: str, npz: bool = False, start: int = 0
+) -> list[Path]:
+    """Write every image as its own PNG (`prefix_0000.png`, ... numbered from `start`, so a set can be written batch
+    by batch) and optionally all of them in `prefix.npz`; a call with start 0 first removes the files of an earlier
+    call with this prefix, so the folder holds one set's images only."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for old in [*out_dir.glob(f"{prefix}_[0-9][0-9][0-9][0-9].png"), out_dir / f"{prefix}.npz"]:
-        old.unlink(missing_ok=True)
+    if start == 0:
+        for old in [*out_dir.glob(f"{prefix}_[0-9][0-9][0-9][0-9].png"), out_dir / f"{prefix}.npz"]:
+            old.unlink(missing_ok=True)
     arr = to_uint8(images)
     paths = []
-    for i, img in enumerate(arr):
+    for i, img in enumerate(arr, start):
         paths.append(out_dir / f"{prefix}_{i:04d}.png")
         Image.fromarray(img).save(paths[-1])
     if npz:
