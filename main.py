@@ -95,6 +95,9 @@ def train(cfg: dict) -> None:
         setup_logging(ctx.out_dir, ctx.is_main)
         log.info("data: %d training and %d held-out images", len(train_set), len(held))
         run_stages(cfg, ctx, train_set, held, split)
+    if ctx.is_main:
+        grid = " and samples/samples_grid_final.png" if run.figures else ""
+        print(f"done: {ctx.out_dir} holds {AUTOENCODER_FILE}, {DIFFUSION_FILE}{grid}; log.txt says what ran")
 
 
 def run_stages(cfg: dict, ctx, train_set, held, split: dict) -> None:

@@ -79,6 +79,14 @@ def test_readme_notebook_snippet_runs_as_written(trained_run, monkeypatch):
         assert samples.min() >= 0 and samples.max() <= 1
 
 
+def test_training_ends_with_one_line_naming_the_folder_and_its_main_files(trained_run, image_folder):
+    out = trained_run / OUT
+    proc = run_main(*TINY_RUN, "--data-dir", str(image_folder), "--output-dir", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith(f"done: {out} holds cifar_cat_dog_autoencoder.pt, conditional_diffusion_final.pt")
+
+
 def test_second_run_skips_every_stage(trained_run, image_folder):
     out = trained_run / OUT
     stamps = {
