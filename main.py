@@ -19,8 +19,8 @@ from models import (
     ConditionalDenoiseDiffusion,
     ConditionalUNet,
     SimpleAutoencoder,
-    generate_class_samples,
 )
+from models.generate import iter_class_samples
 from checkpoints import (
     AUTOENCODER_FILE,
     DECODER_STATE_FILE,
@@ -256,19 +256,22 @@ def sample(cfg: dict) -> None:
 
 
 def draw_samples(cfg: dict, ctx, autoencoder, diffusion, labels: list[int]) -> None:
-    """The sample command's images, grids (and arrays) of each class in `labels`: drawn and written batch by batch
-    under a progress bar (a Ctrl-C keeps what was written); SAMPLE_BATCH is generate_class_samples' own batch size,
-    so these are the images one call would draw."""
+    """The sample command's images, grids (and arrays) of each class in `labels`: written batch by batch as they are
+    drawn, under a progress bar (a Ctrl-C keeps what was written)."""
     s = cfg["sample"]
     seed = sample_seed(cfg)
     gen = torch.Generator(ctx.device).manual_seed(seed)
     for label in labels:
         name, batches = CLASS_NAMES[label], []
         folder = ctx.out_dir / "samples" / f"{name}_seed{seed}"
-        for start in tqdm(range(0, s.num_samples, SAMPLE_BATCH), desc=f"sample {name}", unit="batch"):
-            n = min(SAMPLE_BATCH, s.num_samples - start)
-            batches.append(generate_class_samples(autoencoder, diffusion, label, n, options=s.options(), generator=gen))
-            save_samples(batches[-1], folder, name, start=start)
+        draw = iter_class_samples(
+            autoencoder, diffusion, label, s.num_samples, options=s.options(), generator=gen, batch_size=SAMPLE_BATCH
+        )
+        with tqdm(total=s.num_samples, desc=f"sample {name}", unit="image") as bar:
+            for batch in draw:
+                save_samples(batch, folder, name, start=sum(map(len, batches)))
+                batches.append(batch)
+                bar.update(len(batch))
         images = torch.cat(batches)
         if s.save_npz:
             np.savez_compressed(folder / f"{name}.npz", images=to_uint8(images))

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from data import CLASS_NAMES, Split, to_model_range, to_unit_range
 from evaluation.classifier import JudgeClassifier, classify
@@ -33,7 +34,7 @@ from evaluation.metrics import (
 )
 from models.batched import psnr, reconstruct_images
 from models.diffusion import SamplingOptions
-from models.generate import generate_class_samples
+from models.generate import iter_class_samples
 from visualization.samples import save_reconstruction_sheet, save_sample_sheet
 
 log = logging.getLogger(__name__)
@@ -60,13 +61,18 @@ def reconstruction_scores(autoencoder, held: Split) -> tuple[dict[str, float], t
 def sample_classes(
     autoencoder, diffusion, n: int, options: SamplingOptions, seed: int
 ) -> tuple[list[torch.Tensor], float]:
-    """n samples of each class and the sampling rate in images per second."""
+    """n samples of each class (generate_class_samples' images) and the sampling rate in images per second, under a
+    progress bar."""
     gen = torch.Generator(diffusion.device).manual_seed(seed)
     start = time.perf_counter()
-    samples = [
-        generate_class_samples(autoencoder, diffusion, label, n, options=options, generator=gen)
-        for label in range(len(CLASS_NAMES))
-    ]
+    samples = []
+    with tqdm(total=len(CLASS_NAMES) * n, desc="sampling", unit="image") as bar:
+        for label in range(len(CLASS_NAMES)):
+            batches = []
+            for images in iter_class_samples(autoencoder, diffusion, label, n, options=options, generator=gen):
+                batches.append(images)
+                bar.update(len(images))
+            samples.append(torch.cat(batches))
     return samples, len(CLASS_NAMES) * n / (time.perf_counter() - start)
 
 

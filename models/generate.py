@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 
 from data import class_index, to_unit_range
@@ -21,7 +23,6 @@ def _make_generator(
     return torch.Generator(device=device).manual_seed(seed)
 
 
-@torch.no_grad()
 def generate_class_samples(
     autoencoder: SimpleAutoencoder,
     diffusion: ConditionalDenoiseDiffusion,
@@ -42,6 +43,25 @@ def generate_class_samples(
     maps them back to the VAE's latents and decodes them, `batch_size` at a time. For the same options and
     generator, `diffusion.sample` draws the same latents.
     """
+    args = (autoencoder, diffusion, target_class, num_samples)
+    kwargs = dict(options=options, seed=seed, generator=generator, batch_size=batch_size, **changes)
+    return torch.cat(list(iter_class_samples(*args, **kwargs)))
+
+
+def iter_class_samples(
+    autoencoder: SimpleAutoencoder,
+    diffusion: ConditionalDenoiseDiffusion,
+    target_class: int | str,
+    num_samples: int,
+    *,
+    options: SamplingOptions | None = None,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+    batch_size: int = 256,
+    **changes,
+) -> Iterator[torch.Tensor]:
+    """generate_class_samples' images, one batch of `batch_size` at a time as each is drawn (for a caller that writes
+    them as they come, or shows progress); their concatenation is what generate_class_samples returns."""
     label = class_index(target_class)
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise UserInputError(f"num_samples must be a positive integer, got {num_samples!r}")
@@ -50,11 +70,10 @@ def generate_class_samples(
     options = (options or SamplingOptions()).replace(**changes)
     options.validate(diffusion.n_steps)
     generator = _make_generator(diffusion.device, seed, generator)
-    images = []
-    with eval_mode(autoencoder, diffusion.model):
-        for start in range(0, num_samples, batch_size):
-            n = min(batch_size, num_samples - start)
-            y = torch.full((n,), label, dtype=torch.long, device=diffusion.device)
+    for start in range(0, num_samples, batch_size):
+        n = min(batch_size, num_samples - start)
+        y = torch.full((n,), label, dtype=torch.long, device=diffusion.device)
+        with torch.no_grad(), eval_mode(autoencoder, diffusion.model):
             z = diffusion.to_vae_latents(autoencoder, diffusion.sample(y, options, generator=generator))
-            images.append(to_unit_range(autoencoder.decode(z)).float().cpu())
-    return torch.cat(images)
+            images = to_unit_range(autoencoder.decode(z)).float().cpu()
+        yield images
