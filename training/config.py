@@ -30,6 +30,16 @@ def opt(default, help: str, check: str | None = None, **kw):
     return field(default=default, metadata={"help": help, "check": check, **kw})
 
 
+def compile_option(what: str):
+    """The `compile` field of a stage: how torch.compile wraps its network."""
+    return opt(
+        "auto",
+        f"torch.compile {what}: auto (reduce-overhead, i.e. CUDA graphs, on CUDA; off elsewhere), off, default, "
+        "reduce-overhead; falls back to eager with a warning where unavailable",
+        choices=COMPILE_MODES,
+    )
+
+
 @dataclass
 class RunConfig:
     """Options of the whole run (not of a stage)."""
@@ -86,12 +96,7 @@ class VAEConfig:
     warmup_steps: int = opt(50, "linear learning-rate warm-up steps", "positive")
     weight_decay: float = opt(0.0, "AdamW weight decay", "non_negative")
     grad_clip: float = opt(1.0, "gradient-norm clip", "positive")
-    compile: str = opt(
-        "auto",
-        "torch.compile the VAE for training: auto (reduce-overhead, i.e. CUDA graphs, on CUDA; off elsewhere), off, "
-        "default, reduce-overhead; falls back to eager with a warning where unavailable",
-        choices=COMPILE_MODES,
-    )
+    compile: str = compile_option("the VAE for training")
     augment_shift: int = opt(2, "max random translation in pixels (with random flips)", "non_negative")
     kl_start: float = opt(
         0.1, "phase 2 (KL ramps in) starts at this fraction of steps; before it: reconstruction only", "fraction"
@@ -136,12 +141,7 @@ class DecoderConfig:
     warmup_steps: int = opt(50, "linear learning-rate warm-up steps", "positive")
     weight_decay: float = opt(0.0, "AdamW weight decay", "non_negative")
     grad_clip: float = opt(1.0, "gradient-norm clip", "positive")
-    compile: str = opt(
-        "auto",
-        "torch.compile the decoder for training: auto (reduce-overhead on CUDA, off elsewhere), off, default, "
-        "reduce-overhead",
-        choices=COMPILE_MODES,
-    )
+    compile: str = compile_option("the decoder for training")
     adversarial_weight: float = opt(
         0.5,
         "factor on the adaptive weight of the discriminator's hinge term (Esser et al. 2021: the ratio of the pixel "
@@ -169,12 +169,7 @@ class DiffusionConfig:
     warmup_steps: int = opt(100, "linear learning-rate warm-up steps", "positive")
     weight_decay: float = opt(0.0, "AdamW weight decay", "non_negative")
     grad_clip: float = opt(1.0, "gradient-norm clip", "positive")
-    compile: str = opt(
-        "auto",
-        "torch.compile the denoiser for training and sampling: auto (reduce-overhead, i.e. CUDA graphs, on CUDA; off "
-        "elsewhere), off, default, reduce-overhead; falls back to eager with a warning where unavailable",
-        choices=COMPILE_MODES,
-    )
+    compile: str = compile_option("the denoiser for training and sampling")
     ema_decay: float = opt(
         0.992,
         "EMA decay per step of the weights used for sampling (half-life 87 steps = 178k latents at 2048)",
