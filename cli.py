@@ -14,6 +14,7 @@ from errors import UserInputError
 from models import SamplingOptions
 from training.config import (
     PRESETS,
+    RUN_DATA_OPTIONS,
     SECTIONS,
     Parser,
     RunConfig,
@@ -33,7 +34,7 @@ python main.py evaluate             # PSNR/SSIM, class fidelity, feature distanc
 python main.py diagnose             # which part of the run limits its samples: the denoiser or the decoder
 """
 SAMPLER = {f.name for f in dataclasses.fields(SamplingOptions)} | {"sample_seed"}
-DATA = {"data_dir", "download_dir", "holdout_fraction", "max_images"}
+DATA = set(RUN_DATA_OPTIONS) - {"seed"}  # seed is in COMMON: sample takes it too
 COMMON = {"output_dir", "device", "seed", "threads"}
 ALLOWED = {  # flags each command takes, by config section (None: all of the section)
     "train": {"run": None, "vae": None, "decoder": None, "diffusion": None, "sample": SAMPLER | {"num_samples"}},

@@ -17,7 +17,7 @@ from checkpoints import AUTOENCODER_FILE, SPLIT_FILE
 from data import Split, split_fingerprint
 from errors import UserInputError
 from training.context import RunContext, native_bf16
-from training.config import RunConfig
+from training.config import RUN_DATA_OPTIONS, RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -155,13 +155,10 @@ def check_recorded_data(run: RunConfig, out_dir: Path) -> None:
         )
 
 
-SPLIT_OPTIONS = ("data_dir", "holdout_fraction", "max_images", "seed")  # what decides the split, besides the images
-
-
 def split_record(run: RunConfig, train: Split, held: Split) -> dict:
     """What the VAE stage records of the data it trains on: the options that drew the split, and its fingerprint."""
     return {
-        **{key: getattr(run, key) for key in SPLIT_OPTIONS},
+        **{key: getattr(run, key) for key in RUN_DATA_OPTIONS},
         "train_images": len(train),
         "held_out_images": len(held),
         "fingerprint": split_fingerprint(train, held),
@@ -170,9 +167,14 @@ def split_record(run: RunConfig, train: Split, held: Split) -> dict:
 
 def write_split(out_dir: Path, record: dict) -> None:
     """Record the split of a VAE stage that starts training (the VAE stage owns this file)."""
-    tmp = out_dir / f".{SPLIT_FILE}.tmp"
+    write_json(out_dir / SPLIT_FILE, record)
+
+
+def write_json(path: Path, record: dict) -> None:
+    """Write a JSON record through a temporary file and a rename: a kill leaves the previous file whole."""
+    tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(record, indent=2))
-    os.replace(tmp, out_dir / SPLIT_FILE)
+    os.replace(tmp, path)
 
 
 def check_split(out_dir: Path, record: dict, fix: str) -> None:
@@ -185,7 +187,7 @@ def check_split(out_dir: Path, record: dict, fix: str) -> None:
     recorded = json.loads(path.read_text())
     if recorded.get("fingerprint") == record["fingerprint"]:
         return
-    keys = (*SPLIT_OPTIONS, "train_images", "held_out_images")
+    keys = (*RUN_DATA_OPTIONS, "train_images", "held_out_images")
     differs = [f"{key} {recorded.get(key)} (now {record[key]})" for key in keys if recorded.get(key) != record[key]]
     raise UserInputError(
         f"{out_dir} was trained on another split of the data ({'; '.join(differs) or 'other images'}; recorded in "
@@ -276,6 +278,4 @@ def write_config(configs: dict, ctx: RunContext, name: str = "config.json") -> N
         "python": platform.python_version(),
         **ctx.extra,
     }
-    tmp = ctx.out_dir / f".{name}.tmp"
-    tmp.write_text(json.dumps(record, indent=2))
-    os.replace(tmp, ctx.out_dir / name)
+    write_json(ctx.out_dir / name, record)
