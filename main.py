@@ -9,7 +9,6 @@ import logging
 import sys
 import time
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -58,7 +57,7 @@ from training.run import (
 )
 from training.vae import train_vae
 from visualization import save_samples, write_diffusion_figures, write_loss_curves, write_vae_figures
-from visualization.samples import labelled_sheet, to_uint8
+from visualization.samples import labelled_sheet, save_arrays
 
 log = logging.getLogger("main")
 SAMPLE_BATCH = 256  # the sample command draws and writes this many images at a time
@@ -273,12 +272,10 @@ def draw_samples(cfg: dict, ctx, autoencoder, diffusion, labels: list[int]) -> N
                 batches.append(batch)
                 bar.update(len(batch))
         images = torch.cat(batches)
-        if s.save_npz:
-            np.savez_compressed(folder / f"{name}.npz", images=to_uint8(images))
+        arrays = f", arrays {save_arrays(images, folder, name)}" if s.save_npz else ""
         shown = images[:GRID_MAX]
         count = f"the first {len(shown)} of {len(images)}" if len(shown) < len(images) else f"{len(images)}"
         grid = labelled_sheet([shown], [f"{name}, seed {seed}: {count} samples"], folder.with_suffix(".png"), 8, 2)
-        arrays = f", arrays {folder / (name + '.npz')}" if s.save_npz else ""
         print(f"{name}: {len(images)} images in {folder}/, grid {grid}{arrays}")
 
 

@@ -205,11 +205,12 @@ def diagnose_run(
     ladder = loss_ladders(diffusion, bank, held_z, n, gen)
     summary = ladder_summary(ladder)
     features, real, seen = Features(judge), per_class_images(held), per_class_images(train)
+    scored = equal_n(n, real)  # every row at one n
     rows = {}
     for name, (images, latents) in judge_image_sets(
         autoencoder, diffusion, bank, held_z, held, n, options, seed
     ).items():
-        rows[name] = score_set(list(zip(images, real)), features, reference.classes, seen, equal_n(n, real))
+        rows[name] = score_set(list(zip(images, real)), features, reference.classes, seen, scored)
         for c, value in zip(CLASS_NAMES, latent_copies(bank, held_z, latents) if latents else [None, None]):
             rows[name][c]["latent_copies"] = value
     result = {
@@ -218,6 +219,7 @@ def diagnose_run(
         "judge_rows": rows,
         "verdict": verdict(rows, summary),
         "samples_per_class": n,
+        "scored_per_class": scored,
         "sampling": dataclasses.asdict(options.resolve(diffusion.model)),
         "seed": seed,
     }
@@ -257,7 +259,7 @@ def format_report(result: dict) -> str:
             )
     lines.append(
         f"judge rows ({result['samples_per_class']} per class where drawn, every row scored at n = "
-        f"{next(iter(result['judge_rows'].values()))[CLASS_NAMES[0]]['n']} per class; cat / dog, against the held-out "
+        f"{result['scored_per_class']} per class; cat / dog, against the held-out "
         "images of the class):"
     )
     lines.append(f"{'set':40s}{'FD':>15s}{'recall':>15s}{'colour FD':>15s}{'copies':>15s}{'latent copies':>16s}")

@@ -91,12 +91,10 @@ def labelled_sheet(
     return path
 
 
-def save_samples(
-    images: torch.Tensor, out_dir: str | Path, prefix: str, npz: bool = False, start: int = 0
-) -> list[Path]:
+def save_samples(images: torch.Tensor, out_dir: str | Path, prefix: str, start: int = 0) -> list[Path]:
     """Write every image as its own PNG (`prefix_0000.png`, ... numbered from `start`, so a set can be written batch
-    by batch) and optionally all of them in `prefix.npz`; a call with start 0 first removes the files of an earlier
-    call with this prefix, so the folder holds one set's images only."""
+    by batch); a call with start 0 first removes the files of an earlier call with this prefix (and its
+    `prefix.npz`), so the folder holds one set's images only."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if start == 0:
@@ -107,9 +105,14 @@ def save_samples(
     for i, img in enumerate(arr, start):
         paths.append(out_dir / f"{prefix}_{i:04d}.png")
         Image.fromarray(img).save(paths[-1])
-    if npz:
-        np.savez_compressed(out_dir / f"{prefix}.npz", images=arr)
     return paths
+
+
+def save_arrays(images: torch.Tensor, out_dir: str | Path, prefix: str) -> Path:
+    """Write a whole set of images (N, 3, H, W) in [0, 1] as uint8 arrays (N, H, W, 3) in `prefix.npz`."""
+    path = Path(out_dir) / f"{prefix}.npz"
+    np.savez_compressed(path, images=to_uint8(images))
+    return path
 
 
 def generate_samples_grid(
