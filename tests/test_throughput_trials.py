@@ -1,0 +1,46 @@
+"""docs/throughput_trials.py builds every variant it times from the stages' real step functions, and each one trains."""
+
+import importlib.util
+
+import torch
+import torch.optim.optimizer as optimizer_hooks
+
+from conftest import ROOT
+
+
+def load_trials():
+    spec = importlib.util.spec_from_file_location("throughput_trials", ROOT / "docs" / "throughput_trials.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_uncompiled_variant_runs_its_stage_step_with_an_optimizer_step(monkeypatch):
+    trials = load_trials()
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: model)  # compilation is timed on the CPU, not tested
+    steps = []
+    hook = optimizer_hooks.register_optimizer_step_post_hook(lambda opt, args, kwargs: steps.append(opt))
+    try:
+        for build, optimizers in ((trials.denoiser_step, 1), (trials.vae_step, 1), (trials.decoder_step, 2)):
+            table = trials.variants(lambda batch=4, build=build, **kw: build(batch=batch, **kw), (8,), amp=False)
+            assert "fp32" not in table  # fp32 is today's setting where the CPU has no native bf16
+            assert {"today", "channels_last", "torch.compile", "foreach AdamW", "1 thread", "batch 8"} <= set(table)
+            for label, make in table.items():
+                step, items = make()
+                steps.clear()
+                step()
+                assert items == (8 if label == "batch 8" else 4), label
+                assert len(steps) == optimizers, label  # the decoder stage also steps its discriminator
+    finally:
+        hook.remove()
+
+
+def test_capacity_and_width_rows_are_ordered_by_parameter_count():
+    trials = load_trials()
+    capacity = list(trials.capacity(trials.decoder_step, amp=False))
+    assert capacity[0].startswith("32/64/128, 1 block a level (today)")
+    params = [float(label.rsplit(", ", 1)[1].rstrip("M")) for label in capacity]
+    assert params[0] == min(params) and params[-1] == max(params)
+    widths = list(trials.widths(trials.denoiser_step, amp=False))
+    counts = [float(label.split("(")[1].split("M")[0]) for label in widths]
+    assert counts == sorted(counts, reverse=True) and counts[0] < 7.5
