@@ -18,7 +18,7 @@ def load_trials():
 def test_every_uncompiled_variant_runs_its_stage_step_with_an_optimizer_step(monkeypatch):
     trials = load_trials()
     monkeypatch.setattr(torch, "compile", lambda model, **kw: model)  # compilation is timed on the CPU, not tested
-    steps = []
+    steps, threads = [], torch.get_num_threads()
     hook = optimizer_hooks.register_optimizer_step_post_hook(lambda opt, args, kwargs: steps.append(opt))
     try:
         for build, optimizers in ((trials.denoiser_step, 1), (trials.vae_step, 1), (trials.decoder_step, 2)):
@@ -31,8 +31,20 @@ def test_every_uncompiled_variant_runs_its_stage_step_with_an_optimizer_step(mon
                 step()
                 assert items == (8 if label == "batch 8" else 4), label
                 assert len(steps) == optimizers, label  # the decoder stage also steps its discriminator
+                assert torch.get_num_threads() == threads, label  # the 1-thread variant gives the threads back
     finally:
         hook.remove()
+
+
+def test_a_channels_last_variant_lays_out_the_network_and_its_images_channels_last():
+    from benchmark import TODAY, Variant
+
+    layout = Variant(channels_last=True)
+    conv, images = layout.place(torch.nn.Conv2d(3, 8, 3), "cpu"), layout.place(torch.rand(2, 3, 8, 8), "cpu")
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert images.is_contiguous(memory_format=torch.channels_last) and not images.is_contiguous()
+    assert layout.place(torch.rand(2, 256), "cpu").is_contiguous()  # flat latents stay as they are
+    assert TODAY.place(torch.rand(2, 3, 8, 8), "cpu").is_contiguous()
 
 
 def test_capacity_and_width_rows_are_ordered_by_parameter_count():
