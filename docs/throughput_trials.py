@@ -6,7 +6,8 @@ Each variant is one change (benchmark.py's `Variant`) to the step that `benchmar
 CPU has native bf16, fused AdamW, batch 128 for the denoiser and 64 for the VAE and the decoder stage): fp32,
 channels_last, torch.compile (inductor; its compilation is excluded, it runs in the warm-up), both of those together,
 the foreach AdamW instead of the fused one, one thread, other batch sizes and, for the denoiser, narrower networks;
-and (`--stage capacity`) the decoder stage's step with larger decoders. Rounds interleave the variants, so a machine
+(`--stage capacity`) the decoder stage's step with larger decoders; and (`--stage conv`) every 3x3 convolution of
+the denoiser, grouped by grid, forward and backward through oneDNN against two matrix-multiply forms of it. Rounds interleave the variants, so a machine
 that slows down mid-run slows them all; the table gives the median rate over rounds and its ratio to today's step
 (the first row). Numbers from one run only compare within it.
 """
@@ -20,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -102,6 +104,78 @@ def capacity(build, amp: bool) -> dict:
     return out
 
 
+def conv_shapes(batch: int) -> list[tuple[int, int, int]]:
+    """(in channels, out channels, grid side) of every stride-1 3x3 convolution in one forward pass of the denoiser."""
+    shapes = []
+
+    def record(module, inputs, output):
+        if module.kernel_size == (3, 3) and module.stride == (1, 1):
+            shapes.append((module.in_channels, module.out_channels, inputs[0].shape[-1]))
+
+    unet = ConditionalUNet()
+    hooks = [m.register_forward_hook(record) for m in unet.modules() if isinstance(m, torch.nn.Conv2d)]
+    labels = torch.zeros(batch, dtype=torch.long)
+    with torch.no_grad():
+        unet(torch.randn(batch, unet.latent_dim), labels, labels)
+    for hook in hooks:
+        hook.remove()
+    return shapes
+
+
+def im2col_conv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """A padded 3x3 convolution as unfold + one matrix multiply."""
+    n, _, side, _ = x.shape
+    return (w.flatten(1) @ F.unfold(x, 3, padding=1) + b[:, None]).view(n, len(w), side, side)
+
+
+def dense_conv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """A padded 3x3 convolution on a side x side grid as one dense matrix multiply over the whole grid: the kernel's
+    taps that fall inside the grid, scattered into a (out x positions, in x positions) matrix. It does only the
+    multiply-adds that touch the image (a 2x2 grid: 4 of the 9 taps), but its matrix grows with the grid squared."""
+    n, c, side, _ = x.shape
+    pos = torch.arange(side * side)
+    di = pos[None, :] // side - pos[:, None] // side  # (out position, in position)
+    dj = pos[None, :] % side - pos[:, None] % side
+    inside = (di.abs() <= 1) & (dj.abs() <= 1)
+    taps = w.flatten(2)[:, :, ((di + 1) * 3 + dj + 1).clamp(0, 8)] * inside  # (out, in, out pos, in pos)
+    dense = taps.permute(0, 2, 1, 3).reshape(len(w) * side * side, c * side * side)
+    return (x.flatten(1) @ dense.t()).view(n, len(w), side, side) + b[:, None, None]
+
+
+CONV_FORMS = {"oneDNN (F.conv2d)": lambda x, w, b: F.conv2d(x, w, b, padding=1), "im2col + matmul": im2col_conv}
+CONV_FORMS["dense matmul"] = dense_conv
+
+
+def conv_trials(batch: int, rounds: int, steps: int) -> None:
+    """Each form's forward + backward time, summed over the denoiser's convolutions on each grid (ms a step)."""
+    shapes = conv_shapes(batch)
+    print(f"\n## the denoiser's 3x3 convolutions by grid, forward + backward, batch {batch} (ms a step, median)\n")
+    print(f"| grid | convolutions | {' | '.join(CONV_FORMS)} |")
+    print("|---|---|" + "---|" * len(CONV_FORMS))
+    for side in sorted({s for _, _, s in shapes}, reverse=True):
+        here = [s for s in shapes if s[2] == side]
+        times = {}
+        for label, form in CONV_FORMS.items():
+            if label == "dense matmul" and side > 4:  # its matrix grows with the grid squared: 8x8 is 64x a 1x1's
+                continue
+            total = 0.0
+            for c_in, c_out, _ in here:
+                x = torch.randn(batch, c_in, side, side, requires_grad=True)
+                w = (torch.randn(c_out, c_in, 3, 3) * 0.05).requires_grad_()
+                b = torch.zeros(c_out, requires_grad=True)
+                form(x, w, b).sum().backward()  # warm-up
+                per_round = []
+                for _ in range(rounds):
+                    start = time.perf_counter()
+                    for _ in range(steps):
+                        form(x, w, b).sum().backward()
+                    per_round.append((time.perf_counter() - start) / steps)
+                total += statistics.median(per_round)
+            times[label] = f"{1000 * total:.0f}"
+        cells = " | ".join(times.get(label, "-") for label in CONV_FORMS)
+        print(f"| {side}x{side} | {len(here)} | {cells} |", flush=True)
+
+
 def run(name: str, table: dict, rounds: int, steps: int) -> None:
     built = {}
     for label, make in table.items():
@@ -131,7 +205,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=6)
-    parser.add_argument("--stage", choices=("denoiser", "vae", "decoder", "capacity", "all"), default="all")
+    parser.add_argument("--stage", choices=("denoiser", "vae", "decoder", "capacity", "conv", "all"), default="all")
     args = parser.parse_args()
     amp = native_bf16(CPU)
     print(f"torch {torch.__version__}, bf16 autocast (today's setting) {amp}")
@@ -146,6 +220,8 @@ def main() -> None:
             run(name, variants(build, batches, amp) | extra, args.rounds, args.steps)
     if args.stage in ("capacity", "all"):
         run("decoder-stage step by decoder size, images/s", capacity(decoder_step, amp), args.rounds, args.steps)
+    if args.stage in ("conv", "all"):
+        conv_trials(128, args.rounds, args.steps)
 
 
 if __name__ == "__main__":

@@ -56,3 +56,22 @@ def test_capacity_and_width_rows_are_ordered_by_parameter_count():
     widths = list(trials.widths(trials.denoiser_step, amp=False))
     counts = [float(label.split("(")[1].split("M")[0]) for label in widths]
     assert counts == sorted(counts, reverse=True) and counts[0] < 7.5
+
+
+def test_the_matrix_multiply_forms_of_a_convolution_equal_it_in_value_and_gradient():
+    """The conv trials time two rewrites of the denoiser's 3x3 convolutions: they must compute the same function."""
+    trials = load_trials()
+    torch.manual_seed(0)
+    for side in (2, 4):
+        x = torch.randn(3, 5, side, side, requires_grad=True)
+        w, b = torch.randn(6, 5, 3, 3, requires_grad=True), torch.randn(6, requires_grad=True)
+        reference = torch.nn.functional.conv2d(x, w, b, padding=1)
+        expected = torch.autograd.grad(reference.square().sum(), (x, w, b))
+        for form in (trials.im2col_conv, trials.dense_conv):
+            out = form(x, w, b)
+            assert torch.allclose(out, reference, atol=1e-5), (form.__name__, side)
+            grads = torch.autograd.grad(out.square().sum(), (x, w, b))
+            assert all(torch.allclose(g, e, atol=1e-4) for g, e in zip(grads, expected)), (form.__name__, side)
+    shapes = trials.conv_shapes(batch=2)
+    assert {side for _, _, side in shapes} == {8, 4, 2}  # the denoiser's three grids
+    assert (256, 256, 2) in shapes and (64, 64, 8) in shapes
