@@ -16,7 +16,7 @@ class PatchDiscriminator(nn.Module):
     4x4 convolutions: two of stride 2 (32 -> 16 -> 8), then two of stride 1 (8 -> 7 -> 6), LeakyReLU(0.2), GroupNorm
     (per-sample statistics: no coupling between the real and the reconstructed batch)."""
 
-    def __init__(self, in_channels: int = 3, width: int = 64):
+    def __init__(self, in_channels: int = 3, width: int = 32):
         super().__init__()
         w = width
         self.net = nn.Sequential(

@@ -72,6 +72,12 @@ class Adversary:
         return {"model": self.discriminator.state_dict(), "optimizer": self.optimizer.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
+        theirs, ours = state["model"]["net.0.weight"].shape[0], self.discriminator.net[0].out_channels
+        if theirs != ours:
+            raise UserInputError(
+                f"the interrupted decoder stage trained a discriminator of width {theirs}, not {ours}: resume it with "
+                f"--decoder-discriminator-width {theirs}, or start the stage afresh with --no-resume"
+            )
         self.discriminator.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
 

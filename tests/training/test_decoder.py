@@ -99,6 +99,14 @@ def test_the_fingerprint_follows_the_encoder_and_the_statistics_not_the_decoder(
         LatentSpace(ae).load_state_dict(saved)  # resuming a decoder stage on another VAE is refused
 
 
+def test_resuming_with_another_discriminator_width_is_refused_in_one_line():
+    ctx = RunContext(CPU, Path("."))
+    saved = Adversary(PatchDiscriminator(width=64), 2e-4, ctx).state_dict()  # the width before it became 32
+    with pytest.raises(UserInputError, match="discriminator of width 64, not 32: .*--decoder-discriminator-width 64"):
+        Adversary(PatchDiscriminator(width=32), 2e-4, ctx).load_state_dict(saved)
+    Adversary(PatchDiscriminator(width=64), 2e-4, ctx).load_state_dict(saved)
+
+
 def test_retrain_decoder_reruns_the_stage_from_the_pixel_decoder_and_leaves_the_denoiser_alone(
     trained_run, image_folder, tmp_path
 ):
