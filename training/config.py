@@ -137,7 +137,9 @@ class DecoderConfig:
         1000, "optimizer steps (0: no decoder stage; the VAE's pixel-loss decoder is kept)", "non_negative"
     )
     batch_size: int = opt(256, "images per step (per process under torchrun)", "positive")
-    lr: float = opt(2e-4, "peak AdamW learning rate of the decoder, cosine-annealed after warm-up", "positive")
+    lr: float = opt(
+        2e-4, "AdamW learning rate of the decoder, held after warm-up (not annealed, as in GAN training)", "positive"
+    )
     warmup_steps: int = opt(50, "linear learning-rate warm-up steps", "positive")
     weight_decay: float = opt(0.0, "AdamW weight decay", "non_negative")
     grad_clip: float = opt(1.0, "gradient-norm clip", "positive")
@@ -304,7 +306,7 @@ PRESETS: dict[str, dict[str, dict]] = {
     "cpu": {
         "run": {"log_every": 50, "checkpoint_every": 500},
         "vae": {"steps": 900, "batch_size": 64, "lr": 2e-3, "warmup_steps": 50, "perceptual_weight": 0.0},
-        "decoder": {"steps": 500, "batch_size": 64},
+        "decoder": {"steps": 700, "batch_size": 64},
         "diffusion": {"steps": 1500, "batch_size": 128, "lr": 5e-4, "warmup_steps": 100, "ema_decay": 0.998},
     },
     "smoke": {

@@ -25,7 +25,7 @@ from training.config import DecoderConfig
 from training.context import RunContext
 from training.diffusion import encode_dataset
 from training.loop import Stage, train_stage
-from training.optim import EMA
+from training.optim import EMA, warmup_constant
 from training.vae import evaluate
 
 log = logging.getLogger(__name__)
@@ -161,7 +161,7 @@ def train_decoder(
         return step_fn
 
     extra = {"ema": ema, "discriminator": adversary, "latent_space": LatentSpace(autoencoder)}
-    stage = Stage("Decoder", decoder, cfg, DECODER_STATE_FILE, "metrics_decoder.jsonl", extra)
+    stage = Stage("Decoder", decoder, cfg, DECODER_STATE_FILE, "metrics_decoder.jsonl", extra, warmup_constant)
     step = train_stage(stage, ctx, generator, make_step)
     stage.checkpoint(step, done=True)  # with the raw weights, before they are replaced by the EMA's
     decoder.load_state_dict(ema.model.state_dict())

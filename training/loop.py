@@ -198,6 +198,7 @@ class Stage:
     state_file: str
     metrics_file: str
     extra_parts: dict = field(default_factory=dict)  # e.g. {"ema": ema}
+    schedule: Callable = warmup_cosine  # (optimizer, warmup_steps, steps) -> the learning-rate scheduler
     checkpoint: Callable | None = field(default=None, init=False)  # save(step, done=False), set by train_stage
     metrics: MetricsLog | None = field(default=None, init=False)  # the stage's metric log, set by train_stage
 
@@ -210,13 +211,13 @@ def train_stage(
     describe: Callable[[int], dict] = lambda step: {},
     visualize: Callable[[int], None] | None = None,
 ) -> int:
-    """The skeleton every stage shares: AdamW with warm-up + cosine schedule, resume from the stage's training state,
+    """The skeleton every stage shares: AdamW with the stage's schedule (warm-up + cosine unless it says), resume from the stage's training state,
     DDP and compile wrapping, then the step loop until cfg.steps. `make_step(net, optimizer, scheduler)` returns the
     stage's `step_fn(step) -> {name: loss tensor}`; it is called after resuming. Returns the last step; the stage
     then writes its public file and marks its training state done (`stage.checkpoint(step, done=True)`)."""
     cfg = stage.cfg
     optimizer = make_optimizer(stage.model, cfg.lr, cfg.weight_decay, ctx.device)
-    scheduler = warmup_cosine(optimizer, cfg.warmup_steps, cfg.steps)
+    scheduler = stage.schedule(optimizer, cfg.warmup_steps, cfg.steps)
     parts = dict(model=stage.model, **stage.extra_parts, optimizer=optimizer, scheduler=scheduler)
     state_path = ctx.out_dir / stage.state_file
     step = resume_train_state(state_path, ctx, generator, **parts)

@@ -51,6 +51,12 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def warmup_constant(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up to the peak LR, then the peak held to the end (the decoder stage's adversarial fine-tuning: an LR
+    annealed to zero lets the pixel loss take back the detail the adversarial term drew; docs/decoder_stage.md)."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+
+
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:
     """AdamW, fused (one kernel over all parameters) on CUDA and on the CPU: on the 2-core CPU the fused step of the
     denoiser's 14M parameters took 14 ms against 51 ms for the default implementation. Torch builds without a fused

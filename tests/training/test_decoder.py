@@ -1,6 +1,7 @@
 """The decoder stage: the discriminator and its adaptive weight, a fine-tuning that leaves the latent space alone, and
 the stage as main.py runs it (skipped when done, run again with --retrain-decoder, the denoiser untouched)."""
 
+import json
 import shutil
 from pathlib import Path
 
@@ -79,6 +80,8 @@ def test_fine_tuning_trains_the_decoder_alone_and_leaves_the_latent_space_bit_id
     assert changed and all(k.startswith("decoder.") for k in changed)
     assert latent_space_fingerprint(ae) == fingerprint
     assert evaluate(ae, train)["psnr"] > psnr_before + 1.5  # it learned to draw its training images (+2 dB seen)
+    logged = [json.loads(line) for line in (tmp_path / "metrics_decoder.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in logged if "lr" in r] == [cfg.lr] * 4  # held after warm-up to the last step, not annealed
     public = torch.load(tmp_path / "cifar_cat_dog_autoencoder.pt", weights_only=True)
     assert same_state(public, ae.state_dict())  # the public file: the EMA decoder in the unchanged autoencoder
     fresh = SimpleAutoencoder(in_channels=3, latent_dim=256, num_classes=2)
