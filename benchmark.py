@@ -115,14 +115,14 @@ def vae_step_fn(device, batch: int, perceptual: VGGPerceptualLoss | None, amp: b
     return lambda: train_step(net, opt, scheduler, x, y, weights, perceptual, cfg, ctx, None)
 
 
-def decoder_step_fn(device, batch: int, amp: bool, variant: Variant = TODAY):
+def decoder_step_fn(device, batch: int, amp: bool, variant: Variant = TODAY, discriminator_width: int | None = None):
     """One decoder-stage step (decoder forward and backward with the adaptive-weighted hinge term, EMA, then the
-    discriminator's step) on random latents and images."""
+    discriminator's step) on random latents and images; the PatchGAN as configured unless `discriminator_width`."""
     ae, cfg = variant.place(SimpleAutoencoder(**variant.arch), device), DecoderConfig()
     ctx = RunContext(device, Path("."), amp=amp)
     opt = variant.optimizer(ae.decoder, cfg.lr, device)
     scheduler, ema = warmup_cosine(opt, 1, 10**9), EMA(ae.decoder, cfg.ema_decay)
-    discriminator = PatchDiscriminator(width=cfg.discriminator_width)
+    discriminator = PatchDiscriminator(width=discriminator_width or cfg.discriminator_width)
     adversary = Adversary(variant.place(discriminator, device), cfg.discriminator_lr, ctx)
     z = variant.place(torch.randn(batch, ae.latent_channels, ae.side, ae.side), device)
     x, net = variant.place(torch.rand(batch, 3, 32, 32) * 2 - 1, device), variant.wrap(ae.decoder)

@@ -4,12 +4,13 @@
 
 Each variant is one change (benchmark.py's `Variant`) to the step that `benchmark.py` times (bf16 autocast where the
 CPU has native bf16, fused AdamW, batch 128 for the denoiser and 64 for the VAE and the decoder stage): fp32,
-channels_last, torch.compile (inductor; its compilation is excluded, it runs in the warm-up), both of those together,
-the foreach AdamW instead of the fused one, one thread, other batch sizes and, for the denoiser, narrower networks;
-(`--stage capacity`) the decoder stage's step with larger decoders; and (`--stage conv`) every 3x3 convolution of
-the denoiser, grouped by grid, forward and backward through oneDNN against two matrix-multiply forms of it. Rounds interleave the variants, so a machine
-that slows down mid-run slows them all; the table gives the median rate over rounds and its ratio to today's step
-(the first row). Numbers from one run only compare within it.
+channels_last, torch.compile (inductor; its compilation is excluded, it runs in the warm-up), both of those
+together, the foreach AdamW instead of the fused one, one thread, other batch sizes and, for the denoiser, narrower
+networks; (`--stage capacity`) the decoder stage's step with larger decoders and other PatchGAN widths; and
+(`--stage conv`) every 3x3 convolution of the denoiser, grouped by grid, forward and backward through oneDNN against
+two matrix-multiply forms of it. Rounds interleave the variants, so a machine that slows down mid-run slows them
+all; the table gives the median rate over rounds and its ratio to today's step (the first row).
+Numbers from one run only compare within it.
 """
 
 from __future__ import annotations
@@ -42,9 +43,9 @@ def vae_step(batch=64, amp=True, **variant):
     return vae_step_fn(CPU, batch, None, amp, Variant(**variant)), batch
 
 
-def decoder_step(batch=64, amp=True, **variant):
+def decoder_step(batch=64, amp=True, discriminator_width=None, **variant):
     """benchmark.py's decoder-stage step."""
-    return decoder_step_fn(CPU, batch, amp, Variant(**variant)), batch
+    return decoder_step_fn(CPU, batch, amp, Variant(**variant), discriminator_width), batch
 
 
 def parameters(module) -> float:
@@ -101,6 +102,8 @@ def capacity(build, amp: bool) -> dict:
     for label, arch in archs.items():
         params = parameters(SimpleAutoencoder(**arch).decoder)
         out[f"{label}, {params:.2f}M"] = lambda arch=arch: build(amp=amp, **arch)
+    for width in (64, 16):  # today's PatchGAN is 32 wide
+        out[f"today's decoder, PatchGAN {width} wide"] = lambda w=width: build(amp=amp, discriminator_width=w)
     return out
 
 

@@ -47,12 +47,24 @@ def test_a_channels_last_variant_lays_out_the_network_and_its_images_channels_la
     assert TODAY.place(torch.rand(2, 3, 8, 8), "cpu").is_contiguous()
 
 
-def test_capacity_and_width_rows_are_ordered_by_parameter_count():
+def test_capacity_and_width_rows_are_ordered_by_parameter_count(monkeypatch):
+    import benchmark
+    from models.discriminator import PatchDiscriminator
+
     trials = load_trials()
-    capacity = list(trials.capacity(trials.decoder_step, amp=False))
-    assert capacity[0].startswith("32/64/128, 1 block a level (today)")
-    params = [float(label.rsplit(", ", 1)[1].rstrip("M")) for label in capacity]
+    capacity = trials.capacity(lambda **kw: trials.decoder_step(batch=2, **kw), amp=False)
+    assert list(capacity)[0].startswith("32/64/128, 1 block a level (today)")
+    sizes = [label for label in capacity if "PatchGAN" not in label]
+    params = [float(label.rsplit(", ", 1)[1].rstrip("M")) for label in sizes]
     assert params[0] == min(params) and params[-1] == max(params)
+    built = []  # the PatchGAN rows time the discriminator at their width, the others at the configured one
+    monkeypatch.setattr(
+        benchmark, "PatchDiscriminator", lambda width: built.append(width) or PatchDiscriminator(width=width)
+    )
+    for label, make in capacity.items():
+        make()
+        expected = int(label.split("PatchGAN ")[1].split()[0]) if "PatchGAN" in label else 32
+        assert built.pop() == expected, label
     widths = list(trials.widths(trials.denoiser_step, amp=False))
     counts = [float(label.split("(")[1].split("M")[0]) for label in widths]
     assert counts == sorted(counts, reverse=True) and counts[0] < 7.5

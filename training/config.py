@@ -154,7 +154,8 @@ class DecoderConfig:
         2e-4, "AdamW learning rate of the PatchGAN discriminator (betas 0.5, 0.9)", "positive"
     )
     discriminator_width: int = opt(
-        32, "channels of the discriminator's first layer (it doubles twice); 32 draws as well as 64 at 1.4x the steps/s",
+        32,
+        "channels of the discriminator's first layer (it doubles twice); 32 draws as well as 64 at 1.4x the steps/s",
         "positive",
     )
     ema_decay: float = opt(0.999, "EMA decay per step of the decoder weights written to the public file", "decay")

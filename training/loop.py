@@ -211,10 +211,11 @@ def train_stage(
     describe: Callable[[int], dict] = lambda step: {},
     visualize: Callable[[int], None] | None = None,
 ) -> int:
-    """The skeleton every stage shares: AdamW with the stage's schedule (warm-up + cosine unless it says), resume from the stage's training state,
-    DDP and compile wrapping, then the step loop until cfg.steps. `make_step(net, optimizer, scheduler)` returns the
-    stage's `step_fn(step) -> {name: loss tensor}`; it is called after resuming. Returns the last step; the stage
-    then writes its public file and marks its training state done (`stage.checkpoint(step, done=True)`)."""
+    """The skeleton every stage shares: AdamW with the stage's schedule (warm-up + cosine unless it says), resume
+    from the stage's training state, DDP and compile wrapping, then the step loop until cfg.steps.
+    `make_step(net, optimizer, scheduler)` returns the stage's `step_fn(step) -> {name: loss tensor}`; it is called
+    after resuming. Returns the last step; the stage then writes its public file and marks its training state done
+    (`stage.checkpoint(step, done=True)`)."""
     cfg = stage.cfg
     optimizer = make_optimizer(stage.model, cfg.lr, cfg.weight_decay, ctx.device)
     scheduler = stage.schedule(optimizer, cfg.warmup_steps, cfg.steps)
