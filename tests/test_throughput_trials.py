@@ -50,6 +50,7 @@ def test_a_channels_last_variant_lays_out_the_network_and_its_images_channels_la
 def test_capacity_and_width_rows_are_ordered_by_parameter_count(monkeypatch):
     import benchmark
     from models.discriminator import PatchDiscriminator
+    from training.config import DecoderConfig
 
     trials = load_trials()
     capacity = trials.capacity(lambda **kw: trials.decoder_step(batch=2, **kw), amp=False)
@@ -63,7 +64,7 @@ def test_capacity_and_width_rows_are_ordered_by_parameter_count(monkeypatch):
     )
     for label, make in capacity.items():
         make()
-        expected = int(label.split("PatchGAN ")[1].split()[0]) if "PatchGAN" in label else 32
+        expected = int(label.split("PatchGAN ")[1].split()[0]) if "PatchGAN" in label else DecoderConfig().discriminator_width
         assert built.pop() == expected, label
     widths = list(trials.widths(trials.denoiser_step, amp=False))
     counts = [float(label.split("(")[1].split("M")[0]) for label in widths]
