@@ -62,9 +62,10 @@ def test_capacity_and_width_rows_are_ordered_by_parameter_count(monkeypatch):
     monkeypatch.setattr(
         benchmark, "PatchDiscriminator", lambda width: built.append(width) or PatchDiscriminator(width=width)
     )
+    configured = DecoderConfig().discriminator_width
     for label, make in capacity.items():
         make()
-        expected = int(label.split("PatchGAN ")[1].split()[0]) if "PatchGAN" in label else DecoderConfig().discriminator_width
+        expected = int(label.split("PatchGAN ")[1].split()[0]) if "PatchGAN" in label else configured
         assert built.pop() == expected, label
     widths = list(trials.widths(trials.denoiser_step, amp=False))
     counts = [float(label.split("(")[1].split("M")[0]) for label in widths]
