@@ -35,7 +35,7 @@ from training.config import DecoderConfig, VAEConfig
 from training.context import RunContext
 from training.decoder import Adversary
 from training.decoder import train_step as decoder_train_step
-from training.optim import EMA, make_optimizer, warmup_cosine
+from training.optim import EMA, make_optimizer, warmup_constant, warmup_cosine
 from training.vae import loss_weights, train_step
 
 
@@ -121,7 +121,7 @@ def decoder_step_fn(device, batch: int, amp: bool, variant: Variant = TODAY, dis
     ae, cfg = variant.place(SimpleAutoencoder(**variant.arch), device), DecoderConfig()
     ctx = RunContext(device, Path("."), amp=amp)
     opt = variant.optimizer(ae.decoder, cfg.lr, device)
-    scheduler, ema = warmup_cosine(opt, 1, 10**9), EMA(ae.decoder, cfg.ema_decay)
+    scheduler, ema = warmup_constant(opt, 1, 10**9), EMA(ae.decoder, cfg.ema_decay)
     discriminator = PatchDiscriminator(width=discriminator_width or cfg.discriminator_width)
     adversary = Adversary(variant.place(discriminator, device), cfg.discriminator_lr, ctx)
     z = variant.place(torch.randn(batch, ae.latent_channels, ae.side, ae.side), device)
