@@ -34,6 +34,15 @@ class PatchDiscriminator(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The activations after each of the three LeakyReLUs, then the logits: one forward pass."""
+        out = []
+        for layer in self.net:
+            x = layer(x)
+            if isinstance(layer, nn.LeakyReLU):
+                out.append(x)
+        return [*out, x]
+
 
 def hinge_d_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
     """The discriminator's hinge loss (Lim & Ye 2017): mean(relu(1 - D(x))) + mean(relu(1 + D(x_hat)))."""
@@ -43,3 +52,9 @@ def hinge_d_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.
 def generator_loss(logits_fake: torch.Tensor) -> torch.Tensor:
     """The generator's side of the hinge game: -mean(D(x_hat))."""
     return -logits_fake.float().mean()
+
+
+def feature_matching_loss(features_fake: list[torch.Tensor], features_real: list[torch.Tensor]) -> torch.Tensor:
+    """The sum over the discriminator's hidden layers of the mean absolute difference between the features of a
+    reconstruction and of its own original (Wang et al. 2018's feature matching, for paired images)."""
+    return sum((f.float() - r.float()).abs().mean() for f, r in zip(features_fake, features_real, strict=True))

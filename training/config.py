@@ -150,6 +150,12 @@ class DecoderConfig:
         "loss's gradient norm to the adversarial loss's at the decoder's output)",
         "positive",
     )
+    feature_matching_weight: float = opt(
+        0.01,
+        "weight of feature matching beside the pixel loss: the L1 distance between the discriminator's hidden features "
+        "of a reconstruction and of its original, summed over its three layers (0: none)",
+        "non_negative",
+    )
     discriminator_lr: float = opt(
         2e-4, "AdamW learning rate of the PatchGAN discriminator (betas 0.5, 0.9)", "positive"
     )

@@ -3,9 +3,10 @@
 A decoder trained on a pixel loss alone draws the average of the images its latent allows (soft fur, no grain); more
 pixel-loss training raises PSNR and sharpens nothing. With the encoder, classifier, centres and latent statistics
 frozen, the latent space stays bit-identical, so the denoiser trained on it needs no retraining, and the decoder alone
-learns, from a PatchGAN's hinge loss beside the pixel loss, to draw the detail that real images have. This is how the
-released Stable Diffusion decoders were improved (decoder-only fine-tuning on a fixed latent space; Rombach et al.
-2022), with the adaptive weight of Esser et al. 2021.
+learns to draw the detail that real images have, from a PatchGAN's hinge loss and, beside the pixel loss, the match
+of the PatchGAN's features of each reconstruction to those of its original. This is how the released Stable Diffusion
+decoders were improved (decoder-only fine-tuning on a fixed latent space; Rombach et al. 2022), with the adaptive
+weight of Esser et al. 2021 and the feature matching of Wang et al. 2018.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 from checkpoints import AUTOENCODER_FILE, DECODER_STATE_FILE, save_weights
 from data import Split, to_model_range
 from errors import UserInputError
-from models.discriminator import PatchDiscriminator, generator_loss, hinge_d_loss
+from models.discriminator import PatchDiscriminator, feature_matching_loss, generator_loss, hinge_d_loss
 from models.vae import SimpleAutoencoder
 from training.config import DecoderConfig
 from training.context import RunContext
@@ -43,19 +44,26 @@ class Adversary:
         self.optimizer = torch.optim.AdamW(discriminator.parameters(), lr=lr, betas=(0.5, 0.9), weight_decay=0.0)
 
     def output_gradient(
-        self, x_hat: torch.Tensor, rec_loss: torch.Tensor, factor: float
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The gradient at the decoder's output x_hat of rec_loss + factor * w * g, with g = -mean D(x_hat) and w the
-        adaptive weight (Esser et al. 2021: the ratio of the two losses' gradient norms, here taken at x_hat, held
-        constant); and (g, w). `x_hat.backward(gradient)` then gives the decoder the gradient of that total in one
-        backward pass through the decoder alone: the discriminator's parameters, which this step does not update, get
-        no gradient, and the discriminator is run without its DDP wrapper (only its input gradient is needed)."""
-        g_loss = generator_loss(self.discriminator(x_hat))
-        rec_grad = torch.autograd.grad(rec_loss, x_hat, retain_graph=True)[0]
+        self, x_hat: torch.Tensor, x: torch.Tensor, pixel: torch.Tensor, cfg: DecoderConfig
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The gradient at the decoder's output x_hat of rec + cfg.adversarial_weight * w * g, where rec = pixel +
+        cfg.feature_matching_weight * fm (fm: the discriminator's features of x_hat against those of its original x),
+        g = -mean D(x_hat), and w the adaptive weight (Esser et al. 2021: the ratio of rec's and g's gradient norms,
+        here taken at x_hat, held constant); and the losses fm, g and w. `x_hat.backward(gradient)` then gives the
+        decoder the gradient of that total in one backward pass through the decoder alone: the discriminator's
+        parameters, which this step does not update, get no gradient, and the discriminator is run without its DDP
+        wrapper (only its input gradient is needed)."""
+        *fake, logits = self.discriminator.features(x_hat)
+        with torch.no_grad():
+            real = self.discriminator.features(x)[:-1]
+        fm = feature_matching_loss(fake, real)
+        g_loss = generator_loss(logits)
+        rec_grad = torch.autograd.grad(pixel + cfg.feature_matching_weight * fm, x_hat, retain_graph=True)[0]
         adv_grad = torch.autograd.grad(g_loss, x_hat, retain_graph=True)[0]
         weight = (rec_grad.float().norm() / (adv_grad.float().norm() + 1e-4)).clamp(max=ADAPTIVE_WEIGHT_MAX)
-        gradient = rec_grad.float() + factor * weight * adv_grad.float()
-        return gradient.to(x_hat.dtype), g_loss.detach(), weight.detach()
+        gradient = rec_grad.float() + cfg.adversarial_weight * weight * adv_grad.float()
+        losses = {"feature_matching": fm.detach(), "adversarial": g_loss.detach(), "adaptive_weight": weight.detach()}
+        return gradient.to(x_hat.dtype), losses
 
     def step(self, x: torch.Tensor, x_hat: torch.Tensor, ctx: RunContext) -> torch.Tensor:
         """One discriminator step on real images and (detached) reconstructions, in one forward pass (its GroupNorm is
@@ -119,12 +127,13 @@ class LatentSpace:
 
 
 def train_step(net, decoder, optimizer, scheduler, ema, adversary, z, x, cfg, ctx) -> dict[str, torch.Tensor]:
-    """One decoder step (pixel MSE + adaptive-weighted hinge term), its EMA update, then one discriminator step; returns
-    the unweighted losses and the total (tensors, no host sync). `net` is `decoder` as the loop wrapped it."""
+    """One decoder step (pixel MSE + feature matching + adaptive-weighted hinge term), its EMA update, then one
+    discriminator step; returns the unweighted losses and the total (tensors, no host sync). `net` is `decoder` as the
+    loop wrapped it."""
     with ctx.autocast():
         x_hat = net(z)
         pixel = F.mse_loss(x_hat.float(), x)
-        gradient, g_loss, weight = adversary.output_gradient(x_hat, pixel, cfg.adversarial_weight)
+        gradient, parts = adversary.output_gradient(x_hat, x, pixel, cfg)
     optimizer.zero_grad(set_to_none=True)
     x_hat.backward(gradient)
     torch.nn.utils.clip_grad_norm_(decoder.parameters(), cfg.grad_clip)
@@ -132,9 +141,9 @@ def train_step(net, decoder, optimizer, scheduler, ema, adversary, z, x, cfg, ct
     scheduler.step()
     ema.update(decoder)
     d_loss = adversary.step(x, x_hat, ctx)
-    total = pixel + cfg.adversarial_weight * weight * g_loss  # what the gradient descends, for the log
-    losses = {"total": total, "pixel": pixel, "adversarial": g_loss, "adaptive_weight": weight, "discriminator": d_loss}
-    return {k: v.detach() for k, v in losses.items()}
+    adversarial = cfg.adversarial_weight * parts["adaptive_weight"] * parts["adversarial"]
+    total = pixel + cfg.feature_matching_weight * parts["feature_matching"] + adversarial  # what it descends (log)
+    return {"total": total.detach(), "pixel": pixel.detach(), **parts, "discriminator": d_loss}
 
 
 def train_decoder(

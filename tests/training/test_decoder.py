@@ -38,22 +38,52 @@ def test_discriminator_separates_real_from_reconstructed_images_on_a_tiny_batch(
 
 
 def test_the_output_gradient_is_the_weighted_sum_and_the_adaptive_weight_balances_its_two_parts():
-    """The gradient the decoder stage backpropagates from x_hat is that of pixel + w * g with w held constant; w makes
-    the two pulls equal; the discriminator's parameters get no gradient from it."""
+    """Without feature matching, the gradient the decoder stage backpropagates from x_hat is that of pixel + w * g
+    with w held constant; w makes the two pulls equal; the discriminator's parameters get no gradient from it."""
     torch.manual_seed(0)
     adversary = Adversary(PatchDiscriminator(), 2e-4, RunContext(CPU, Path(".")))
     x = torch.rand(4, 3, 32, 32) * 2 - 1
     x_hat = (x + 0.1 * torch.randn_like(x)).requires_grad_(True)
+    cfg = DecoderConfig(adversarial_weight=0.5, feature_matching_weight=0.0)
     rec = torch.nn.functional.mse_loss(x_hat, x)
-    gradient, g_loss, weight = adversary.output_gradient(x_hat, rec, factor=0.5)
+    gradient, parts = adversary.output_gradient(x_hat, x, rec, cfg)
+    weight = parts["adaptive_weight"]
     rec_grad = torch.autograd.grad(rec, x_hat)[0]
     adv_grad = torch.autograd.grad(weight * adversary.discriminator(x_hat).mean().neg(), x_hat)[0]
-    assert not weight.requires_grad and g_loss.item() == pytest.approx(-adversary.discriminator(x_hat).mean().item())
+    assert not weight.requires_grad
+    assert parts["adversarial"].item() == pytest.approx(-adversary.discriminator(x_hat).mean().item())
     assert adv_grad.norm().item() == pytest.approx(rec_grad.norm().item(), rel=0.01)  # equal pull once weighted
     assert torch.allclose(gradient, rec_grad + 0.5 * adv_grad, atol=1e-6)
     assert all(p.grad is None for p in adversary.discriminator.parameters())
-    _, _, doubled = adversary.output_gradient(x_hat, 4 * torch.nn.functional.mse_loss(x_hat, x), factor=0.5)
-    assert doubled.item() == pytest.approx(4 * weight.item(), rel=1e-4)
+    _, doubled = adversary.output_gradient(x_hat, x, 4 * torch.nn.functional.mse_loss(x_hat, x), cfg)
+    assert doubled["adaptive_weight"].item() == pytest.approx(4 * weight.item(), rel=1e-4)
+
+
+def test_feature_matching_pulls_the_reconstruction_towards_its_originals_features():
+    """With feature matching, the reconstruction part of the gradient is that of pixel + lambda * fm, fm being the
+    L1 distance of the discriminator's hidden features of x_hat from those of x (zero when x_hat is x), and the
+    adaptive weight balances the hinge term against that whole part."""
+    torch.manual_seed(0)
+    adversary = Adversary(PatchDiscriminator(), 2e-4, RunContext(CPU, Path(".")))
+    d = adversary.discriminator
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    assert len(d.features(x)) == 4 and torch.equal(d.features(x)[-1], d(x))  # three hidden layers, then the logits
+    x_hat = (x + 0.1 * torch.randn_like(x)).requires_grad_(True)
+    cfg = DecoderConfig(adversarial_weight=0.5, feature_matching_weight=0.3)
+    rec = torch.nn.functional.mse_loss(x_hat, x)
+    gradient, parts = adversary.output_gradient(x_hat, x, rec, cfg)
+    fm = sum((a - b).abs().mean() for a, b in zip(d.features(x_hat)[:3], d.features(x)[:3]))
+    assert parts["feature_matching"].item() == pytest.approx(fm.item(), rel=1e-5) and fm.item() > 0
+    pixel_grad = torch.autograd.grad(rec, x_hat, retain_graph=True)[0]
+    rec_grad = torch.autograd.grad(rec + 0.3 * fm, x_hat)[0]
+    adv_grad = torch.autograd.grad(d(x_hat).mean().neg(), x_hat)[0]
+    weight = rec_grad.norm() / (adv_grad.norm() + 1e-4)
+    assert parts["adaptive_weight"].item() == pytest.approx(weight.item(), rel=1e-4)
+    assert torch.allclose(gradient, rec_grad + 0.5 * weight * adv_grad, atol=1e-6)
+    assert (rec_grad - pixel_grad).norm() > 0.1 * pixel_grad.norm()  # the features do pull
+    x_same = x.clone().requires_grad_(True)
+    _, same = adversary.output_gradient(x_same, x, torch.nn.functional.mse_loss(x_same, x), cfg)
+    assert same["feature_matching"].item() == 0
 
 
 def tiny_split(n: int, seed: int) -> Split:
