@@ -151,7 +151,7 @@ class DecoderConfig:
         "positive",
     )
     feature_matching_weight: float = opt(
-        0.01,
+        0.03,
         "weight of feature matching beside the pixel loss: the L1 distance between the discriminator's hidden features "
         "of a reconstruction and of its original, summed over its three layers (0: none)",
         "non_negative",
