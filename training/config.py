@@ -314,7 +314,7 @@ PRESETS: dict[str, dict[str, dict]] = {
         "run": {"log_every": 50, "checkpoint_every": 500},
         "vae": {"steps": 675, "batch_size": 64, "lr": 2e-3, "warmup_steps": 50, "perceptual_weight": 0.0},
         "decoder": {"steps": 700, "batch_size": 64},
-        "diffusion": {"steps": 1750, "batch_size": 128, "lr": 5e-4, "warmup_steps": 100, "ema_decay": 0.998},
+        "diffusion": {"steps": 1750, "batch_size": 128, "lr": 1e-3, "warmup_steps": 100, "ema_decay": 0.998},
     },
     "smoke": {
         "run": {"max_images": 600, "log_every": 10, "checkpoint_every": 20},
