@@ -47,6 +47,7 @@ from training.run import (
     check_split,
     folder_lock,
     make_context,
+    precision_note,
     prepare_output_dir,
     resolve_paths,
     run_folder,
@@ -93,6 +94,7 @@ def train(cfg: dict) -> None:
     with folder_lock(ctx.out_dir, "train", ctx.is_main):
         setup_logging(ctx.out_dir, ctx.is_main)
         log.info("data: %d training and %d held-out images", len(train_set), len(held))
+        log.info(precision_note(run.amp, ctx))
         run_stages(cfg, ctx, train_set, held, split)
     if ctx.is_main:
         grid = " and samples/samples_grid_final.png" if run.figures else ""

@@ -42,6 +42,8 @@ def test_training_writes_checkpoints_config_metrics_and_samples(trained_run):
     config = json.loads((out / "config.json").read_text())
     assert config["vae"]["steps"] == 12 and config["diffusion"]["steps"] == 12
     assert config["run_facts"]["perceptual_loss"] is False  # recorded: the smoke preset trains without VGG
+    precision = "bf16 autocast" if config["run_facts"]["bf16_autocast"] else "fp32"
+    assert f"precision: {precision}" in (out / "log.txt").read_text()  # the log says why a CPU run is slower
     # public files are plain state dicts that weights_only loading accepts
     for name in ("cifar_cat_dog_autoencoder.pt", "conditional_diffusion_final.pt"):
         state = torch.load(out / name, weights_only=True)

@@ -265,6 +265,20 @@ def make_context(run: RunConfig) -> RunContext:
     )
 
 
+def precision_note(amp_requested: bool, ctx: RunContext) -> str:
+    """One line for the log: the precision training runs in, and why where --amp asked for bf16 and it is off."""
+    if ctx.amp:
+        return f"precision: bf16 autocast on {ctx.device.type}"
+    if not amp_requested:
+        return "precision: fp32 (--no-amp)"
+    if ctx.device.type == "cpu":
+        return (
+            "precision: fp32, this CPU has no native bf16 (AVX512-BF16 or AMX); the cpu preset's stages take about"
+            " 2.5x as long as on a CPU with it"
+        )
+    return f"precision: fp32, {ctx.device} has no native bf16"
+
+
 def write_config(configs: dict, ctx: RunContext, name: str = "config.json") -> None:
     """Save the resolved configuration and the facts of this run as JSON in the output folder."""
     if not ctx.is_main:

@@ -8,7 +8,9 @@ from torch import nn
 from errors import UserInputError
 from checkpoints import atomic_save, load_file, load_weights
 from training.loop import check_finite
+from training.context import RunContext
 from training.optim import EMA, warmup_cosine
+from training.run import precision_note
 
 
 def test_atomic_save_leaves_no_temp_file_and_keeps_the_old_file_on_failure(tmp_path, monkeypatch):
@@ -164,3 +166,11 @@ def test_compiled_training_step_matches_the_eager_step():
     (eager_loss, eager_w), (compiled_loss, compiled_w) = results
     assert torch.allclose(eager_loss, compiled_loss, rtol=1e-4)
     assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(eager_w, compiled_w))  # measured: 1.1e-5 apart
+
+
+def test_the_log_says_which_precision_training_runs_in_and_why_bf16_is_off(tmp_path):
+    cpu = torch.device("cpu")
+    assert precision_note(True, RunContext(device=cpu, out_dir=tmp_path, amp=True)) == "precision: bf16 autocast on cpu"
+    no_native = precision_note(True, RunContext(device=cpu, out_dir=tmp_path, amp=False))
+    assert no_native.startswith("precision: fp32") and "no native bf16" in no_native and "2.5x" in no_native
+    assert precision_note(False, RunContext(device=cpu, out_dir=tmp_path, amp=False)) == "precision: fp32 (--no-amp)"
