@@ -273,8 +273,8 @@ def precision_note(amp_requested: bool, ctx: RunContext) -> str:
         return "precision: fp32 (--no-amp)"
     if ctx.device.type == "cpu":
         return (
-            "precision: fp32, this CPU has no native bf16 (AVX512-BF16 or AMX); the cpu preset's stages take about"
-            " 2.5x as long as on a CPU with it"
+            "precision: fp32, this CPU has no native bf16 (AVX512-BF16 or AMX), so training takes about 2.5x as long"
+            " as on a CPU with it"
         )
     return f"precision: fp32, {ctx.device} has no native bf16"
 

@@ -7,8 +7,8 @@ from torch import nn
 
 from errors import UserInputError
 from checkpoints import atomic_save, load_file, load_weights
-from training.loop import check_finite
 from training.context import RunContext
+from training.loop import check_finite
 from training.optim import EMA, warmup_cosine
 from training.run import precision_note
 
