@@ -61,6 +61,11 @@ def load_file(path: str | Path, map_location: str | torch.device = "cpu"):
             warnings.simplefilter("ignore")  # torch warns about the pickle protocol of foreign files before refusing
             return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises EOFError, KeyError, RuntimeError, ... for damaged files
+        if torch.device(map_location).type != "cpu" and _loads_on_cpu(path):  # the file is fine; the device is not
+            raise UserInputError(
+                f"{path} is a readable checkpoint, but loading it onto {map_location} failed ({_first_line(err)}); "
+                "use another --device (cpu works)"
+            ) from None
         imports = _foreign_imports(path)
         if imports:
             raise UserInputError(
@@ -71,6 +76,22 @@ def load_file(path: str | Path, map_location: str | torch.device = "cpu"):
             f"cannot read checkpoint {path} ({_what_is_wrong(path, err)}); restore it from a copy, or delete it and "
             "run the training command again to retrain that stage"
         ) from None
+
+
+def _loads_on_cpu(path: Path) -> bool:
+    """Whether the file loads (weights only) onto the CPU: a file that does is not damaged."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - any failure: not readable here
+        return False
+    return True
+
+
+def _first_line(err: Exception) -> str:
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0][:200]}" if lines else type(err).__name__
 
 
 def _what_is_wrong(path: Path, err: Exception) -> str:

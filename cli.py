@@ -36,11 +36,25 @@ python main.py diagnose             # which part of the run limits its samples: 
 SAMPLER = {f.name for f in dataclasses.fields(SamplingOptions)} | {"sample_seed"}
 DATA = set(RUN_DATA_OPTIONS) - {"seed"}  # seed is in COMMON: sample takes it too
 COMMON = {"output_dir", "device", "seed", "threads"}
+JUDGE = {  # the judge's options: evaluate and diagnose share its cache
+    "reference_dirs",
+    "classifier_epochs",
+    "judge_width",
+    "classifier_batch_size",
+    "classifier_lr",
+    "retrain_classifier",
+    "weights",
+}
 ALLOWED = {  # flags each command takes, by config section (None: all of the section)
     "train": {"run": None, "vae": None, "decoder": None, "diffusion": None, "sample": SAMPLER | {"num_samples"}},
     "sample": {"run": COMMON, "diffusion": {"compile"}, "sample": None},
-    "evaluate": {"run": COMMON | DATA, "diffusion": {"compile"}, "sample": SAMPLER, "eval": None},
-    "diagnose": {"run": COMMON | DATA, "diffusion": {"compile"}, "sample": SAMPLER, "eval": None},
+    "evaluate": {
+        "run": COMMON | DATA,
+        "diffusion": {"compile"},
+        "sample": SAMPLER,
+        "eval": JUDGE | {"samples_per_class", "fid_weights", "name"},
+    },
+    "diagnose": {"run": COMMON | DATA, "diffusion": {"compile"}, "sample": SAMPLER, "eval": JUDGE | {"diagnose_samples"}},
 }
 
 

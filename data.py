@@ -23,6 +23,7 @@ CLASS_NAMES = ("cat", "dog")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CIFAR_LABELS = tuple(CIFAR10_CLASSES.index(name) for name in CLASS_NAMES)  # (3, 5)
 IMAGE_SIZE = 32
+MIN_IMAGES_PER_CLASS = 10  # the fewest images of a class to train on: one held out at 10%, nine to learn from
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
@@ -180,15 +181,27 @@ def load_image_folder(root: str | Path) -> tuple[Split, Split | None]:
     )
 
 
-def split_holdout(data: Split, fraction: float, generator: torch.Generator) -> tuple[Split, Split]:
-    """Split off a random, class-stratified `fraction` of `data` for validation."""
+def split_holdout(
+    data: Split, fraction: float, generator: torch.Generator, names: tuple[str, ...] = CLASS_NAMES
+) -> tuple[Split, Split]:
+    """Split off a random, class-stratified `fraction` of `data` for validation (at least one image a class; `names`:
+    the classes' names by label, for the warning when that is more than `fraction`)."""
     if not 0.0 < fraction < 1.0:
         raise UserInputError(f"holdout fraction must be in (0, 1), got {fraction}")
     train_idx, held_idx = [], []
     for label in data.y.unique().tolist():  # every label present (0 and 1 for cats and dogs)
         idx = torch.nonzero(data.y == label).flatten()
         idx = idx[torch.randperm(len(idx), generator=generator)]
-        n_held = max(1, round(fraction * len(idx)))
+        n_held = round(fraction * len(idx))
+        if n_held < 1:  # every class needs a held-out image to be scored; say that the share is not the one asked
+            n_held = 1
+            log.warning(
+                "holding out 1 of %d %s images (%.0f%%, not the %.0f%% asked): each class needs one held-out image",
+                len(idx),
+                names[label],
+                100 / len(idx),
+                100 * fraction,
+            )
         held_idx.append(idx[:n_held])
         train_idx.append(idx[n_held:])
     return data.subset(torch.cat(train_idx).sort().values), data.subset(torch.cat(held_idx).sort().values)
@@ -202,6 +215,17 @@ def limit_per_class(data: Split, max_images: int, generator: torch.Generator) ->
         idx = torch.nonzero(data.y == label).flatten()
         keep.append(idx[torch.randperm(len(idx), generator=generator)[:per_class]])
     return data.subset(torch.cat(keep).sort().values)
+
+
+def check_enough_images(data: Split) -> None:
+    """Refuse a training set with fewer than MIN_IMAGES_PER_CLASS images of a class, in one line."""
+    counts = [int((data.y == label).sum()) for label in range(len(CLASS_NAMES))]
+    if min(counts) < MIN_IMAGES_PER_CLASS:
+        raise UserInputError(
+            f"too few images to train on: {' and '.join(f'{n} {c}' for n, c in zip(counts, CLASS_NAMES))}; a run needs "
+            f"at least {MIN_IMAGES_PER_CLASS} of each class (one held out at the default 10%, nine to learn from): add "
+            "images, or raise --max-images"
+        )
 
 
 def load_dataset(
@@ -220,6 +244,7 @@ def load_dataset(
     if max_images is not None:
         train = limit_per_class(train, max_images, generator)
         test = None if test is None else limit_per_class(test, max(2, int(max_images * holdout_fraction)), generator)
+    check_enough_images(train)
     if test is None:
         train, test = split_holdout(train, holdout_fraction, generator)
     empty = [name for label, name in enumerate(CLASS_NAMES) if not (train.y == label).any()]

@@ -110,7 +110,7 @@ def run_stages(cfg: dict, ctx, train_set, held, split: dict) -> None:
     unet = ConditionalUNet(prediction=cfg["diffusion"].prediction).to(ctx.device)
     vae_trained = vae_stage(autoencoder, train_set, held, cfg, ctx, split)
     write_config(cfg, ctx)
-    decoder_trained = decoder_stage(autoencoder, train_set, held, cfg, ctx)
+    decoder_trained = decoder_stage(autoencoder, train_set, held, cfg, ctx, vae_trained)
     if ctx.is_main and run.figures and (vae_trained or decoder_trained):
         write_vae_figures(autoencoder, held, ctx.out_dir, "final")
     write_config(cfg, ctx)
@@ -175,17 +175,19 @@ def vae_stage(autoencoder, train_set, held, cfg: dict, ctx, split: dict) -> bool
     return True
 
 
-def decoder_stage(autoencoder, train_set, held, cfg: dict, ctx) -> bool:
+def decoder_stage(autoencoder, train_set, held, cfg: dict, ctx, vae_trained: bool) -> bool:
     """Fine-tune the VAE's decoder on its frozen latent space (training/decoder.py), unless it is off or already done
-    for this latent space; return whether it ran now. The latents do not change, so the diffusion stage never needs
-    retraining for it."""
+    for this latent space and the VAE was not trained now; return whether it ran now. The latents do not change, so
+    the diffusion stage never needs retraining for it. A VAE trained now wrote its pixel-loss decoder into the public
+    file, so the stage runs again even where the new encoder equals the old one (same seed, same fingerprint)."""
     path = ctx.out_dir / DECODER_STATE_FILE
     if cfg["decoder"].steps == 0:
         ctx.extra["decoder_stage"] = "off (--decoder-steps 0): the VAE's pixel-loss decoder"
         return False
     state = load_file(path, ctx.device) if path.is_file() else {}
     fingerprint = state.get("latent_space", {}).get("fingerprint")
-    if state.get("done") and fingerprint == latent_space_fingerprint(autoencoder) and not cfg["run"].retrain_decoder:
+    done = state.get("done") and fingerprint == latent_space_fingerprint(autoencoder) and not vae_trained
+    if done and not cfg["run"].retrain_decoder:
         log.info("decoder stage done for this VAE, skipping it (--retrain-decoder to run it again)")
         record_skipped_stage(cfg, ctx, "decoder", DECODER_STATE_FILE)
         return False

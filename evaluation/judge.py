@@ -70,7 +70,7 @@ def load_reference(
     if not (~catdog).any():
         judge_train, held_all = data, _relabel_catdog(held, classes)
     else:
-        others_train, others_held = split_holdout(data.subset(~catdog), JUDGE_HOLDOUT, generator)
+        others_train, others_held = split_holdout(data.subset(~catdog), JUDGE_HOLDOUT, generator, classes)
         judge_train = Split(torch.cat([data.x[catdog], others_train.x]), torch.cat([data.y[catdog], others_train.y]))
         run_held = _relabel_catdog(held, classes)
         held_all = Split(torch.cat([run_held.x, others_held.x]), torch.cat([run_held.y, others_held.y]))

@@ -66,10 +66,20 @@ def test_a_file_for_a_data_dir_and_a_split_too_small_to_train_on_are_refused_in_
     with pytest.raises(UserInputError, match="is not a folder"):
         data.load_image_folder(tmp_path / "file.txt")
     options = dict(download_root=tmp_path, holdout_fraction=0.1, generator=torch.Generator().manual_seed(0))
-    with pytest.raises(UserInputError, match="no training image of cat or dog is left after holding out 2 of 2"):
+    with pytest.raises(UserInputError, match="too few images to train on: 1 cat and 1 dog; a run needs at least 10"):
         data.load_dataset(image_folder, max_images=3, **options)  # was a RuntimeError from torch.randint
-    train, held = data.load_dataset(image_folder, max_images=6, **options)
-    assert len(train) == 4 and len(held) == 2
+    # before: 5 images trained to the end on 3 training and 2 held-out images (40% held out), without a word
+    with pytest.raises(UserInputError, match="too few images to train on: 9 cat and 9 dog"):
+        data.load_dataset(image_folder, max_images=18, **options)
+    train, held = data.load_dataset(image_folder, max_images=20, **options)
+    assert len(train) == 18 and len(held) == 2  # the 10% asked for
+
+
+def test_a_hold_out_share_too_small_for_a_class_is_one_image_and_said(image_folder, tmp_path, caplog):
+    options = dict(download_root=tmp_path, max_images=None, generator=torch.Generator().manual_seed(0))
+    train, held = data.load_dataset(image_folder, holdout_fraction=0.01, **options)
+    assert len(held) == 2 and len(train) == 46
+    assert "holding out 1 of 24 cat images (4%, not the 1% asked)" in caplog.text
 
 
 def test_class_index_accepts_names_and_indices():

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 import main
-from conftest import ROOT, TINY_RUN, run_main, same_state
+from conftest import ROOT, TINY_RUN, run_main, same_state, smoke_run
 from data import split_fingerprint
 
 OUT = "cifar_cat_dog_conditional_improved"
@@ -144,6 +144,10 @@ def test_sample_writes_batch_by_batch_the_images_of_one_call_and_caps_its_grid(t
         (["sample", "--eta", "0.5"], "--eta applies to the ddim sampler only (the sampler is heun)"),
         (["evaluate", "--fid-weights", "missing.pth"], "--fid-weights missing.pth is not a file"),
         (["--decoder-steps", "-1"], "--decoder-steps must be >= 0"),
+        (["diagnose", "--eval-name", "x"], "--eval-name cannot be used with the diagnose command"),
+        (["diagnose", "--eval-samples", "7"], "--eval-samples cannot be used with the diagnose command"),
+        (["evaluate", "--diagnose-samples", "7"], "--diagnose-samples cannot be used with the evaluate command"),
+        (["sample", "--device", "meta"], "unknown device 'meta'"),
     ],
 )
 def test_bad_options_give_one_line_and_exit_2(tmp_path, capsys, args, message):
@@ -216,6 +220,15 @@ def test_help_names_the_commands_and_each_command_lists_only_its_own_options(cap
     assert "--visualize-every VISUALIZE_EVERY also write visualisations" in text
     assert "(default: 0; default preset: 2000)" in text  # one statement (was "(default: 0) (preset: default 2000)")
     assert "1-minute" not in text
+    assert "run options: Options of the whole run (not of a stage)." in text  # before: "run options (Options ... .)"
+    with pytest.raises(SystemExit):
+        main.parse_args(["diagnose", "--help"])
+    diagnose = capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main.parse_args(["evaluate", "--help"])
+    evaluate = capsys.readouterr().out  # before: diagnose's help was evaluate's with another title
+    assert "--diagnose-samples" in diagnose and "--eval-samples" not in diagnose and "--eval-name" not in diagnose
+    assert "--eval-samples" in evaluate and "--eval-name" in evaluate and "--diagnose-samples" not in evaluate
     for choices in ("--sampler {ddim,ddpm,heun}", "--diffusion-schedule {cosine,linear}", "--amp, --no-amp"):
         assert choices in text  # before: SAMPLER, DIFFUSION_SCHEDULE, ... without the choices
 
@@ -416,3 +429,42 @@ def test_cpu_preset_trains_the_denoiser_at_the_measured_learning_rate():
     assert (cfg["diffusion"].lr, cfg["diffusion"].steps, cfg["diffusion"].batch_size) == (1e-3, 1750, 128)
     cfg = main.resolve_configs(main.parse_args(["--preset", "cpu", "--diffusion-lr", "5e-4"]), "cpu", None)
     assert cfg["diffusion"].lr == 5e-4
+
+
+def public_files_match_their_stages(out) -> list[str]:
+    """What differs between the public files and the stages' finished training states: the public autoencoder holds
+    the VAE stage's encoder and the decoder stage's EMA decoder; the denoiser's file holds its stage's EMA weights."""
+    load = lambda name: torch.load(out / name, weights_only=False)  # noqa: E731
+    public_ae, public_unet = load("cifar_cat_dog_autoencoder.pt"), load("conditional_diffusion_final.pt")
+    vae, decoder, diffusion = load("vae_train_state.pt"), load("decoder_train_state.pt"), load("diffusion_train_state.pt")
+    pairs = [(k, v, vae["model"][k]) for k, v in public_ae.items() if k.startswith("encoder.")]
+    pairs += [(k, public_ae["decoder." + k], v) for k, v in decoder["ema"]["model"].items()]
+    pairs += [(k, public_unet[k], v) for k, v in diffusion["ema"]["model"].items() if k in public_unet]
+    return [k for k, a, b in pairs if isinstance(a, torch.Tensor) and not torch.equal(a, b)]
+
+
+SHORT_RUN = [*smoke_run(vae=(6, 16), diffusion=(6, 32), log_every=3, checkpoint_every=3), "--no-figures"]
+
+
+@pytest.fixture(scope="module")
+def short_run(image_folder, tmp_path_factory):
+    """A finished run of a few steps a stage, without figures, to copy and retrain parts of."""
+    out = tmp_path_factory.mktemp("short") / OUT
+    proc = run_main(*SHORT_RUN, "--decoder-steps", "3", "--data-dir", str(image_folder), "--output-dir", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert public_files_match_their_stages(out) == []
+    return out
+
+
+@pytest.mark.parametrize("flags", [["--retrain-vae"], ["--retrain-decoder"], ["--retrain-diffusion"], []])
+def test_every_retrain_combination_leaves_the_public_files_as_the_log_says(short_run, image_folder, tmp_path, flags):
+    """Before: --retrain-vae on a finished run logged "decoder stage done for this VAE, skipping it" (the retrained
+    encoder was bit-identical, so the fingerprint matched) while the public file held the VAE's pixel-loss decoder."""
+    out = tmp_path / OUT
+    shutil.copytree(short_run, out)
+    base = [*SHORT_RUN, "--decoder-steps", "3", "--data-dir", str(image_folder), "--output-dir", str(out)]
+    proc = run_main(*base, *flags)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert public_files_match_their_stages(out) == []
+    skipped = "decoder stage done for this VAE, skipping it" in proc.stderr
+    assert skipped == (flags == ["--retrain-diffusion"] or flags == [])

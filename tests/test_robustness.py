@@ -113,6 +113,44 @@ def test_ctrl_c_saves_state_and_says_how_to_resume(image_folder, tmp_path):
     assert 8 <= state["step"] < 40 and not state["done"]
 
 
+@pytest.mark.parametrize("stage", ["vae", "decoder"])
+def test_ctrl_c_then_the_same_command_equals_an_uninterrupted_run(image_folder, reference, tmp_path, stage):
+    """Before: the Ctrl-C landed inside a step (its batch drawn, its update half done) and that state was saved, so
+    the resumed run ended on other weights (final loss 0.8945 against 0.8681)."""
+    proc = start(image_folder, tmp_path)
+    wait_for(tmp_path / f"{stage}_train_state.pt", proc)
+    deadline = time.time() + 60
+    while 12 not in logged_steps(tmp_path / f"metrics_{stage}.jsonl"):  # past the periodic checkpoint, mid-stage
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    state = torch.load(tmp_path / f"{stage}_train_state.pt", weights_only=True)
+    assert state["step"] >= 12 and not state["done"]  # saved where it stopped, not at the last periodic checkpoint
+    resumed = run_main(*RUN, "--data-dir", str(image_folder), "--output-dir", str(tmp_path))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resuming from step {state['step']}" in resumed.stderr
+    assert same_weights(reference, tmp_path)
+    for name in ("metrics_vae.jsonl", "metrics_decoder.jsonl", "metrics_diffusion.jsonl"):
+        assert logged_steps(tmp_path / name) == logged_steps(reference / name)
+
+
+def test_an_interrupt_inside_a_step_keeps_the_last_checkpoint(tmp_path):
+    """Without the held Ctrl-C (a second one, or a library caller), a half-done step is never saved."""
+    saved = []
+    ctx = RunContext(device=torch.device("cpu"), out_dir=tmp_path, log_every=2, checkpoint_every=4)
+
+    def step_fn(step):
+        if step == 5:
+            raise KeyboardInterrupt
+        return {"total": torch.tensor(1.0)}
+
+    with pytest.raises(KeyboardInterrupt):
+        run_steps("VAE", 0, 20, step_fn, saved.append, MetricsLog(tmp_path / "m.jsonl"), ctx)
+    assert saved == [4]  # the periodic checkpoint only
+
+
 def test_nan_loss_stops_the_stage_and_keeps_the_last_good_state(tmp_path):
     saved = []
     ctx = RunContext(device=torch.device("cpu"), out_dir=tmp_path, log_every=2, checkpoint_every=4)

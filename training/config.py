@@ -49,7 +49,7 @@ class RunConfig:
     )
     output_dir: str = opt("./cifar_cat_dog_conditional_improved", "folder for checkpoints, samples, plots and logs")
     download_dir: str = opt("./data", "where torchvision downloads CIFAR-10")
-    device: str = opt("auto", "cpu, cuda, cuda:N or auto (cuda when available)")
+    device: str = opt("auto", "cpu, cuda, cuda:N, mps or auto (cuda when available, else mps, else cpu)")
     seed: int = opt(0, "seed of the run's torch.Generator (data split, batches, noise)")
     holdout_fraction: float = opt(
         0.1, "share of the training images held out for validation when no test/ split exists", "open_fraction"
@@ -378,7 +378,7 @@ def add_config_args(parser: argparse.ArgumentParser, only: dict | None = None) -
     for section, (cls, prefix) in SECTIONS.items():
         if only is not None and section not in only:
             continue
-        group = parser.add_argument_group(f"{section} options ({cls.__doc__.strip()})")
+        group = parser.add_argument_group(f"{section} options", " ".join(cls.__doc__.split()))
         for f in dataclasses.fields(cls):
             if only is not None and only[section] is not None and f.name not in only[section]:
                 continue

@@ -25,22 +25,27 @@ from training.optim import make_optimizer, warmup_cosine
 
 log = logging.getLogger(__name__)
 _ctrl_c = threading.Event()  # set by Ctrl-C while `interrupts_remembered` is active
+_in_steps = threading.Event()  # set while `run_steps` runs: a first Ctrl-C then waits for the end of the step
 
 
 @contextlib.contextmanager
 def interrupts_remembered():
-    """Ctrl-C raises KeyboardInterrupt as always, and is also remembered: Python drops an exception raised while a
-    finaliser (`__del__`) runs, so a Ctrl-C that lands there would be lost; `run_steps` checks the flag at every
-    step and stops there. Only on the main thread, and only where Ctrl-C raises KeyboardInterrupt already (a job that
-    its shell started with SIGINT ignored stays so); the previous handler is restored on exit."""
+    """Ctrl-C raises KeyboardInterrupt as always, except inside the step loop, where the first one is remembered and
+    `run_steps` stops at the end of the step: a step cut in half (the batch drawn, the weights not yet updated) would
+    be saved as a state that no uninterrupted run passes through, and the resumed run would differ. A second Ctrl-C
+    raises at once. The flag also catches a Ctrl-C that a finaliser (`__del__`) swallowed. Only on the main thread,
+    and only where Ctrl-C raises KeyboardInterrupt already (a job that its shell started with SIGINT ignored stays
+    so); the previous handler is restored on exit."""
     main_thread = threading.current_thread() is threading.main_thread()
     if not main_thread or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         yield
         return
 
     def remember(signum, frame):
+        first_in_steps = _in_steps.is_set() and not _ctrl_c.is_set()
         _ctrl_c.set()
-        raise KeyboardInterrupt
+        if not first_in_steps:
+            raise KeyboardInterrupt
 
     _ctrl_c.clear()
     previous = signal.signal(signal.SIGINT, remember)
@@ -142,12 +147,17 @@ def run_steps(
 ) -> int:
     """Call `step_fn(step) -> {name: loss tensor}` until `total` steps; every log_every steps sync, check for
     NaN/inf and log; every checkpoint_every steps call `checkpoint_fn(step)`; every visualize_every steps call
-    `visualize(step)` on the main process; on Ctrl-C checkpoint, then re-raise."""
+    `visualize(step)` on the main process; on Ctrl-C (which `interrupts_remembered` holds to the end of the step)
+    checkpoint, then re-raise. A KeyboardInterrupt raised inside a step (a second Ctrl-C, or one without
+    `interrupts_remembered`) keeps the last checkpoint instead: a half-done step is no state to resume from."""
     bar = tqdm(total=total, initial=step, desc=name, disable=not ctx.is_main, dynamic_ncols=True)
+    mid_step = False
+    _in_steps.set()
     try:
         while step < total:
-            if _ctrl_c.is_set():  # a Ctrl-C whose KeyboardInterrupt a finaliser swallowed
+            if _ctrl_c.is_set():  # a Ctrl-C held to the end of the step, or one a finaliser swallowed
                 raise KeyboardInterrupt
+            mid_step = True
             losses = step_fn(step)
             step += 1
             bar.update(1)
@@ -159,12 +169,17 @@ def run_steps(
                 bar.set_postfix(loss=f"{record['total']:.4f}")
             if step % ctx.checkpoint_every == 0 and step < total:
                 checkpoint_fn(step)
+            mid_step = False
             if visualize and ctx.visualize_every and step % ctx.visualize_every == 0 and step < total and ctx.is_main:
                 visualize(step)
     except KeyboardInterrupt:
-        checkpoint_fn(step)
+        if mid_step:
+            log.warning("interrupted inside step %d: the last checkpoint is kept, not the half-done step", step + 1)
+        else:
+            checkpoint_fn(step)
         raise
     finally:
+        _in_steps.clear()
         bar.close()
     return step
 

@@ -22,19 +22,31 @@ from training.config import RUN_DATA_OPTIONS, RunConfig
 log = logging.getLogger(__name__)
 
 
+DEVICE_TYPES = ("cpu", "cuda", "mps")  # what the project runs on (MPS: Apple GPUs, in fp32)
+
+
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """'auto' -> cuda:local_rank when CUDA is available, else cpu; an unavailable device is a UserInputError."""
+    """'auto' -> cuda:local_rank when CUDA is available, else mps when available, else cpu; an unknown or unavailable
+    device is a UserInputError."""
     if name == "auto":
-        name = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+        name = f"cuda:{local_rank}" if torch.cuda.is_available() else "mps" if _mps_available() else "cpu"
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UserInputError(f"unknown device {name!r}: use cpu, cuda, cuda:N or auto") from None
+        device = None
+    if device is None or device.type not in DEVICE_TYPES:
+        raise UserInputError(f"unknown device {name!r}: use cpu, cuda, cuda:N, mps or auto")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserInputError(f"device {name} requested but CUDA is not available here; use --device cpu")
+    if device.type == "mps" and not _mps_available():
+        raise UserInputError(f"device {name} requested but MPS (Apple's GPU) is not available here; use --device cpu")
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local_rank)
     return device
+
+
+def _mps_available() -> bool:
+    return hasattr(torch.backends, "mps") and torch.backends.mps.is_available()
 
 
 def init_distributed(device_name: str) -> tuple[int, int, torch.device]:

@@ -10,7 +10,7 @@ from checkpoints import atomic_save, load_file, load_weights
 from training.context import RunContext
 from training.loop import check_finite
 from training.optim import EMA, warmup_cosine
-from training.run import precision_note
+from training.run import precision_note, resolve_device
 
 
 def test_atomic_save_leaves_no_temp_file_and_keeps_the_old_file_on_failure(tmp_path, monkeypatch):
@@ -71,6 +71,51 @@ def test_every_unreadable_file_gives_one_cannot_read_line(tmp_path, name, conten
     assert str(info.value).endswith("delete it and run the training command again to retrain that stage")  # the fix
     with pytest.raises(UserInputError, match=r"not found: .*missing.pt \(train the run first"):
         load_file(tmp_path / "missing.pt")
+
+
+def test_a_good_file_that_a_device_cannot_take_is_a_device_error_not_damage(tmp_path, monkeypatch):
+    """Before: `sample --device mps` called a good checkpoint a "damaged torch archive" and advised deleting it."""
+    good = tmp_path / "good.pt"
+    _good_file(tmp_path)
+    real_load = torch.load
+
+    def load_on(path, map_location=None, **kw):
+        if torch.device(map_location).type != "cpu":
+            raise RuntimeError("Attempting to deserialize object on an MPS device\nbut it is not available")
+        return real_load(path, map_location=map_location, **kw)
+
+    monkeypatch.setattr(torch, "load", load_on)
+    with pytest.raises(UserInputError) as info:
+        load_file(good, torch.device("meta"))
+    message = str(info.value)
+    assert message.startswith(f"{good} is a readable checkpoint, but loading it onto meta failed (RuntimeError: ")
+    assert "delete" not in message and "damaged" not in message and message.endswith("(cpu works)")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(good.read_bytes()[:100])  # a damaged file stays damaged on any device
+    with pytest.raises(UserInputError, match="damaged torch archive"):
+        load_file(bad, torch.device("meta"))
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("meta", "unknown device 'meta': use cpu, cuda, cuda:N, mps or auto"),
+        ("xla", "unknown device 'xla': use cpu, cuda, cuda:N, mps or auto"),
+        ("gpu", "unknown device 'gpu': use cpu, cuda, cuda:N, mps or auto"),
+        ("mps", "device mps requested but MPS (Apple's GPU) is not available here; use --device cpu"),
+        ("cuda:1", "device cuda:1 requested but CUDA is not available here; use --device cpu"),
+    ],
+)
+def test_a_device_that_cannot_run_here_is_one_line(name, message, monkeypatch):
+    """Before: --device mps gave a traceback and --device meta one of 144 lines."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(UserInputError) as info:
+        resolve_device(name)
+    assert str(info.value) == message
+    assert resolve_device("auto") == torch.device("cpu")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("mps") and resolve_device("mps") == torch.device("mps")
 
 
 def test_mismatched_state_dict_names_file_and_difference(tmp_path):
