@@ -142,15 +142,20 @@ def check_option_use(args: argparse.Namespace, cfg: dict) -> None:
 
 
 def recorded_config(args: argparse.Namespace) -> dict:
-    """For sample and evaluate: the options recorded in the run's config.json that the command takes, except where
-    the run was and where it runs now (output folder, device, threads); {} when there is no readable record."""
+    """The options recorded in the run's config.json that the command takes, except where the run was and where it
+    runs now (output folder, device, threads); for train, only the data options (the data folder and what drew the
+    split), so that training an existing run again reads the data it was trained on; {} when there is no readable
+    record."""
     out_dir = getattr(args, "run.output_dir") or RunConfig.output_dir
     path = Path(out_dir) / "config.json"
     try:
-        record = json.loads(path.read_text()) if args.command != "train" and path.is_file() else {}
+        record = json.loads(path.read_text()) if path.is_file() else {}
     except (OSError, ValueError) as err:
         log.warning("ignoring %s (%s): using the preset's options", path, err)
         return {}
+    if args.command == "train":
+        recorded = record.get("run", {}) if isinstance(record, dict) else {}
+        return {"run": {k: recorded[k] for k in RUN_DATA_OPTIONS if k in recorded}} if recorded else {}
     local = {"output_dir", "device", "threads"}
     return {
         section: {k: v for k, v in record.get(section, {}).items() if (names is None or k in names) and k not in local}

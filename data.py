@@ -64,9 +64,12 @@ def load_cifar10(root: str | Path, *, train: bool = True, download: bool = True)
     """All of CIFAR-10 (labels 0-9 in CIFAR10_CLASSES order) through torchvision, downloaded if needed."""
     import torchvision  # imported here: only this loader needs it
 
+    existed = Path(root).exists()
     try:
         ds = torchvision.datasets.CIFAR10(str(root), train=train, download=download)
     except (OSError, RuntimeError) as err:  # URLError is an OSError; a missing offline copy is a RuntimeError
+        if not existed and Path(root).is_dir() and not any(Path(root).iterdir()):
+            Path(root).rmdir()  # the failed download's empty folder: nothing left behind in the user's folder
         raise UserInputError(
             f"could not download CIFAR-10 to {root} ({err.__class__.__name__}: {err}); "
             "offline, pass --data-dir DIR with cat/ and dog/ image folders"

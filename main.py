@@ -30,7 +30,7 @@ from checkpoints import (
     load_weights,
 )
 from evaluation.diagnose import diagnose_run, format_report
-from evaluation.evaluate import evaluate_run, format_table
+from evaluation.evaluate import evaluate_run, format_table, scored_outputs
 from evaluation.judge import get_judge, load_reference
 from training.config import (
     resolve_configs,
@@ -58,6 +58,7 @@ from training.run import (
 )
 from training.vae import train_vae
 from visualization import save_samples, write_diffusion_figures, write_loss_curves, write_vae_figures
+from visualization.report import figure_files
 from visualization.samples import labelled_sheet, save_arrays
 
 log = logging.getLogger("main")
@@ -83,6 +84,7 @@ def train(cfg: dict) -> None:
     ctx = make_context(run)
     setup_logging(None, ctx.is_main)
     check_output_dir(ctx.out_dir)
+    check_recorded_data(run, ctx.out_dir)
     train_set, held = load_splits(run)  # bad data fails here, before the output folder exists
     split = split_record(run, train_set, held)
     if not run.retrain_vae:  # finished or interrupted stages of this folder were trained on the recorded split
@@ -157,6 +159,19 @@ def record_skipped_stage(cfg: dict, ctx, section: str, state_file: str) -> None:
         ctx.extra[f"{section}_stage"] = "skipped: its checkpoint exists; the options it was trained with are unknown"
 
 
+def remove_stale_outputs(ctx, networks: tuple[str, ...]) -> None:
+    """Before a stage trains `networks` anew: remove the figures drawn from them and every score of the run, so that
+    the folder never shows the previous models' images or numbers beside the new ones (--no-figures writes no new
+    figures; evaluate and diagnose write new scores)."""
+    if not ctx.is_main:
+        return
+    stale = figure_files(ctx.out_dir, networks) + scored_outputs(ctx.out_dir)
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        log.info("removed %d figures and scores of the previous %s", len(stale), " and ".join(networks))
+
+
 def vae_stage(autoencoder, train_set, held, cfg: dict, ctx, split: dict) -> bool:
     """Train the VAE (recording the `split` it trains on), or load it when its checkpoint exists; return whether it
     was trained now."""
@@ -169,6 +184,7 @@ def vae_stage(autoencoder, train_set, held, cfg: dict, ctx, split: dict) -> bool
     if ctx.is_main:
         write_split(ctx.out_dir, split)
     figures = lambda step, ae: write_vae_figures(ae, held, ctx.out_dir, f"step_{step}")  # noqa: E731
+    remove_stale_outputs(ctx, ("autoencoder", "denoiser"))
     with timed(ctx, "vae_seconds"):
         train_vae(autoencoder, train_set, held, cfg["vae"], ctx, stage_generator(cfg, ctx, 1), figures)
     ctx.resume = False  # a new VAE makes any earlier decoder or diffusion state stale
@@ -193,6 +209,7 @@ def decoder_stage(autoencoder, train_set, held, cfg: dict, ctx, vae_trained: boo
         return False
     if not (ctx.resume and state and not state.get("done")):  # a fresh start: from the VAE's pixel-loss decoder
         restore_pixel_decoder(autoencoder, ctx)
+    remove_stale_outputs(ctx, ("autoencoder", "denoiser"))
     with timed(ctx, "decoder_seconds"):
         train_decoder(autoencoder, train_set, held, cfg["decoder"], ctx, stage_generator(cfg, ctx, 3))
     return True
@@ -233,6 +250,7 @@ def diffusion_stage(unet, autoencoder, train_set, held, cfg: dict, ctx, vae_trai
             animations=False,
         )
 
+    remove_stale_outputs(ctx, ("denoiser",))
     with timed(ctx, "diffusion_seconds"):
         train_diffusion(unet, autoencoder, train_set, cfg["diffusion"], ctx, stage_generator(cfg, ctx, 2), figures)
 
@@ -350,7 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with interrupts_remembered():
             check_flags(args)
-            cfg = resolve_configs(args, args.preset, recorded_config(args))
+            preset = args.preset or "default" if args.command == "train" else args.preset  # train: never a record's
+            cfg = resolve_configs(args, preset, recorded_config(args))
             check_option_use(args, cfg)
             if args.command == "train":
                 train(cfg)

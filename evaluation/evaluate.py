@@ -239,6 +239,21 @@ def evaluate_run(
     return result
 
 
+def scored_outputs(out_dir: Path) -> list[Path]:
+    """The files of a run folder that score its models: every evaluation (`NAME.json` with its sheets, whatever
+    --eval-name named it) and diagnose.json. The judge's cache is not one: it depends on real images only."""
+    found = []
+    for path in sorted(Path(out_dir).glob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict) and ("eval_config" in record or "verdict" in record):
+            sheets = (path.with_name(f"{path.stem}_sheet.png"), path.with_name(f"{path.stem}_reconstructions.png"))
+            found += [path, *(p for p in sheets if p.is_file())]
+    return found
+
+
 def _nan_to_none(value):
     """NaN (a metric undefined on too few images) as None, so the JSON file is strict JSON."""
     if isinstance(value, float) and math.isnan(value):

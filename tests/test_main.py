@@ -4,6 +4,7 @@ import json
 import re
 import shutil
 import urllib.error
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -159,7 +160,8 @@ def test_bad_options_give_one_line_and_exit_2(tmp_path, capsys, args, message):
 def test_offline_download_fails_with_one_line_naming_data_dir(tmp_path, capsys, monkeypatch):
     import torchvision
 
-    def offline(*args, **kwargs):
+    def offline(root, *args, **kwargs):
+        Path(root).mkdir(parents=True, exist_ok=True)  # as torchvision does before it downloads
         raise urllib.error.URLError("[Errno -2] Name or service not known")
 
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
@@ -178,6 +180,7 @@ def test_offline_download_fails_with_one_line_naming_data_dir(tmp_path, capsys, 
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert err[-1].startswith("error: could not download CIFAR-10") and "--data-dir" in err[-1]
+    assert not (tmp_path / "dl").exists()  # before: the failed download left an empty folder behind
 
 
 def test_sample_command_without_checkpoints_says_which_file(tmp_path, capsys):
@@ -457,14 +460,46 @@ def short_run(image_folder, tmp_path_factory):
 
 
 @pytest.mark.parametrize("flags", [["--retrain-vae"], ["--retrain-decoder"], ["--retrain-diffusion"], []])
-def test_every_retrain_combination_leaves_the_public_files_as_the_log_says(short_run, image_folder, tmp_path, flags):
+def test_every_retrain_combination_leaves_the_public_files_as_the_log_says(short_run, tmp_path, flags):
     """Before: --retrain-vae on a finished run logged "decoder stage done for this VAE, skipping it" (the retrained
-    encoder was bit-identical, so the fingerprint matched) while the public file held the VAE's pixel-loss decoder."""
+    encoder was bit-identical, so the fingerprint matched) while the public file held the VAE's pixel-loss decoder.
+    And without --data-dir, a retrain tried to download CIFAR-10 instead of reading the data folder the run recorded
+    (here the download would be refused by the network guard)."""
     out = tmp_path / OUT
     shutil.copytree(short_run, out)
-    base = [*SHORT_RUN, "--decoder-steps", "3", "--data-dir", str(image_folder), "--output-dir", str(out)]
-    proc = run_main(*base, *flags)
+    proc = run_main(*SHORT_RUN, "--decoder-steps", "3", "--output-dir", str(out), *flags)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert public_files_match_their_stages(out) == []
     skipped = "decoder stage done for this VAE, skipping it" in proc.stderr
     assert skipped == (flags == ["--retrain-diffusion"] or flags == [])
+
+
+@pytest.mark.parametrize(
+    "flag, kept", [("--retrain-decoder", {"judge_classifier.pt"}), ("--retrain-diffusion", {"judge_classifier.pt", "r"})]
+)
+def test_a_stage_trained_again_removes_the_figures_and_scores_of_the_models_it_replaces(
+    short_run, image_folder, tmp_path, flag, kept
+):
+    """Before: after --retrain-decoder --no-figures the previous decoder's figures and evaluation.json stayed."""
+    out = tmp_path / OUT
+    shutil.copytree(short_run, out)
+    files = {
+        "evaluation.json": json.dumps({"eval_config": {}}),
+        "evaluation_sheet.png": "x",
+        "mine.json": json.dumps({"eval_config": {}}),  # evaluate --eval-name mine
+        "mine_reconstructions.png": "x",
+        "diagnose.json": json.dumps({"verdict": "..."}),
+        "judge_classifier.pt": "x",  # depends on real images only
+        "r": "reconstruction/vae_reconstruction_final.png",
+        "s": "samples/samples_grid_final.png",
+        "c": "curves/loss_curves.png",
+    }
+    for name, content in files.items():
+        path = out / content if len(name) == 1 else out / name
+        path.parent.mkdir(exist_ok=True)
+        path.write_text("x" if len(name) == 1 else content)
+    proc = run_main(*SHORT_RUN, "--decoder-steps", "3", "--data-dir", str(image_folder), "--output-dir", str(out), flag)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    left = {name for name, content in files.items() if (out / (content if len(name) == 1 else name)).exists()}
+    assert left == kept
+    assert (out / "config.json").is_file() and (out / "split.json").is_file()

@@ -18,6 +18,16 @@ from visualization.samples import generate_samples_grid, save_sample_sheet
 
 log = logging.getLogger(__name__)
 MIN_MAP_IMAGES_PER_CLASS = 2  # fewer held-out latents per class: the silhouette score is undefined
+# The folders of figures drawn from each network (the sample command's images are under samples/ too)
+FIGURE_FOLDERS = {"autoencoder": ("reconstruction", "latent_space"), "denoiser": ("samples", "diffusion_path", "animation")}
+
+
+def figure_files(out_dir: Path, networks: tuple[str, ...]) -> list[Path]:
+    """The figure files of a run folder drawn from any of `networks` ("autoencoder", "denoiser"), and the loss curves:
+    what no longer describes the run once one of those networks trains again. A new autoencoder changes what the
+    denoiser's samples look like, so it names both."""
+    folders = {"curves", *(name for net in networks for name in FIGURE_FOLDERS[net])}
+    return sorted(p for name in folders if (out_dir / name).is_dir() for p in (out_dir / name).rglob("*") if p.is_file())
 
 
 def write_vae_figures(autoencoder, held: Split, out_dir: Path, tag: str) -> list[Path]:
