@@ -36,6 +36,7 @@ from training.config import (
     resolve_configs,
 )
 from cli import check_flags, check_option_use, parse_args, recorded_config
+from training.board import write_image
 from training.decoder import latent_space_fingerprint, train_decoder
 from training.diffusion import train_diffusion
 from training.loop import interrupts_remembered
@@ -132,6 +133,7 @@ def run_stages(cfg: dict, ctx, train_set, held, split: dict) -> None:
                 cfg["sample"].num_samples,
             )
             write_loss_curves(ctx.out_dir)
+            write_image(ctx.out_dir, "samples_grid_final", ctx.out_dir / "samples" / "samples_grid_final.png")
     write_config(cfg, ctx)
 
 

@@ -503,3 +503,20 @@ def test_a_stage_trained_again_removes_the_figures_and_scores_of_the_models_it_r
     left = {name for name, content in files.items() if (out / (content if len(name) == 1 else name)).exists()}
     assert left == kept
     assert (out / "config.json").is_file() and (out / "split.json").is_file()
+
+
+def test_tensorboard_event_files_hold_the_logged_values_and_the_sample_grid(trained_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = trained_run / OUT
+    for stage in ("vae", "decoder", "diffusion"):
+        board = EventAccumulator(str(out / "tensorboard" / stage)).Reload()
+        logged = [json.loads(line) for line in (out / f"metrics_{stage}.jsonl").read_text().splitlines()]
+        losses = [r for r in logged if "total" in r]
+        events = board.Scalars("total")
+        assert [e.step for e in events] == [r["step"] for r in losses]
+        assert np.allclose([e.value for e in events], [r["total"] for r in losses], rtol=1e-6)
+        if stage != "diffusion":  # the held-out scores at the stage's end, nested in the record
+            assert board.Scalars("eval/psnr")[-1].value == pytest.approx(logged[-1]["eval"]["psnr"], rel=1e-6)
+    images = EventAccumulator(str(out / "tensorboard" / "samples")).Reload()
+    assert images.Tags()["images"] == ["samples_grid_final"]

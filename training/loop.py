@@ -19,6 +19,7 @@ from torch import nn
 from tqdm import tqdm
 
 from checkpoints import atomic_save, check_state_dict, load_file
+from training.board import board_writer, write_scalars
 from training.context import RunContext
 from models.compiled import compile_mode, maybe_compile, report_graphs
 from training.optim import make_optimizer, warmup_cosine
@@ -62,19 +63,24 @@ class MetricsLog:
     A stage that starts at `start_step` (0: afresh; else resumed from its checkpoint) first drops the records past
     that step, which a killed run wrote after its last checkpoint: every step is then logged once."""
 
-    def __init__(self, path: Path, enabled: bool = True, start_step: int = 0):
+    def __init__(self, path: Path, enabled: bool = True, start_step: int = 0, board: bool = False):
         self.path, self.enabled = Path(path), enabled
         if enabled and self.path.is_file():
             kept = [line for line in self.path.read_text().splitlines() if _step_of(line) <= start_step]
             tmp = self.path.with_name(f".{self.path.name}.tmp")
             tmp.write_text("".join(line + "\n" for line in kept))
             os.replace(tmp, self.path)
+        stage = self.path.stem.removeprefix("metrics_")  # metrics_vae.jsonl: the stage's TensorBoard run "vae"
+        self.board = board_writer(self.path.parent, stage, start_step) if enabled and board else None
 
     def write(self, record: dict) -> None:
+        """Append one record (with its "step"), and show its numbers in TensorBoard where that is on."""
         if not self.enabled:
             return
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        if self.board is not None:
+            write_scalars(self.board, record)
 
 
 def _step_of(line: str) -> float:
@@ -243,7 +249,7 @@ def train_stage(
     if mode == "reduce-overhead":
         step_fn = graph_steps(stage.name, step_fn, mode)
     stage.checkpoint = checkpointer(ctx, state_path, generator, cfg, **parts)
-    stage.metrics = MetricsLog(ctx.out_dir / stage.metrics_file, ctx.is_main, start_step=step)
+    stage.metrics = MetricsLog(ctx.out_dir / stage.metrics_file, ctx.is_main, start_step=step, board=True)
     stage.model.train()
     return run_steps(
         stage.name,

@@ -4,7 +4,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: no display needed
 
-from visualization.curves import plot_loss_curves  # noqa: E402
+from visualization.curves import loss_curve_figure, plot_loss_curves  # noqa: E402
 from visualization.denoising import create_diffusion_animation, record_trajectory, visualize_denoising_steps  # noqa: E402
 from visualization.latents import visualize_latent_space, visualize_reconstructions  # noqa: E402
 from visualization.report import write_diffusion_figures, write_loss_curves, write_vae_figures  # noqa: E402
@@ -20,6 +20,7 @@ __all__ = [
     "create_diffusion_animation",
     "record_trajectory",
     "plot_loss_curves",
+    "loss_curve_figure",
     "write_vae_figures",
     "write_diffusion_figures",
     "write_loss_curves",

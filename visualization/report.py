@@ -19,7 +19,10 @@ from visualization.samples import generate_samples_grid, save_sample_sheet
 log = logging.getLogger(__name__)
 MIN_MAP_IMAGES_PER_CLASS = 2  # fewer held-out latents per class: the silhouette score is undefined
 # The folders of figures drawn from each network (the sample command's images are under samples/ too)
-FIGURE_FOLDERS = {"autoencoder": ("reconstruction", "latent_space"), "denoiser": ("samples", "diffusion_path", "animation")}
+FIGURE_FOLDERS = {
+    "autoencoder": ("reconstruction", "latent_space"),
+    "denoiser": ("samples", "diffusion_path", "animation", "tensorboard/samples"),
+}
 
 
 def figure_files(out_dir: Path, networks: tuple[str, ...]) -> list[Path]:

@@ -14,6 +14,7 @@ from models import ConditionalDenoiseDiffusion, ConditionalUNet, SamplingOptions
 from visualization import (
     create_diffusion_animation,
     generate_samples_grid,
+    loss_curve_figure,
     plot_loss_curves,
     record_trajectory,
     visualize_denoising_steps,
@@ -165,3 +166,16 @@ def test_loss_curves_from_metrics_files(tmp_path):
         skipped = plot_loss_curves(tmp_path / "none.jsonl", diff, tmp_path / "s.png", config, prediction="v")
         assert plot_loss_curves(tmp_path / "none.jsonl", tmp_path / "none2.jsonl", tmp_path / "e.png").is_file()
     assert png_size(skipped)[0] > 800
+
+
+def test_a_stage_logged_once_is_drawn_as_a_point_not_an_empty_legend_entry(tmp_path):
+    """Before: the decoder stage of a cpu or smoke run logged one record, and its three legend entries drew nothing."""
+    vae, decoder = tmp_path / "v.jsonl", tmp_path / "dec.jsonl"
+    vae.write_text("\n".join(f'{{"step": {s}, "total": {1 / s}, "pixel": {1 / s}}}' for s in range(1, 10)))
+    decoder.write_text('{"step": 10, "total": 0.3, "pixel": 0.02, "adversarial": -0.4, "discriminator": 1.9}\n')
+    fig = loss_curve_figure(vae, tmp_path / "none.jsonl", decoder_metrics=decoder)
+    lines = {line.get_label(): line for line in fig.axes[0].lines}
+    once = [lines[label] for label in lines if label.startswith("decoder stage")]
+    assert len(once) == 3 and all(line.get_marker() == "o" and len(line.get_xdata()) == 1 for line in once)
+    assert lines["total"].get_marker() == "None"  # a series with enough points stays a plain line
+    plt.close(fig)
