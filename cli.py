@@ -54,7 +54,12 @@ ALLOWED = {  # flags each command takes, by config section (None: all of the sec
         "sample": SAMPLER,
         "eval": JUDGE | {"samples_per_class", "fid_weights", "name"},
     },
-    "diagnose": {"run": COMMON | DATA, "diffusion": {"compile"}, "sample": SAMPLER, "eval": JUDGE | {"diagnose_samples"}},
+    "diagnose": {
+        "run": COMMON | DATA,
+        "diffusion": {"compile"},
+        "sample": SAMPLER,
+        "eval": JUDGE | {"diagnose_samples"},
+    },
 }
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ CLASS_NAMES = ("cat", "dog")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CIFAR_LABELS = tuple(CIFAR10_CLASSES.index(name) for name in CLASS_NAMES)  # (3, 5)
 IMAGE_SIZE = 32
+CIFAR_BATCHES = "cifar-10-batches-py"  # the folder of torchvision's CIFAR-10 copy (python pickles)
 MIN_IMAGES_PER_CLASS = 10  # the fewest images of a class to train on: one held out at 10%, nine to learn from
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -79,9 +81,7 @@ def load_cifar10(root: str | Path, *, train: bool = True, download: bool = True)
 
 def load_cifar_catdog(root: str | Path, *, train: bool = True, download: bool = True) -> Split:
     """CIFAR-10's cats and dogs, relabelled 0/1."""
-    data = load_cifar10(root, train=train, download=download)
-    keep = (data.y == CIFAR_LABELS[0]) | (data.y == CIFAR_LABELS[1])
-    return Split(data.x[keep].contiguous(), (data.y[keep] == CIFAR_LABELS[1]).long())
+    return catdog(load_cifar10(root, train=train, download=download))
 
 
 def _read_image(path: Path) -> np.ndarray | None:
@@ -128,13 +128,53 @@ def _load_split_folder(root: Path) -> Split:
     return _load_class_folders([root / name for name in CLASS_NAMES])
 
 
+def cifar_batches(root: str | Path) -> Path | None:
+    """torchvision's own CIFAR-10 copy at `root`: the folder `cifar-10-batches-py` itself or the folder holding it
+    (what `--download-dir` holds after a download); None if neither."""
+    root = Path(root)
+    for folder in (root, root / CIFAR_BATCHES):
+        if (folder / "data_batch_1").is_file():
+            return folder
+    return None
+
+
+def read_cifar_batches(folder: Path, *, train: bool) -> Split:
+    """All ten classes of CIFAR-10's python batches in `folder` (data_batch_1..5, or test_batch)."""
+    names = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
+    xs, ys = [], []
+    for name in names:
+        try:
+            with open(folder / name, "rb") as f:
+                batch = pickle.load(f, encoding="bytes")
+            xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE))
+            ys.append(np.asarray(batch[b"labels"], dtype=np.int64))
+        except (OSError, pickle.UnpicklingError, EOFError, KeyError, ValueError) as err:
+            raise UserInputError(f"cannot read CIFAR-10 batch {folder / name} ({type(err).__name__}: {err})") from None
+    return Split(torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys)))
+
+
+def catdog(data: Split) -> Split:
+    """CIFAR-10's cats and dogs (labels in CIFAR10_CLASSES order), relabelled 0/1."""
+    keep = (data.y == CIFAR_LABELS[0]) | (data.y == CIFAR_LABELS[1])
+    return Split(data.x[keep].contiguous(), (data.y[keep] == CIFAR_LABELS[1]).long())
+
+
 def load_labelled_folders(roots: list[str | Path]) -> tuple[Split, tuple[str, ...]]:
-    """Images in one sub-folder per class, gathered over several roots (a class may appear in only one root):
-    returns the split and the class names, in CIFAR-10's order where they are CIFAR-10 classes, then by name."""
+    """Images in one sub-folder per class, gathered over several roots (a class may appear in only one root); a root
+    may also be torchvision's CIFAR-10 copy (its training batches, all ten classes): returns the split and the class
+    names, in CIFAR-10's order where they are CIFAR-10 classes, then by name."""
     folders: dict[str, list[Path]] = {}
+    arrays: dict[str, list[torch.Tensor]] = {}
     for root in map(Path, roots):
         if not root.is_dir():
             raise UserInputError(f"reference dir {root} does not exist")
+        batches = cifar_batches(root)
+        if batches is not None:
+            data = read_cifar_batches(batches, train=True)
+            for label, name in enumerate(CIFAR10_CLASSES):
+                arrays.setdefault(name, []).append(data.x[data.y == label])
+                folders.setdefault(name, [])
+            continue
         for sub in sorted(p for p in root.iterdir() if p.is_dir()):
             folders.setdefault(sub.name.lower(), []).append(sub)
     order = {name: i for i, name in enumerate(CIFAR10_CLASSES)}
@@ -145,10 +185,12 @@ def load_labelled_folders(roots: list[str | Path]) -> tuple[Split, tuple[str, ..
             f"reference dirs {', '.join(map(str, roots))} have no {' or '.join(missing)} folder: "
             "expected one sub-folder per class, cat/ and dog/ among them"
         )
-    parts = [(_load_class_folders(folders[name]), label) for label, name in enumerate(names)]
-    x = torch.cat([split.x for split, _ in parts])
-    y = torch.cat([torch.full((len(split),), label, dtype=torch.long) for split, label in parts])
-    return Split(x, y), names
+    parts = [
+        torch.cat([*arrays.get(name, []), *([_load_class_folders(folders[name]).x] if folders[name] else [])])
+        for name in names
+    ]
+    y = torch.cat([torch.full((len(x),), label, dtype=torch.long) for label, x in enumerate(parts)])
+    return Split(torch.cat(parts), y), names
 
 
 def _has_class_folders(root: Path) -> bool:
@@ -165,6 +207,10 @@ def load_image_folder(root: str | Path) -> tuple[Split, Split | None]:
         raise UserInputError(f"data dir {root} does not exist")
     if not root.is_dir():
         raise UserInputError(f"data dir {root} is not a folder: pass the folder that holds cat/ and dog/")
+    batches = cifar_batches(root)
+    if batches is not None:  # torchvision's CIFAR-10 copy: its training cats and dogs, and its test split's
+        test = catdog(read_cifar_batches(batches, train=False)) if (batches / "test_batch").is_file() else None
+        return catdog(read_cifar_batches(batches, train=True)), test
     if _has_class_folders(root):
         return _load_split_folder(root), None
     if _has_class_folders(root / "train"):

@@ -142,3 +142,41 @@ def test_cifar_filter_keeps_cats_and_dogs(monkeypatch, tmp_path):
     split = data.load_cifar_catdog(tmp_path)
     assert split.y.tolist() == [0, 1, 1, 0]
     assert split.x.shape == (4, 3, 32, 32)
+
+
+def fake_cifar_copy(root, per_batch: int = 40, seed: int = 0):
+    """A small copy of torchvision's CIFAR-10 folder: five training batches and a test batch of random images, the
+    labels cycling through the ten classes."""
+    import pickle
+
+    rng = np.random.default_rng(seed)
+    folder = root / data.CIFAR_BATCHES
+    folder.mkdir(parents=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        images = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
+        batch = {b"data": images, b"labels": [i % 10 for i in range(per_batch)]}
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch, f)
+    return folder
+
+
+def test_torchvisions_cifar_copy_is_a_data_dir_and_a_reference_dir(tmp_path, image_folder):
+    """Offline users mostly have torchvision's cifar-10-batches-py; --data-dir and --eval-reference-dir read it."""
+    folder = fake_cifar_copy(tmp_path)
+    for root in (tmp_path, folder):  # the folder that holds it (a --download-dir), or the folder itself
+        train, test = data.load_image_folder(root)
+        assert len(train) == 5 * 8 and len(test) == 8  # 4 cats (label 3) and 4 dogs (label 5) in each batch of 40
+        assert train.y.tolist().count(0) == 20 and train.x.dtype == torch.uint8 and train.x.shape[1:] == (3, 32, 32)
+    with open(folder / "data_batch_1", "rb") as f:
+        import pickle
+
+        first = pickle.load(f)
+    cat = torch.from_numpy(first[b"data"][3].reshape(3, 32, 32))  # the first cat of the first batch, channels first
+    assert torch.equal(train.x[0], cat)
+    ref, names = data.load_labelled_folders([folder, image_folder])  # merged with a folder of cat/ and dog/
+    assert names == data.CIFAR10_CLASSES
+    counts = torch.bincount(ref.y, minlength=10).tolist()
+    assert counts[3] == counts[5] == 20 + 24 and counts[0] == 20
+    (folder / "data_batch_3").write_bytes(b"damaged")
+    with pytest.raises(UserInputError, match="cannot read CIFAR-10 batch .*data_batch_3"):
+        data.load_image_folder(folder)

@@ -439,7 +439,8 @@ def public_files_match_their_stages(out) -> list[str]:
     the VAE stage's encoder and the decoder stage's EMA decoder; the denoiser's file holds its stage's EMA weights."""
     load = lambda name: torch.load(out / name, weights_only=False)  # noqa: E731
     public_ae, public_unet = load("cifar_cat_dog_autoencoder.pt"), load("conditional_diffusion_final.pt")
-    vae, decoder, diffusion = load("vae_train_state.pt"), load("decoder_train_state.pt"), load("diffusion_train_state.pt")
+    vae, decoder = load("vae_train_state.pt"), load("decoder_train_state.pt")
+    diffusion = load("diffusion_train_state.pt")
     pairs = [(k, v, vae["model"][k]) for k, v in public_ae.items() if k.startswith("encoder.")]
     pairs += [(k, public_ae["decoder." + k], v) for k, v in decoder["ema"]["model"].items()]
     pairs += [(k, public_unet[k], v) for k, v in diffusion["ema"]["model"].items() if k in public_unet]
@@ -475,7 +476,8 @@ def test_every_retrain_combination_leaves_the_public_files_as_the_log_says(short
 
 
 @pytest.mark.parametrize(
-    "flag, kept", [("--retrain-decoder", {"judge_classifier.pt"}), ("--retrain-diffusion", {"judge_classifier.pt", "r"})]
+    "flag, kept",
+    [("--retrain-decoder", {"judge_classifier.pt"}), ("--retrain-diffusion", {"judge_classifier.pt", "r"})],
 )
 def test_a_stage_trained_again_removes_the_figures_and_scores_of_the_models_it_replaces(
     short_run, image_folder, tmp_path, flag, kept

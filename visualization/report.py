@@ -30,7 +30,8 @@ def figure_files(out_dir: Path, networks: tuple[str, ...]) -> list[Path]:
     what no longer describes the run once one of those networks trains again. A new autoencoder changes what the
     denoiser's samples look like, so it names both."""
     folders = {"curves", *(name for net in networks for name in FIGURE_FOLDERS[net])}
-    return sorted(p for name in folders if (out_dir / name).is_dir() for p in (out_dir / name).rglob("*") if p.is_file())
+    files = (p for name in folders if (out_dir / name).is_dir() for p in (out_dir / name).rglob("*"))
+    return sorted(p for p in files if p.is_file())
 
 
 def write_vae_figures(autoencoder, held: Split, out_dir: Path, tag: str) -> list[Path]:
