@@ -322,6 +322,7 @@ def judged_run(cfg: dict) -> dict:
         cfg["eval"].reference_dirs, run.data_dir, run.download_dir, train_set, held, torch.Generator().manual_seed(0)
     )
     judge = get_judge(ctx.out_dir, reference, cfg["eval"], ctx.device, run.seed)
+    shape_judge = get_judge(ctx.out_dir, reference, cfg["eval"], ctx.device, run.seed, view="shape")
     seed = s.sample_seed if s.sample_seed is not None else run.seed  # run.seed may come from the run's config.json
     return dict(
         autoencoder=autoencoder,
@@ -330,6 +331,7 @@ def judged_run(cfg: dict) -> dict:
         held=held,
         reference=reference,
         judge=judge,
+        shape_judge=shape_judge,
         out_dir=ctx.out_dir,
         eval_cfg=cfg["eval"],
         options=s.options(),

@@ -10,6 +10,7 @@ from torch import nn
 from tqdm import tqdm
 
 from data import Split, augment, to_model_range
+from evaluation.shape import randomise_texture, shape_view
 from models.batched import eval_mode
 
 log = logging.getLogger(__name__)
@@ -19,11 +20,21 @@ def _conv(c_in: int, c_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
 
 
-class JudgeClassifier(nn.Module):
-    """A small VGG-style CNN on 32x32 images in [-1, 1]: `features` (N, 4*width) and `forward` logits."""
+VIEWS = ("photo", "shape")  # what a judge sees of an image: all of it, or its luminance (evaluation/shape.py)
 
-    def __init__(self, num_classes: int = 10, width: int = 32):
+
+def apply_view(images: torch.Tensor, view: str) -> torch.Tensor:
+    """Images in [0, 1] as a judge with this view sees them."""
+    return shape_view(images) if view == "shape" else images
+
+
+class JudgeClassifier(nn.Module):
+    """A small VGG-style CNN on 32x32 images in [-1, 1]: `features` (N, 4*width) and `forward` logits. `view` says
+    what it sees of an image (VIEWS); `classify` applies it."""
+
+    def __init__(self, num_classes: int = 10, width: int = 32, view: str = "photo"):
         super().__init__()
+        self.view = view
         w = width
         self.body = nn.Sequential(
             _conv(3, w),
@@ -56,8 +67,10 @@ def train_classifier(
     lr: float,
     generator: torch.Generator,
     width: int = 32,
+    view: str = "photo",
 ) -> JudgeClassifier:
-    """Train the classifier with flips and shifts, AdamW and a one-cycle schedule; returns it in eval mode.
+    """Train the classifier with flips and shifts, AdamW and a one-cycle schedule; returns it in eval mode. A shape
+    judge (`view` "shape") learns from luminance with every image's texture randomised (evaluation/shape.py).
 
     The result depends on `generator` only: initialisation and dropout, which draw from the global RNG, run under a
     seed taken from it, and the global RNG state is restored afterwards."""
@@ -67,7 +80,7 @@ def train_classifier(
         if device.type == "cuda":
             with torch.cuda.device(device):
                 torch.cuda.manual_seed(seed)
-        model = JudgeClassifier(num_classes, width).to(device)
+        model = JudgeClassifier(num_classes, width, view).to(device)
         steps = max(1, epochs * len(data) // batch_size)
         opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=5e-4)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
@@ -75,7 +88,9 @@ def train_classifier(
         model.train()
         for _ in tqdm(range(steps), desc="Judge classifier", dynamic_ncols=True):
             idx = torch.randint(0, len(data), (batch_size,), device=device, generator=generator)
-            x = augment(to_model_range(x_all[idx]), generator)
+            x = augment(apply_view(to_model_range(x_all[idx]) / 2 + 0.5, view) * 2 - 1, generator)
+            if view == "shape":
+                x = randomise_texture(x, generator)
             loss = F.cross_entropy(model(x), y_all[idx], label_smoothing=0.1)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -91,7 +106,7 @@ def classify(model: JudgeClassifier, images: torch.Tensor, batch_size: int = 500
     preds, feats = [], []
     with eval_mode(model):
         for start in range(0, len(images), batch_size):
-            x = images[start : start + batch_size].to(device) * 2 - 1
+            x = apply_view(images[start : start + batch_size].to(device), model.view) * 2 - 1
             f = model.features(x)
             preds.append(model.head(f).argmax(1).cpu())
             feats.append(f.cpu())

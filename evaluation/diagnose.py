@@ -194,7 +194,17 @@ def verdict(rows: dict, summary: dict) -> str:
 
 
 def diagnose_run(
-    autoencoder, diffusion, train: Split, held: Split, reference, judge, out_dir: Path, eval_cfg, options, seed: int
+    autoencoder,
+    diffusion,
+    train: Split,
+    held: Split,
+    reference,
+    judge,
+    out_dir: Path,
+    eval_cfg,
+    options,
+    seed: int,
+    shape_judge=None,
 ) -> dict:
     """Every number of the diagnosis as one JSON-ready dict, also written to out_dir/diagnose.json."""
     gen = torch.Generator().manual_seed(seed)
@@ -205,12 +215,13 @@ def diagnose_run(
     ladder = loss_ladders(diffusion, bank, held_z, n, gen)
     summary = ladder_summary(ladder)
     features, real, seen = Features(judge), per_class_images(held), per_class_images(train)
+    shape = Features(shape_judge) if shape_judge is not None else None
     scored = equal_n(n, real)  # every row at one n
     rows = {}
     for name, (images, latents) in judge_image_sets(
         autoencoder, diffusion, bank, held_z, held, n, options, seed
     ).items():
-        rows[name] = score_set(list(zip(images, real)), features, reference.classes, seen, scored)
+        rows[name] = score_set(list(zip(images, real)), features, reference.classes, seen, scored, shape)
         for c, value in zip(CLASS_NAMES, latent_copies(bank, held_z, latents) if latents else [None, None]):
             rows[name][c]["latent_copies"] = value
     result = {
@@ -262,18 +273,21 @@ def format_report(result: dict) -> str:
         f"{result['scored_per_class']} per class; cat / dog, against the held-out "
         "images of the class):"
     )
-    lines.append(f"{'set':40s}{'FD':>15s}{'recall':>15s}{'colour FD':>15s}{'copies':>15s}{'latent copies':>16s}")
+    columns = ("FD", "recall", "shape FD", "shape recall", "colour FD", "copies")
+    lines.append(f"{'set':40s}" + "".join(f"{c:>15s}" for c in columns) + f"{'latent copies':>16s}")
     for row, scores in result["judge_rows"].items():
         cells = [
-            " / ".join("n/a" if scores[c][m] is None else f"{scores[c][m]:{f}}" for c in CLASS_NAMES)
+            " / ".join("n/a" if scores[c].get(m) is None else f"{scores[c][m]:{f}}" for c in CLASS_NAMES)
             for m, f in (
                 ("fd", ".2f"),
                 ("recall", ".2f"),
+                ("shape_fd", ".2f"),
+                ("shape_recall", ".2f"),
                 ("colour_fd", ".0f"),
                 ("copies", ".2f"),
                 ("latent_copies", ".2f"),
             )
         ]
-        lines.append(f"{row:40s}" + "".join(f"{cell:>15s}" for cell in cells[:4]) + f"{cells[4]:>16s}")
+        lines.append(f"{row:40s}" + "".join(f"{cell:>15s}" for cell in cells[:6]) + f"{cells[6]:>16s}")
     lines.append(result["verdict"])
     return "\n".join(lines)

@@ -42,6 +42,7 @@ STEREOTYPE_IMAGES = 20  # distinct images in the stereotype set
 SHEET_SAMPLES = 64  # samples per class on the sheet
 # Calibration: a metric can see a failure if the failure scores clearly worse than real images, by these margins.
 CLEARLY_WORSE = {"fd": 2.0, "colour_fd": 2.0, "precision": 0.1, "recall": 0.1, "fidelity": 0.1}  # FD: a ratio
+CLEARLY_WORSE.update(shape_fd=2.0, shape_recall=0.1)
 REAL, STEREOTYPE = "real held-out, half vs half", f"stereotype, {STEREOTYPE_IMAGES} images repeated"
 FAILURES = ("blurred, sigma 1.0", STEREOTYPE, "colour saturated x2")  # what a yardstick must see
 
@@ -127,10 +128,11 @@ def score_set(
     classes: tuple[str, ...],
     train: list[torch.Tensor] | None = None,
     n: int | None = None,
+    shape: Features | None = None,
 ) -> dict:
     """Per class: FD, colour FD, precision, recall (k = 3) in the judge's features against the reference, and its
     verdicts; with the class's training images (`train`, in CLASS_NAMES order), also the copy check
-    (`copy_fraction`).
+    (`copy_fraction`); with the shape judge's `shape` features, its FD and recall too ("shape_fd", "shape_recall").
 
     FD and recall depend on how many images are scored (FD is biased upward at small n, recall rises with n), so
     every set is scored at `n` images (default: the reference's size): a larger set is split into disjoint chunks of n
@@ -141,8 +143,13 @@ def score_set(
         pred, feat = features(images)
         ref_feat = features(reference)[1]
         size = min(n or len(reference), len(images))
-        chunks = [(feat[i : i + size], images[i : i + size]) for i in range(0, len(images) - size + 1, size)]
-        chunk_scores = [_set_scores(f, x, ref_feat, reference) for f, x in chunks]
+        starts = range(0, len(images) - size + 1, size)
+        chunk_scores = [_set_scores(feat[i : i + size], images[i : i + size], ref_feat, reference) for i in starts]
+        if shape is not None:
+            shape_feat, shape_ref = shape(images)[1], shape(reference)[1]
+            for scores_of_chunk, i in zip(chunk_scores, starts):
+                scores_of_chunk.update(_shape_scores(shape_feat[i : i + size], shape_ref))
+        chunks = chunk_scores
         called = torch.bincount(pred, minlength=len(classes)).float() / len(pred)
         top = called.topk(min(3, len(classes)))
         scores[name] = {
@@ -168,6 +175,12 @@ def _set_scores(feat: torch.Tensor, images: torch.Tensor, ref_feat: torch.Tensor
     }
 
 
+def _shape_scores(feat: torch.Tensor, ref_feat: torch.Tensor) -> dict:
+    """FD and recall (k = 3) of one set in the shape judge's features against the reference's."""
+    _, recall = precision_recall(ref_feat, feat, k=3)
+    return {"shape_fd": frechet_distance(feat.numpy(), ref_feat.numpy()), "shape_recall": recall}
+
+
 def blind_check(calibration: dict) -> dict[str, list[str]]:
     """For each metric, the failures (blur sigma 1.0, the stereotype, saturated colour) it ranks clearly worse than
     real images for both classes (CLEARLY_WORSE): a failure no headline metric sees would pass unnoticed."""
@@ -184,6 +197,7 @@ def blind_check(calibration: dict) -> dict[str, list[str]]:
             if all(worse(metric, real[c][metric], calibration[bad][c][metric]) for c in CLASS_NAMES)
         ]
         for metric in CLEARLY_WORSE
+        if metric in real[CLASS_NAMES[0]]  # the shape metrics: only where a shape judge scored
     }
 
 
@@ -198,23 +212,26 @@ def evaluate_run(
     eval_cfg,
     options: SamplingOptions,
     seed: int,
+    shape_judge: JudgeClassifier | None = None,
 ) -> dict:
     """Every number of the evaluation as one JSON-ready dict (also written to out_dir/<eval_cfg.name>.json), and the
     sample sheet (out_dir/<eval_cfg.name>_sheet.png); samples are drawn from `seed`."""
     device = diffusion.device
-    accuracy = judge_accuracy(judge, reference, to_unit_range(to_model_range(reference.held.x)))
+    held_images = to_unit_range(to_model_range(reference.held.x))
+    accuracy = judge_accuracy(judge, reference, held_images)
     samples, rate = sample_classes(autoencoder, diffusion, eval_cfg.samples_per_class, options, seed)
     reconstruction, recons = reconstruction_scores(autoencoder, held)
     real, seen = per_class_images(held), per_class_images(train)
-    features = Features(judge)
+    features, shape = Features(judge), Features(shape_judge) if shape_judge is not None else None
     recons_per_class = [recons[held.y == label] for label in range(len(CLASS_NAMES))]
     sets = calibration_sets(real, recons_per_class, torch.Generator().manual_seed(seed))
     n = equal_n(eval_cfg.samples_per_class, real)
-    calibration = {name: score_set(pairs, features, reference.classes, seen, n) for name, pairs in sets.items()}
+    calibration = {name: score_set(pairs, features, reference.classes, seen, n, shape) for name, pairs in sets.items()}
     result = {
         "reconstruction": reconstruction,
         "judge": {"classes": list(reference.classes), "source": reference.source, "accuracy": accuracy},
-        "samples": score_set(list(zip(samples, real)), features, reference.classes, seen, n),
+        "shape_judge": shape_judge_scores(shape_judge, reference, held_images),
+        "samples": score_set(list(zip(samples, real)), features, reference.classes, seen, n, shape),
         "calibration": calibration,
         "metric_sees_failures": blind_check(calibration),
         "sampling": {
@@ -280,6 +297,23 @@ def inception_scores(result: dict, samples: list[torch.Tensor], real: list[torch
         result["samples"][name].update(inception.compute(reference, fake))
 
 
+def shape_judge_scores(shape_judge, reference: Reference, held_images: torch.Tensor) -> dict | None:
+    """The shape judge's accuracy on the reference's held-out images (None without a shape judge)."""
+    return None if shape_judge is None else {"accuracy": judge_accuracy(shape_judge, reference, held_images)}
+
+
+def _shape_judge_line(result: dict) -> list[str]:
+    """The shape judge's accuracy as one line of the table ([] without a shape judge)."""
+    if not result.get("shape_judge"):
+        return []
+    acc = result["shape_judge"]["accuracy"]
+    per_class = ", ".join(f"{c} {acc['per_class'][c]:.0%}" for c in CLASS_NAMES)
+    return [
+        f"shape judge: the same, on luminance with texture randomised in training; accuracy on held-out images "
+        f"{acc['overall']:.1%} ({per_class})"
+    ]
+
+
 def _pair(scores: dict, metric: str, fmt: str) -> str:
     values = [scores[c].get(metric) for c in CLASS_NAMES]
     return " / ".join("n/a" if v is None else format(v, fmt) for v in values)
@@ -294,13 +328,14 @@ def format_table(result: dict) -> str:
         f"reconstruction (held-out, n={result['held_out_images']}): PSNR {rec['psnr']:.2f} dB, SSIM {rec['ssim']:.3f}",
         f"judge: {len(judge['classes'])}-way classifier trained on {judge['source']}; accuracy on held-out images "
         f"{acc['overall']:.1%} ({per_class})",
+        *_shape_judge_line(result),
         f"sampling: {smp['sampler']} {smp['steps']} steps, eta {smp['eta']}, {smp['guidance']} {smp['guidance_scale']} "
         f"for t/T in {list(smp['guidance_interval'])}, "
         f"{smp['samples_per_class']} per class, {smp['s_per_1000_images']:.1f} s per 1000 images on {smp['device']}",
         "per class (cat / dog), in the judge's features against the held-out images of the class (copies: the share "
         "closer to a training image than 95% of held-out images are):",
-        f"{'set':38s}{'n':>11s}{'FD':>15s}{'recall':>15s}{'colour FD':>15s}{'copies':>15s}{'precision':>15s}"
-        f"{'called its class':>19s}",
+        f"{'set':38s}{'n':>11s}{'FD':>15s}{'recall':>15s}{'shape FD':>15s}{'shape recall':>15s}{'colour FD':>15s}"
+        f"{'copies':>15s}{'precision':>15s}{'called its class':>19s}",
     ]
     rows = [("samples", result["samples"]), ("-- calibration --", None), *result["calibration"].items()]
     for name, s in rows:
@@ -309,6 +344,7 @@ def format_table(result: dict) -> str:
             continue
         lines.append(
             f"{name:38s}{_pair(s, 'n', 'd'):>11s}{_pair(s, 'fd', '.2f'):>15s}{_pair(s, 'recall', '.2f'):>15s}"
+            f"{_pair(s, 'shape_fd', '.2f'):>15s}{_pair(s, 'shape_recall', '.2f'):>15s}"
             f"{_pair(s, 'colour_fd', '.0f'):>15s}{_pair(s, 'copies', '.2f'):>15s}{_pair(s, 'precision', '.2f'):>15s}"
             f"{_pair(s, 'fidelity', '.0%'):>19s}"
         )

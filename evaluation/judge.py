@@ -17,6 +17,7 @@ from checkpoints import atomic_save, check_state_dict, load_file
 
 log = logging.getLogger(__name__)
 JUDGE_FILE = "judge_classifier.pt"
+JUDGE_FILES = {"photo": JUDGE_FILE, "shape": "judge_shape.pt"}  # by view (evaluation/classifier.py VIEWS)
 JUDGE_HOLDOUT = 0.1  # share of each class other than cat and dog kept out of the judge's training, to score it
 
 
@@ -77,28 +78,33 @@ def load_reference(
     return Reference(judge_train, held_all, classes, source)
 
 
-def fingerprint(ref: Reference, cfg, seed: int) -> str:
-    """What the judge depends on: its training images and labels, its classes and its training options."""
+def fingerprint(ref: Reference, cfg, seed: int, view: str = "photo") -> str:
+    """What the judge depends on: its training images and labels, its classes, its training options and its view."""
     h = hashlib.blake2b(digest_size=16)
     h.update(ref.train.x.numpy().tobytes())
     h.update(ref.train.y.numpy().tobytes())
     options = (ref.classes, cfg.classifier_epochs, cfg.classifier_batch_size, cfg.classifier_lr, cfg.judge_width, seed)
+    options += (view,) if view != "photo" else ()  # the photo judges cached before views existed stay valid
     h.update(repr(options).encode())
     return h.hexdigest()
 
 
-def get_judge(out_dir: Path, ref: Reference, cfg, device: torch.device, seed: int) -> JudgeClassifier:
-    """The run's cached judge if it was trained on the same images with the same options; else train and cache it."""
-    path, key = out_dir / JUDGE_FILE, fingerprint(ref, cfg, seed)
+def get_judge(
+    out_dir: Path, ref: Reference, cfg, device: torch.device, seed: int, view: str = "photo"
+) -> JudgeClassifier:
+    """The run's cached judge of this view if it was trained on the same images with the same options; else train
+    and cache it. The shape judge (view "shape") sees luminance and learns with texture randomised
+    (evaluation/shape.py)."""
+    path, key = out_dir / JUDGE_FILES[view], fingerprint(ref, cfg, seed, view)
     if path.is_file() and not cfg.retrain_classifier:
         saved = load_file(path, device)
         if isinstance(saved, dict) and saved.get("fingerprint") == key:
-            model = JudgeClassifier(len(ref.classes), cfg.judge_width).to(device)
+            model = JudgeClassifier(len(ref.classes), cfg.judge_width, view).to(device)
             check_state_dict(model, saved["state_dict"], path)
             model.load_state_dict(saved["state_dict"])
             return model.eval()
         log.info("the judge in %s was trained on other images or options: training a new one", path)
-    log.info("training the judge: %d classes, %d images (%s)", len(ref.classes), len(ref.train), ref.source)
+    log.info("training the %s judge: %d classes, %d images (%s)", view, len(ref.classes), len(ref.train), ref.source)
     model = train_classifier(
         ref.train,
         device,
@@ -107,6 +113,7 @@ def get_judge(out_dir: Path, ref: Reference, cfg, device: torch.device, seed: in
         batch_size=cfg.classifier_batch_size,
         lr=cfg.classifier_lr,
         width=cfg.judge_width,
+        view=view,
         generator=torch.Generator(device).manual_seed(seed),
     )
     state = {k: v.cpu() for k, v in model.state_dict().items()}

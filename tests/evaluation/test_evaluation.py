@@ -104,7 +104,12 @@ def test_evaluate_command_writes_json_table_and_sheet(trained_run, tmp_path):
         "colour saturated x2",
         "VAE reconstructions",
     }
-    assert set(result["metric_sees_failures"]) == {"fd", "colour_fd", "precision", "recall", "fidelity"}
+    metrics = {"fd", "colour_fd", "precision", "recall", "fidelity", "shape_fd", "shape_recall"}
+    assert set(result["metric_sees_failures"]) == metrics
+    rows = (result["samples"], *result["calibration"].values())
+    assert all(row[c]["shape_fd"] >= 0 and 0 <= row[c]["shape_recall"] <= 1 for row in rows for c in ("cat", "dog"))
+    assert 0 <= result["shape_judge"]["accuracy"]["overall"] <= 1 and "shape judge:" in proc.stdout
+    assert "shape FD" in proc.stdout and (out / "judge_shape.pt").is_file()
     assert result["samples"]["cat"]["colour_fd"] >= 0
     assert result["reconstruction"]["psnr"] > 5 and -1 <= result["reconstruction"]["ssim"] <= 1
     assert result["sampling"]["steps"] == 4 and result["sampling"]["samples_per_class"] == 6
@@ -113,3 +118,43 @@ def test_evaluate_command_writes_json_table_and_sheet(trained_run, tmp_path):
     assert Image.open(out / "evaluation_reconstructions.png").width > Image.open(out / "evaluation_sheet.png").width
     sheet = Image.open(out / "evaluation_sheet.png")
     assert sheet.width >= 3 * 6 * 32  # 6 samples in a row, enlarged at least 3x
+
+
+def test_the_shape_view_keeps_luminance_only():
+    from evaluation.shape import shape_view
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 3, 8, 8, generator=gen)
+    grey = shape_view(x)
+    assert grey.shape == x.shape and torch.equal(grey[:, 0], grey[:, 1]) and torch.equal(grey[:, 1], grey[:, 2])
+    assert torch.allclose(grey[:, 0], 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])
+    assert torch.allclose(shape_view(grey), grey)  # a grey image is its own view
+
+
+def test_randomise_texture_is_seeded_per_image_and_keeps_the_range_and_the_grey():
+    from evaluation.shape import randomise_texture, shape_view
+
+    gen = torch.Generator().manual_seed(0)
+    x = shape_view(torch.rand(64, 3, 16, 16, generator=gen)) * 2 - 1
+    a = randomise_texture(x, torch.Generator().manual_seed(1))
+    b = randomise_texture(x, torch.Generator().manual_seed(1))
+    c = randomise_texture(x, torch.Generator().manual_seed(2))
+    assert torch.equal(a, b) and not torch.equal(a, c)  # the generator decides, nothing else
+    assert a.shape == x.shape and a.min() >= -1 and a.max() <= 1
+    assert torch.equal(a[:, 0], a[:, 1]) and torch.equal(a[:, 1], a[:, 2])  # grey in, grey out: noise on one plane
+    change = (a - x).abs().mean((1, 2, 3))
+    assert change.min() > 0 and change.max() > 3 * change.min()  # each image drew its own blur, noise and contrast
+
+
+def test_the_shape_judge_sees_luminance_not_colour(image_folder):
+    """A shape judge scores an image and its grey version alike; the photo judge does not."""
+    from evaluation.shape import shape_view
+
+    data, _ = load_image_folder(image_folder)
+    kwargs = dict(num_classes=2, epochs=2, batch_size=16, lr=3e-3, generator=torch.Generator().manual_seed(0))
+    shape = train_classifier(data, torch.device("cpu"), view="shape", **kwargs)
+    photo = train_classifier(data, torch.device("cpu"), **kwargs)
+    images = to_unit_range(to_model_range(data.x[:8]))
+    assert shape.view == "shape" and photo.view == "photo"
+    assert torch.allclose(classify(shape, images)[1], classify(shape, shape_view(images))[1], atol=1e-5)
+    assert not torch.allclose(classify(photo, images)[1], classify(photo, shape_view(images))[1], atol=1e-3)

@@ -227,6 +227,21 @@ def test_judge_is_cached_and_retrained_only_when_its_images_or_options_change(im
             get_judge(tmp_path, changed_ref, changed_cfg, torch.device("cpu"), seed)
 
 
+def test_the_shape_judge_is_cached_beside_the_photo_judge_whose_cache_stays_valid(image_folder, tmp_path, monkeypatch):
+    data, _ = load_image_folder(image_folder)
+    ref = judge_module.Reference(data, data, ("cat", "dog"), "test")
+    cfg = SimpleNamespace(**JUDGE_OPTIONS)
+    photo = get_judge(tmp_path, ref, cfg, torch.device("cpu"), seed=0)
+    shape = get_judge(tmp_path, ref, cfg, torch.device("cpu"), seed=0, view="shape")
+    assert (tmp_path / "judge_shape.pt").is_file() and (tmp_path / JUDGE_FILE).is_file()
+    assert photo.view == "photo" and shape.view == "shape"
+    monkeypatch.setattr(judge_module, "train_classifier", lambda *a, **k: pytest.fail("retrained a cached judge"))
+    assert get_judge(tmp_path, ref, cfg, torch.device("cpu"), seed=0, view="shape").view == "shape"  # from its cache
+    # a photo judge cached before views existed has the same fingerprint: it is not retrained
+    assert judge_module.fingerprint(ref, cfg, 0) == judge_module.fingerprint(ref, cfg, 0, "photo")
+    assert judge_module.fingerprint(ref, cfg, 0, "shape") != judge_module.fingerprint(ref, cfg, 0)
+
+
 def test_judge_accuracy_counts_each_class_of_the_held_out_images(random_judge):
     images = torch.cat([textured(10, 0, 0), textured(10, 1, 2)])
     held = Split((images * 255).round().to(torch.uint8), torch.tensor([0] * 10 + [1] * 10))
