@@ -18,7 +18,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmark import decoder_step_fn, diffusion_step_fn, vae_step_fn  # noqa: E402
+from training.timing import decoder_step_fn, diffusion_step_fn, vae_step_fn  # noqa: E402
 from training.context import native_bf16  # noqa: E402
 
 

@@ -2,7 +2,7 @@
 
     python docs/throughput_trials.py [--rounds 3] [--steps 6] [--stage denoiser|vae|decoder|capacity|all]
 
-Each variant is one change (benchmark.py's `Variant`) to the step that `benchmark.py` times (bf16 autocast where the
+Each variant is one change (training/timing.py's `Variant`) to the step that `benchmark.py` times (bf16 autocast where the
 CPU has native bf16, fused AdamW, batch 128 for the denoiser and 64 for the VAE and the decoder stage): fp32,
 channels_last, torch.compile (inductor; its compilation is excluded, it runs in the warm-up), both of those
 together, the foreach AdamW instead of the fused one, one thread, other batch sizes and, for the denoiser, narrower
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmark import Variant, decoder_step_fn, diffusion_step_fn, vae_step_fn  # noqa: E402
+from training.timing import Variant, decoder_step_fn, diffusion_step_fn, vae_step_fn  # noqa: E402
 from models import ConditionalUNet, SimpleAutoencoder  # noqa: E402
 from training.context import native_bf16  # noqa: E402
 

@@ -37,7 +37,7 @@ def test_every_uncompiled_variant_runs_its_stage_step_with_an_optimizer_step(mon
 
 
 def test_a_channels_last_variant_lays_out_the_network_and_its_images_channels_last():
-    from benchmark import TODAY, Variant
+    from training.timing import TODAY, Variant
 
     layout = Variant(channels_last=True)
     conv, images = layout.place(torch.nn.Conv2d(3, 8, 3), "cpu"), layout.place(torch.rand(2, 3, 8, 8), "cpu")
@@ -48,7 +48,7 @@ def test_a_channels_last_variant_lays_out_the_network_and_its_images_channels_la
 
 
 def test_capacity_and_width_rows_are_ordered_by_parameter_count(monkeypatch):
-    import benchmark
+    import training.timing
     from models.discriminator import PatchDiscriminator
     from training.config import DecoderConfig
 
@@ -60,7 +60,7 @@ def test_capacity_and_width_rows_are_ordered_by_parameter_count(monkeypatch):
     assert params[0] == min(params) and params[-1] == max(params)
     built = []  # the PatchGAN rows time the discriminator at their width, the others at the configured one
     monkeypatch.setattr(
-        benchmark, "PatchDiscriminator", lambda width: built.append(width) or PatchDiscriminator(width=width)
+        training.timing, "PatchDiscriminator", lambda width: built.append(width) or PatchDiscriminator(width=width)
     )
     configured = DecoderConfig().discriminator_width
     for label, make in capacity.items():
