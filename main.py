@@ -32,9 +32,8 @@ from checkpoints import (
 from evaluation.diagnose import diagnose_run, format_report
 from evaluation.evaluate import evaluate_run, format_table, scored_outputs
 from evaluation.judge import get_judge, load_reference
-from training.config import (
-    resolve_configs,
-)
+from training.budget import STAGES, follow_budget, report_plan
+from training.config import explicit_flags, resolve_configs
 from cli import check_flags, check_option_use, parse_args, recorded_config
 from training.board import write_image
 from training.decoder import latent_space_fingerprint, train_decoder
@@ -63,6 +62,7 @@ from visualization.report import figure_files
 from visualization.samples import labelled_sheet, save_arrays
 
 log = logging.getLogger("main")
+STARTED = time.perf_counter()  # the command's start: --time-budget counts from here
 SAMPLE_BATCH = 256  # the sample command draws and writes this many images at a time
 GRID_MAX = 256  # images in the sample command's grid (every image is written as a PNG)
 
@@ -78,8 +78,9 @@ def load_splits(run) -> tuple:
     )
 
 
-def train(cfg: dict) -> None:
-    """Run the stages in order: data, VAE (unless done), decoder stage and diffusion (unless done), figures."""
+def train(cfg: dict, fixed_steps: dict[str, int] | None = None) -> None:
+    """Run the stages in order: data, VAE (unless done), decoder stage and diffusion (unless done), figures; with
+    --time-budget, first plan the stages' steps (`fixed_steps`: those given as flags)."""
     cfg["run"] = resolve_paths(cfg["run"])
     run = cfg["run"]
     ctx = make_context(run)
@@ -92,13 +93,20 @@ def train(cfg: dict) -> None:
         check_split(
             ctx.out_dir, split, "pass --retrain-vae to train the run anew on this data, or another --output-dir"
         )
+    plan = follow_budget(cfg, ctx, len(train_set), fixed_steps or {}, time.perf_counter() - STARTED)
     if ctx.is_main:
         prepare_output_dir(ctx.out_dir)
     with folder_lock(ctx.out_dir, "train", ctx.is_main):
         setup_logging(ctx.out_dir, ctx.is_main)
         log.info("data: %d training and %d held-out images", len(train_set), len(held))
         log.info(precision_note(run.amp, ctx))
+        if plan is not None:
+            ctx.extra["time_plan"] = plan
+            log.info("the time plan above (written to config.json): %s", plan["steps"])
         run_stages(cfg, ctx, train_set, held, split)
+        if plan is not None:
+            report_plan(plan, ctx, time.perf_counter() - STARTED)
+            write_config(cfg, ctx)
     if ctx.is_main:
         grid = " and samples/samples_grid_final.png" if run.figures else ""
         print(f"done: {ctx.out_dir} holds {AUTOENCODER_FILE}, {DIFFUSION_FILE}{grid}; log.txt says what ran")
@@ -376,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg = resolve_configs(args, preset, recorded_config(args))
             check_option_use(args, cfg)
             if args.command == "train":
-                train(cfg)
+                train(cfg, {s: cfg[s].steps for s in STAGES if "steps" in explicit_flags(args, s)})
             elif args.command == "sample":
                 sample(cfg)
             elif args.command == "evaluate":

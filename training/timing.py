@@ -37,7 +37,7 @@ class Variant:
     channels_last memory format, torch.compile of the trained network, the foreach AdamW instead of the fused one,
     other constructor arguments of the network."""
 
-    def __init__(self, channels_last: bool = False, compiled: bool = False, foreach: bool = False, **arch):
+    def __init__(self, channels_last: bool = False, compiled: bool | str = False, foreach: bool = False, **arch):
         self.channels_last, self.compiled, self.foreach, self.arch = channels_last, compiled, foreach, arch
 
     def place(self, tensor_or_module, device):
@@ -52,7 +52,10 @@ class Variant:
         return make_optimizer(model, lr, 0.0, device)
 
     def wrap(self, model):
-        return torch.compile(model) if self.compiled else model
+        """The network as the step runs it: compiled in the variant's mode (True: torch.compile's default)."""
+        if not self.compiled:
+            return model
+        return torch.compile(model, mode=self.compiled) if isinstance(self.compiled, str) else torch.compile(model)
 
 
 TODAY = Variant()

@@ -1,0 +1,151 @@
+"""--time-budget: the plan's arithmetic on given speeds, the refusal, a resumed run that keeps its plan, and a small
+budget on the smoke preset end to end. No test asserts on wall time: they assert on plans computed from speeds."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from checkpoints import VAE_STATE_FILE
+from conftest import run_main
+from errors import UserInputError
+from training import budget
+from training.config import DecoderConfig, DiffusionConfig, SampleConfig, VAEConfig
+from training.context import RunContext
+
+PRESET = {"vae": 675, "decoder": 700, "diffusion": 1750}  # the cpu preset's steps
+SPEED = {"vae": 0.37, "decoder": 0.31, "diffusion": 0.40}  # seconds a step, as on a 2-core CPU with bf16
+
+
+def cost(steps: dict) -> float:
+    return sum(n * SPEED[s] for s, n in steps.items())
+
+
+def test_the_preset_s_own_time_plans_the_preset_and_more_time_goes_to_the_denoiser():
+    assert budget.plan_steps(cost(PRESET), SPEED, PRESET, {}) == PRESET
+    doubled = budget.plan_steps(2 * cost(PRESET), SPEED, PRESET, {})
+    assert doubled["vae"] == 675 and doubled["decoder"] == 700  # past their knees: more buys them nothing
+    assert doubled["diffusion"] == math.floor(1750 + cost(PRESET) / SPEED["diffusion"])
+    assert cost(doubled) <= 2 * cost(PRESET)
+
+
+def test_a_smaller_budget_shrinks_every_stage_alike_down_to_the_knee_then_the_denoiser_gives():
+    plan = budget.plan_steps(0.7 * cost(PRESET), SPEED, PRESET, {})
+    assert all(abs(plan[s] - 0.7 * n) <= 1 for s, n in PRESET.items())
+    small = budget.plan_steps(0.4 * cost(PRESET), SPEED, PRESET, {})
+    assert small["vae"] == math.floor(0.5 * 675) and small["decoder"] == math.floor(0.5 * 700)  # held at the knee
+    assert 0.25 * 1750 <= small["diffusion"] < 0.4 * 1750 and cost(small) <= 0.4 * cost(PRESET)
+
+
+def test_near_the_floors_the_others_shrink_so_the_denoiser_keeps_its_floor():
+    floors = budget.floors(PRESET)
+    assert floors == {"vae": 169, "decoder": 175, "diffusion": 438}
+    tight = cost(floors) + 20
+    plan = budget.plan_steps(tight, SPEED, PRESET, {})
+    assert plan["diffusion"] == 438 and all(plan[s] >= floors[s] for s in PRESET) and cost(plan) <= tight + 1e-9
+    with pytest.raises(budget.BudgetTooSmall) as info:
+        budget.plan_steps(cost(floors) - 1, SPEED, PRESET, {})
+    assert info.value.minimum_s == pytest.approx(cost(floors))
+
+
+def test_steps_given_as_flags_are_kept_and_the_rest_of_the_budget_is_split():
+    plan = budget.plan_steps(cost(PRESET), SPEED, PRESET, {"vae": 100})
+    assert plan["vae"] == 100 and plan["decoder"] == 700  # the VAE's saved time buys denoiser steps
+    assert plan["diffusion"] == math.floor(1750 + (675 - 100) * SPEED["vae"] / SPEED["diffusion"])
+    only = budget.plan_steps(cost(PRESET), SPEED, PRESET, {"diffusion": 1000})
+    assert only["diffusion"] == 1000 and only["vae"] > 675 and cost(only) <= cost(PRESET)
+    retrain = budget.plan_steps(400.0, {"diffusion": 0.4}, PRESET, {})  # --retrain-diffusion: it takes it all
+    assert retrain == {"diffusion": 1000}
+
+
+def speeds(**overrides) -> budget.Speeds:
+    values = dict(
+        step_seconds=dict(SPEED),
+        first_step_extra={s: 1.0 for s in SPEED},
+        encoding_seconds=20.0,
+        figures_seconds=30.0,
+        calibration_seconds=10.0,
+    )
+    return budget.Speeds(**{**values, **overrides})
+
+
+def test_the_plan_counts_the_other_work_and_fits_the_budget():
+    plan = budget.make_plan(15, 25.0, speeds(), PRESET, {})
+    assert plan["total_seconds"] <= 15 * 60 and plan["total_seconds"] >= 0.9 * 15 * 60
+    assert plan["other_seconds"] == {
+        "before planning (data, calibration)": 25.0,
+        "encoding the training set": 20.0,
+        "figures": 30.0,
+        "first steps (compilation, warm-up)": 3.0,
+    }
+    assert set(plan["steps"]) == set(PRESET) and plan["stage_seconds"]["vae"] == round(plan["steps"]["vae"] * 0.37, 1)
+    lines = budget.describe({**plan, "preset_steps": PRESET})
+    assert lines[0] == "time plan for 15 minutes:" and lines[-1].startswith("  total: ")
+
+
+def test_a_budget_too_small_is_one_line_naming_the_smallest_that_works():
+    with pytest.raises(UserInputError) as info:
+        budget.make_plan(2, 25.0, speeds(), PRESET, {})
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("--time-budget 2 is too small on this machine")
+    smallest = (cost(budget.floors(PRESET)) + 25 + 20 + 30 + 3) / budget.SAFETY / 60
+    assert message.endswith(f"is {math.ceil(smallest * 10) / 10:g} minutes")
+    budget.make_plan(math.ceil(smallest * 10) / 10, 25.0, speeds(), PRESET, {})  # that one is planned
+
+
+def test_fewer_steps_than_the_preset_scale_the_warm_up_and_the_ema_half_life_alike():
+    cfg = DiffusionConfig(steps=1750, warmup_steps=100, ema_decay=0.998)
+    half = budget.scale_schedules(cfg, 875, 1750)
+    assert half.steps == 875 and half.warmup_steps == 50
+    half_life = lambda d: math.log(0.5) / math.log(d)  # noqa: E731
+    assert half_life(half.ema_decay) == pytest.approx(half_life(0.998) / 2)
+    more = budget.scale_schedules(cfg, 3000, 1750)
+    assert (more.steps, more.warmup_steps, more.ema_decay) == (3000, 100, 0.998)
+    vae = budget.scale_schedules(VAEConfig(steps=675, warmup_steps=50), 338, 675)
+    assert vae.warmup_steps == 25 and vae.kl_start == VAEConfig().kl_start  # phases are fractions already
+
+
+def test_a_resumed_budgeted_run_follows_its_recorded_plan(tmp_path, monkeypatch):
+    recorded = {"budget_minutes": 15, "steps": {"vae": 300, "decoder": 350, "diffusion": 900}}
+    recorded.update(seconds_per_step=SPEED, stage_seconds={s: 1.0 for s in SPEED}, other_seconds={}, total_seconds=3.0)
+    (tmp_path / "config.json").write_text(json.dumps({"run_facts": {"time_plan": {**recorded, "preset_steps": PRESET}}}))
+    torch.save({"done": False, "step": 100}, tmp_path / VAE_STATE_FILE)  # the VAE stage was interrupted
+    monkeypatch.setattr(budget, "calibrate", lambda *a, **k: pytest.fail("a resumed run planned again"))
+    cfg = {
+        "run": type("Run", (), {"time_budget": 15, "retrain_vae": False, "retrain_decoder": False})(),
+        "vae": VAEConfig(steps=675, warmup_steps=50),
+        "decoder": DecoderConfig(steps=700),
+        "diffusion": DiffusionConfig(steps=1750, ema_decay=0.998),
+        "sample": SampleConfig(),
+    }
+    cfg["run"].retrain_diffusion, cfg["run"].figures = False, True
+    ctx = RunContext(device=torch.device("cpu"), out_dir=Path(tmp_path), resume=True)
+    plan = budget.follow_budget(cfg, ctx, 9000, {}, 5.0)
+    assert plan["steps"] == recorded["steps"]
+    assert (cfg["vae"].steps, cfg["decoder"].steps, cfg["diffusion"].steps) == (300, 350, 900)
+    assert cfg["diffusion"].warmup_steps == round(100 * 900 / 1750)  # the same schedules as when it was planned
+
+
+def test_a_small_budget_on_the_smoke_preset_runs_end_to_end_and_records_its_plan(image_folder, tmp_path):
+    """A budget too small for this machine is refused in one line naming the smallest that works; that one runs."""
+    base = ["--preset", "smoke", "--device", "cpu", "--threads", "1", "--data-dir", str(image_folder), "--no-figures"]
+    refused = run_main(*base, "--output-dir", str(tmp_path / "none"), "--time-budget", "0.01", "--vae-steps", "8")
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr[-2000:]
+    assert refused.stderr.startswith("error: --time-budget 0.01 is too small on this machine")
+    assert not (tmp_path / "none").exists()  # nothing written that a later run would trip over
+    smallest = float(refused.stderr.rsplit(" is ", 1)[1].split()[0])
+    out, minutes = tmp_path / "run", smallest + 0.2  # the calibration's own jitter between the two commands
+    proc = run_main(*base, "--output-dir", str(out), "--time-budget", str(minutes), "--vae-steps", "8")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    config = json.loads((out / "config.json").read_text())
+    plan = config["run_facts"]["time_plan"]
+    assert plan["steps"]["vae"] == 8 and config["vae"]["steps"] == 8  # the flag's steps are kept
+    assert {s: config[s]["steps"] for s in ("decoder", "diffusion")} == {
+        s: plan["steps"][s] for s in ("decoder", "diffusion")
+    }
+    assert plan["total_seconds"] <= minutes * 60 and f"time plan for {minutes:g} minutes:" in proc.stderr
+    assert "planned / real minutes" in proc.stderr and "total" in config["run_facts"]["time_plan_real_seconds"]
+    metrics = (out / "metrics_diffusion.jsonl").read_text().splitlines()
+    assert json.loads(metrics[-1])["step"] == plan["steps"]["diffusion"]  # it trained the planned steps

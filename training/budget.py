@@ -1,0 +1,284 @@
+"""`--time-budget MINUTES`: a run sized by the minutes a user gives it rather than by the preset's fixed steps.
+
+Before any training, a few steps of each stage that will train are timed on this machine at the stage's batch,
+precision and compile mode (on random data: a step costs the same whatever it holds), and so are the encoder (a run
+encodes its training set a few times) and one batch of guided samples (the figures). Then each stage gets its steps:
+
+- the VAE and the decoder stage keep their preset's steps while the budget allows; below that they shrink with the
+  budget, but to no less than KNEE of them before the denoiser gives up its share (the VAE's quality knee lies between
+  0.5x and 0.75x of the cpu preset's steps, and the decoder stage has what it gives by half its steps);
+- the denoiser takes the rest (a budget above the preset's time buys denoiser steps: the compute curve's lever);
+- no stage goes below FLOOR of its preset's steps; a budget that cannot give every stage its floor is refused.
+
+The plan is recorded in config.json (the planned steps are the stages' `steps`), so the same steps given as flags
+train the same model on any machine, and a resumed run follows it instead of planning again.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+from errors import UserInputError
+
+STAGES = ("vae", "decoder", "diffusion")
+KNEE = 0.5  # the share of its preset's steps the VAE and the decoder stage keep before the denoiser's share shrinks
+FLOOR = 0.25  # no stage below a quarter of its preset's steps (the cpu preset's VAE then sees 1.2 epochs)
+WARMUP_STEPS, TIMED_STEPS = 2, 5  # calibration steps of each stage: discarded, then timed
+ENCODER_PASSES = 5  # training-set-sized encoder passes of a run (latent statistics, the decoder's and denoiser's caches)
+FIGURE_BATCHES = 8  # the end-of-run figures cost about this many guided sampling batches of 64 (measured: see README)
+SAFETY = 0.97  # the plan fills this share of the budget: the rest absorbs the machine's jitter
+
+
+@dataclass
+class Speeds:
+    """What calibration measured: seconds per step of each stage that trains, the one-off cost of each stage's first
+    step beyond a steady one (compilation, CUDA graphs, allocator warm-up), and the run's other work in seconds."""
+
+    step_seconds: dict[str, float]
+    first_step_extra: dict[str, float]
+    encoding_seconds: float
+    figures_seconds: float
+    calibration_seconds: float
+
+
+def floors(preset: dict[str, int]) -> dict[str, int]:
+    """The fewest steps a stage is worth running: FLOOR of its preset's, at least one."""
+    return {stage: max(1, math.ceil(FLOOR * steps)) for stage, steps in preset.items()}
+
+
+def plan_steps(budget_s: float, step_s: dict[str, float], preset: dict[str, int], fixed: dict[str, int]) -> dict:
+    """The steps of each stage that trains (the keys of `step_s`: seconds per step) within `budget_s` seconds of
+    training; `fixed` holds the steps given on the command line, and the rest of the budget is split among the others.
+    Raises BudgetTooSmall with the smallest budget that gives every free stage its floor."""
+    free = [s for s in STAGES if s in step_s and s not in fixed]
+    lowest = floors({s: preset[s] for s in free})
+    cost = lambda steps: sum(n * step_s[s] for s, n in steps.items())  # noqa: E731
+    spare = budget_s - cost({s: n for s, n in fixed.items() if s in step_s})
+    if spare < cost(lowest):
+        raise BudgetTooSmall(budget_s - spare + cost(lowest))
+    share = spare / cost({s: preset[s] for s in free}) if free else 0.0
+    steps = {s: n for s, n in fixed.items() if s in step_s}
+    if "diffusion" not in free:  # the denoiser's steps are given: the others share the budget alike
+        return {**steps, **{s: max(lowest[s], math.floor(share * preset[s])) for s in free}}
+    before = {s: preset[s] * min(1.0, max(share, KNEE)) for s in free if s != "diffusion"}
+    denoiser = (spare - cost(before)) / step_s["diffusion"]
+    if denoiser < lowest["diffusion"]:  # give the denoiser its floor: the others shrink toward theirs, alike
+        need = (lowest["diffusion"] - denoiser) * step_s["diffusion"]
+        room = sum((before[s] - lowest[s]) * step_s[s] for s in before)
+        before = {s: n - (n - lowest[s]) * min(1.0, need / room) for s, n in before.items()}
+        denoiser = lowest["diffusion"]
+    planned = {**before, "diffusion": denoiser}
+    return {**steps, **{s: max(lowest[s], math.floor(n)) for s, n in planned.items()}}
+
+
+class BudgetTooSmall(UserInputError):
+    """A budget below what the stages' floors cost on this machine; `minimum_s` is the smallest that works."""
+
+    def __init__(self, minimum_s: float):
+        self.minimum_s = minimum_s
+        super().__init__(f"needs {minimum_s:.0f} s")
+
+
+def make_plan(budget_min: float, elapsed_s: float, speeds: Speeds, preset: dict, fixed: dict) -> dict:
+    """The run's plan as config.json records it: the steps of each stage, the seconds each is expected to take, and
+    the other work, all within `budget_min` minutes counted from the command's start (`elapsed_s` ago)."""
+    other = {
+        "before planning (data, calibration)": elapsed_s,
+        "encoding the training set": speeds.encoding_seconds,
+        "figures": speeds.figures_seconds,
+        "first steps (compilation, warm-up)": sum(speeds.first_step_extra.values()),
+    }
+    budget_s = budget_min * 60
+    training_s = SAFETY * budget_s - sum(other.values())
+    try:
+        steps = plan_steps(training_s, speeds.step_seconds, preset, fixed)
+    except BudgetTooSmall as err:
+        smallest = math.ceil((err.minimum_s + sum(other.values())) / SAFETY / 6) / 10  # minutes, rounded up
+        raise UserInputError(
+            f"--time-budget {budget_min:g} is too small on this machine: the smallest budget that gives every stage "
+            f"its floor ({FLOOR:.0%} of the preset's steps) is {smallest:g} minutes"
+        ) from None
+    seconds = {s: n * speeds.step_seconds[s] for s, n in steps.items()}
+    return {
+        "budget_minutes": budget_min,
+        "steps": steps,
+        "seconds_per_step": {s: round(v, 4) for s, v in speeds.step_seconds.items()},
+        "stage_seconds": {s: round(v, 1) for s, v in seconds.items()},
+        "other_seconds": {k: round(v, 1) for k, v in other.items()},
+        "total_seconds": round(sum(seconds.values()) + sum(other.values()), 1),
+    }
+
+
+def calibrate(cfg: dict, ctx, stages: tuple[str, ...], n_images: int, figures: bool) -> Speeds:
+    """Time each of `stages` at its batch, precision and compile mode on this machine, the encoder over `n_images`
+    ENCODER_PASSES times, and (with `figures`) the figures as FIGURE_BATCHES guided sampling batches of 64."""
+    from models import ConditionalDenoiseDiffusion, ConditionalUNet, SimpleAutoencoder, generate_class_samples
+    from models.compiled import compile_mode
+    from training.perceptual import load_perceptual_loss
+    from training.timing import Variant, decoder_step_fn, diffusion_step_fn, vae_step_fn
+
+    start, device, step_s, extra = time.perf_counter(), ctx.device, {}, {}
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # the run's RNG stays untouched
+        for stage in stages:
+            c = cfg[stage]
+            mode = compile_mode(c.compile, device)
+            variant = Variant(compiled=mode if mode != "off" else False)
+            if stage == "vae":
+                vgg = load_perceptual_loss(device) if c.perceptual_weight > 0 else None
+                step = vae_step_fn(device, c.batch_size, vgg, ctx.amp, variant)
+            elif stage == "decoder":
+                step = decoder_step_fn(device, c.batch_size, ctx.amp, variant, c.discriminator_width)
+            else:
+                step = diffusion_step_fn(device, c.batch_size, False, ctx.amp, variant)
+            if mode == "reduce-overhead":  # as the loop runs it: every step a new CUDA-graph iteration
+                step = graph_step(step)
+            step_s[stage], extra[stage] = time_steps(step, device)
+        ae = SimpleAutoencoder().to(device).eval()
+        x = torch.rand(64, 3, 32, 32, device=device) * 2 - 1
+        with torch.no_grad():
+            encode_s = time_steps(lambda: ae.encode(x), device)[0] / 64
+        sample_s = 0.0
+        if figures:
+            diffusion = ConditionalDenoiseDiffusion(ConditionalUNet().to(device).eval(), device=device)
+            options = cfg["sample"].options()
+            sample_s = time_steps(
+                lambda: generate_class_samples(ae, diffusion, 0, 64, options=options, seed=0), device
+            )[0]
+    return Speeds(
+        step_seconds=step_s,
+        first_step_extra=extra,
+        encoding_seconds=ENCODER_PASSES * n_images * encode_s,
+        figures_seconds=FIGURE_BATCHES * sample_s,
+        calibration_seconds=time.perf_counter() - start,
+    )
+
+
+def graph_step(step):
+    """`step` preceded by the mark that starts a CUDA-graph iteration (what training/loop.py's graph_steps does)."""
+
+    def marked():
+        torch.compiler.cudagraph_mark_step_begin()
+        step()
+
+    return marked
+
+
+def time_steps(step, device: torch.device) -> tuple[float, float]:
+    """(seconds of a steady step, the first call's extra seconds) of `step()`: WARMUP_STEPS discarded after the first,
+    then TIMED_STEPS timed (synchronised on CUDA)."""
+
+    def clock() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
+
+    start = clock()
+    step()
+    first = clock() - start
+    for _ in range(WARMUP_STEPS):
+        step()
+    start = clock()
+    for _ in range(TIMED_STEPS):
+        step()
+    steady = (clock() - start) / TIMED_STEPS
+    return steady, max(0.0, first - steady)
+
+
+def stages_to_train(cfg: dict, out_dir) -> tuple[str, ...]:
+    """The stages a training command will run in `out_dir`, as main.py decides: a stage whose file is missing or that
+    a --retrain flag names, and every stage after a VAE that trains."""
+    from checkpoints import AUTOENCODER_FILE, DECODER_STATE_FILE, DIFFUSION_FILE, load_file
+
+    run = cfg["run"]
+    vae = run.retrain_vae or not (out_dir / AUTOENCODER_FILE).is_file()
+    decoder_state = out_dir / DECODER_STATE_FILE
+    decoder_done = decoder_state.is_file() and bool(load_file(decoder_state).get("done"))
+    decoder = cfg["decoder"].steps > 0 and (vae or run.retrain_decoder or not decoder_done)
+    diffusion = vae or run.retrain_diffusion or not (out_dir / DIFFUSION_FILE).is_file()
+    return tuple(s for s, trains in zip(STAGES, (vae, decoder, diffusion)) if trains)
+
+
+def scale_schedules(cfg, planned: int, preset: int):
+    """A stage's config at `planned` steps: where that is fewer than the preset's, its warm-up and its EMA's half-life
+    shrink in proportion, so they stay the share of training the preset gives them (the VAE's phases and every cosine
+    are fractions of the steps already)."""
+    import dataclasses
+
+    changes = {"steps": planned}
+    if planned < preset:
+        ratio = planned / preset
+        changes["warmup_steps"] = max(1, round(cfg.warmup_steps * ratio))
+        if getattr(cfg, "ema_decay", 0) > 0:
+            half_life = math.log(0.5) / math.log(cfg.ema_decay)  # steps
+            changes["ema_decay"] = 0.5 ** (1 / max(1.0, half_life * ratio))
+    return dataclasses.replace(cfg, **changes)
+
+
+def follow_budget(cfg: dict, ctx, n_images: int, fixed: dict[str, int], elapsed_s: float) -> dict | None:
+    """--time-budget: plan the stages' steps from speeds measured here (or, for an interrupted budgeted run, take the
+    plan its config.json recorded), set them in `cfg`, and return the plan (None without a budget)."""
+    import json
+    import logging
+
+    run, log = cfg["run"], logging.getLogger(__name__)
+    if run.time_budget is None:
+        return None
+    stages = stages_to_train(cfg, ctx.out_dir)
+    preset = {s: cfg[s].steps for s in stages}
+    config = ctx.out_dir / "config.json"
+    recorded = json.loads(config.read_text()).get("run_facts", {}).get("time_plan") if config.is_file() else None
+    if recorded and ctx.resume and any(_interrupted(ctx.out_dir, s) for s in stages):
+        plan = recorded
+        log.info("time budget: resuming, so following the plan recorded in %s (not planning again)", config)
+    else:
+        speeds = calibrate(cfg, ctx, stages, n_images, run.figures)
+        plan = make_plan(run.time_budget, elapsed_s + speeds.calibration_seconds, speeds, preset, fixed)
+        log.info("time budget: timed %s on this machine in %.0f s (not training)", ", ".join(stages), speeds.calibration_seconds)
+    for stage, steps in plan["steps"].items():
+        cfg[stage] = scale_schedules(cfg[stage], steps, plan.get("preset_steps", preset).get(stage, steps))
+    plan["preset_steps"] = plan.get("preset_steps", preset)
+    for line in describe(plan):
+        log.info(line)
+    return plan
+
+
+def _interrupted(out_dir, stage: str) -> bool:
+    from checkpoints import DECODER_STATE_FILE, DIFFUSION_STATE_FILE, VAE_STATE_FILE, load_file
+
+    path = out_dir / {"vae": VAE_STATE_FILE, "decoder": DECODER_STATE_FILE, "diffusion": DIFFUSION_STATE_FILE}[stage]
+    return path.is_file() and not load_file(path).get("done")
+
+
+def describe(plan: dict) -> list[str]:
+    """The plan as log lines: each stage's speed, steps and expected minutes, the other work, the total."""
+    lines = [f"time plan for {plan['budget_minutes']:g} minutes:"]
+    for stage, steps in plan["steps"].items():
+        rate = 1 / plan["seconds_per_step"][stage]
+        lines.append(f"  {stage}: {steps} steps at {rate:.2f} steps/s, {plan['stage_seconds'][stage] / 60:.1f} min")
+    lines += [f"  {what}: {seconds / 60:.1f} min" for what, seconds in plan["other_seconds"].items()]
+    lines.append(f"  total: {plan['total_seconds'] / 60:.1f} min (steps given as flags train the same model anywhere)")
+    return lines
+
+
+def report_plan(plan: dict, ctx, elapsed_s: float) -> None:
+    """Log the planned minutes of each stage and of the command against the real ones, and record the real ones in
+    the run facts (config.json)."""
+    import logging
+
+    real = {stage: ctx.extra.get(f"{stage}_seconds") for stage in plan["steps"]}
+    ctx.extra["time_plan_real_seconds"] = {**real, "total": round(elapsed_s, 1)}
+    parts = [
+        f"{stage} {plan['stage_seconds'][stage] / 60:.1f} / {'skipped' if s is None else f'{s / 60:.1f}'}"
+        for stage, s in real.items()
+    ]
+    logging.getLogger(__name__).info(
+        "time budget %g min, planned / real minutes: %s; the command %.1f / %.1f",
+        plan["budget_minutes"],
+        ", ".join(parts),
+        plan["total_seconds"] / 60,
+        elapsed_s / 60,
+    )
