@@ -28,7 +28,7 @@ STAGES = ("vae", "decoder", "diffusion")
 KNEE = 0.5  # the share of its preset's steps the VAE and the decoder stage keep before the denoiser's share shrinks
 FLOOR = 0.25  # no stage below a quarter of its preset's steps (the cpu preset's VAE then sees 1.2 epochs)
 WARMUP_STEPS, TIMED_STEPS = 2, 5  # calibration steps of each stage: discarded, then timed
-ENCODER_PASSES = 5  # training-set-sized encoder passes of a run (latent statistics, the decoder's and denoiser's caches)
+ENCODER_PASSES = 5  # training-set-sized encoder passes of a run (latent statistics; the decoder's, denoiser's caches)
 FIGURE_BATCHES = 8  # the end-of-run figures cost about this many guided sampling batches of 64 (measured: see README)
 SAFETY = 0.97  # the plan fills this share of the budget: the rest absorbs the machine's jitter
 
@@ -237,7 +237,8 @@ def follow_budget(cfg: dict, ctx, n_images: int, fixed: dict[str, int], elapsed_
     else:
         speeds = calibrate(cfg, ctx, stages, n_images, run.figures)
         plan = make_plan(run.time_budget, elapsed_s + speeds.calibration_seconds, speeds, preset, fixed)
-        log.info("time budget: timed %s on this machine in %.0f s (not training)", ", ".join(stages), speeds.calibration_seconds)
+        timed = ", ".join(stages)
+        log.info("time budget: timed %s on this machine in %.0f s (not training)", timed, speeds.calibration_seconds)
     for stage, steps in plan["steps"].items():
         cfg[stage] = scale_schedules(cfg[stage], steps, plan.get("preset_steps", preset).get(stage, steps))
     plan["preset_steps"] = plan.get("preset_steps", preset)

@@ -82,9 +82,9 @@ class RunConfig:
     figures: bool = opt(True, "write the figures at the end of each stage (--no-figures: checkpoints and metrics only)")
     time_budget: float | None = opt(
         None,
-        "minutes the training command may take on this machine: a few steps of each stage are timed first, then each "
-        "stage's steps are planned to fit (recorded in config.json; steps given as flags are kept and the rest re-split; "
-        "default: the preset's fixed steps)",
+        "minutes the training command may take on this machine: a few steps of each stage are timed first, then "
+        "each stage's steps are planned to fit (recorded in config.json; steps given as flags are kept and the rest "
+        "re-split; default: the preset's fixed steps)",
         "positive",
     )
 

@@ -110,7 +110,8 @@ def test_fewer_steps_than_the_preset_scale_the_warm_up_and_the_ema_half_life_ali
 def test_a_resumed_budgeted_run_follows_its_recorded_plan(tmp_path, monkeypatch):
     recorded = {"budget_minutes": 15, "steps": {"vae": 300, "decoder": 350, "diffusion": 900}}
     recorded.update(seconds_per_step=SPEED, stage_seconds={s: 1.0 for s in SPEED}, other_seconds={}, total_seconds=3.0)
-    (tmp_path / "config.json").write_text(json.dumps({"run_facts": {"time_plan": {**recorded, "preset_steps": PRESET}}}))
+    facts = {"time_plan": {**recorded, "preset_steps": PRESET}}
+    (tmp_path / "config.json").write_text(json.dumps({"run_facts": facts}))
     torch.save({"done": False, "step": 100}, tmp_path / VAE_STATE_FILE)  # the VAE stage was interrupted
     monkeypatch.setattr(budget, "calibrate", lambda *a, **k: pytest.fail("a resumed run planned again"))
     cfg = {
