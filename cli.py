@@ -28,7 +28,7 @@ log = logging.getLogger("main")
 USAGE = """Train the class-conditional latent diffusion model of CIFAR-10 cats and dogs, or sample from a trained one.
 
 python main.py                      # train (VAE, decoder stage, diffusion; finished stages are skipped), draw samples
-python main.py --preset cpu         # a run sized for a 2-core CPU
+python main.py --preset cpu         # a run sized for a 2-core CPU (--time-budget MINUTES: sized by time)
 python main.py sample --class dog --num-samples 64 --sample-seed 0
 python main.py evaluate             # PSNR/SSIM, class fidelity, feature distance, FID/KID where weights exist
 python main.py diagnose             # which part of the run limits its samples: the denoiser or the decoder
@@ -93,9 +93,9 @@ def add_command_args(parser: argparse.ArgumentParser, only: dict | None = None) 
         "--preset",
         default=None,
         choices=tuple(PRESETS),
-        help="default: full run for a GPU; cpu: a quarter of an hour on 2 cores; smoke: the whole pipeline in under a "
-        "minute. sample and evaluate take their defaults from the run's config.json unless --preset is given "
-        "(default: default)",
+        help="default: full run for a GPU; cpu: sized for a 2-core CPU (fixed steps: 20 to 40 minutes, by the CPU; "
+        "--time-budget sizes a run by minutes instead); smoke: the whole pipeline in about a minute. sample and "
+        "evaluate take their defaults from the run's config.json unless --preset is given (default: default)",
     )
     add_config_args(parser, only)
 
