@@ -44,6 +44,7 @@ SHEET_SAMPLES = 64  # samples per class on the sheet
 CLEARLY_WORSE = {"fd": 2.0, "colour_fd": 2.0, "precision": 0.1, "recall": 0.1, "fidelity": 0.1}  # FD: a ratio
 CLEARLY_WORSE.update(shape_fd=2.0, shape_recall=0.1)
 REAL, STEREOTYPE = "real held-out, half vs half", f"stereotype, {STEREOTYPE_IMAGES} images repeated"
+TRAINING = "real training images"  # the floor at the samples' n: other real images, not the held-out ones
 FAILURES = ("blurred, sigma 1.0", STEREOTYPE, "colour saturated x2")  # what a yardstick must see
 
 
@@ -83,13 +84,22 @@ def equal_n(drawn: int, real: list[torch.Tensor]) -> int:
     return min(drawn, *(len(images) for images in real))
 
 
-def calibration_sets(real: list[torch.Tensor], recons: list[torch.Tensor], generator: torch.Generator) -> dict:
+def calibration_sets(
+    real: list[torch.Tensor],
+    recons: list[torch.Tensor],
+    generator: torch.Generator,
+    train: list[torch.Tensor] | None = None,
+) -> dict:
     """Per class (lists in CLASS_NAMES order): each calibration set as (images, reference images) in [0, 1].
 
     The reference is the class's held-out images, except for the real row, which compares one random half of them
-    with the other (the floor of every distance, at half the images)."""
+    with the other (the floor of every distance, at half the images). With the class's training images (`train`), a
+    random draw of as many of them as there are held-out images is the floor at the samples' own n: the blurred and
+    reconstructed rows are the held-out images themselves, altered, so their distances hold no sampling noise, and
+    the samples' do."""
     sets: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {
         REAL: [],
+        **({TRAINING: []} if train is not None else {}),
         "blurred, sigma 0.7": [],
         "blurred, sigma 1.0": [],
         STEREOTYPE: [],
@@ -101,6 +111,9 @@ def calibration_sets(real: list[torch.Tensor], recons: list[torch.Tensor], gener
         half = len(images) // 2
         few = images[order[:STEREOTYPE_IMAGES]]
         sets[REAL].append((images[order[half:]], images[order[:half]]))
+        if train is not None:
+            seen = train[len(sets[TRAINING])]
+            sets[TRAINING].append((seen[torch.randperm(len(seen), generator=generator)[: len(images)]], images))
         sets["blurred, sigma 0.7"].append((gaussian_blur(images, 0.7), images))
         sets["blurred, sigma 1.0"].append((gaussian_blur(images, 1.0), images))
         repeated = few.repeat(-(-len(images) // len(few)), 1, 1, 1)[: len(images)]
@@ -224,7 +237,7 @@ def evaluate_run(
     real, seen = per_class_images(held), per_class_images(train)
     features, shape = Features(judge), Features(shape_judge) if shape_judge is not None else None
     recons_per_class = [recons[held.y == label] for label in range(len(CLASS_NAMES))]
-    sets = calibration_sets(real, recons_per_class, torch.Generator().manual_seed(seed))
+    sets = calibration_sets(real, recons_per_class, torch.Generator().manual_seed(seed), seen)
     n = equal_n(eval_cfg.samples_per_class, real)
     calibration = {name: score_set(pairs, features, reference.classes, seen, n, shape) for name, pairs in sets.items()}
     result = {

@@ -98,6 +98,7 @@ def test_evaluate_command_writes_json_table_and_sheet(trained_run, tmp_path):
     assert 0 <= result["samples"]["dog"]["fidelity"] <= 1
     assert set(result["calibration"]) == {
         "real held-out, half vs half",
+        "real training images",
         "blurred, sigma 0.7",
         "blurred, sigma 1.0",
         "stereotype, 20 images repeated",

@@ -126,6 +126,11 @@ def test_calibration_ranks_blur_and_stereotype_below_real_images(random_judge):
     assert {"blurred, sigma 1.0", "stereotype, 20 images repeated"} <= set(seen["fd"]) and seen["recall"]
     assert "stereotype, 20 images repeated" not in seen["precision"]
     assert "colour saturated x2" in seen["colour_fd"]
+    train = [textured(300, 10, 0), textured(300, 11, 2)]  # other images of the same two textures
+    with_train = calibration_sets(real, real, torch.Generator().manual_seed(0), train)
+    assert list(with_train)[1] == "real training images"
+    floor = score_set(with_train["real training images"], features, ("cat", "dog"))
+    assert all(floor[c]["n"] == 240 and floor[c]["fd"] < blur[c]["fd"] for c in ("cat", "dog"))
 
 
 def test_colour_fd_sees_saturation_and_greyscale_and_not_a_resample():
