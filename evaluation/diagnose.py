@@ -29,6 +29,9 @@ from models.batched import encode_images, eval_mode
 from models.diffusion import SamplingOptions
 
 FD_MARGIN = 0.5  # samples within this feature FD of the decoder's ceiling: the denoiser is not what limits them
+# ... and within this shape FD of it (the shape judge: the decoder's ceiling ~0.3, a Gaussian's samples ~2.7, the cpu
+# preset's samples ~0.8 on 2026-12-06, where a person names about 1 in 10)
+SHAPE_MARGIN = 0.3
 BLIND_FD = 0.1  # a judge that scores blurred held-out images this close to real ones cannot see (a trained one: ~1.6)
 HELD_OUT_COPIES = 0.05  # the copy check's rate for held-out data, by construction (copy_fraction's 95% threshold)
 BLUR_ROW = "held-out, blurred sigma 0.7"
@@ -138,10 +141,12 @@ def latent_copies(bank: tuple, held_z: tuple, latents: list[torch.Tensor]) -> li
     return [copy_fraction(z_bank[y_bank == c], z_held[y_held == c], z) for c, z in enumerate(latents)]
 
 
-def bottleneck(sample_fd: float, ceiling_fd: float, blur_fd: float) -> str:
+def bottleneck(sample_fd: float, ceiling_fd: float, blur_fd: float, shape_gap: float | None = None) -> str:
     """The bottleneck of one class: the denoiser while its samples score more than FD_MARGIN above the decoder's
-    ceiling; else the decoder while that ceiling lies above the blur line; else none."""
-    if sample_fd > ceiling_fd + FD_MARGIN:
+    ceiling, or (`shape_gap`: their shape FD less the ceiling's) more than SHAPE_MARGIN above it in shape FD: fur
+    drawn well on no animal's shape is the denoiser's failure; else the decoder while that ceiling lies above the
+    blur line; else none."""
+    if sample_fd > ceiling_fd + FD_MARGIN or (shape_gap is not None and shape_gap > SHAPE_MARGIN):
         return "the denoiser"
     return "the decoder" if ceiling_fd > blur_fd else "none"
 
@@ -158,7 +163,18 @@ def verdict(rows: dict, summary: dict) -> str:
             "images or epochs (--eval-reference-dir, --eval-classifier-epochs) and more held-out images"
         )
     pairs = {row: " / ".join(f"{v:.2f}" for v in values) for row, values in fd.items()}
-    names = [bottleneck(*(fd[row][i] for row in (sample_row, CEILING_ROW, BLUR_ROW))) for i in range(len(CLASS_NAMES))]
+    shape = {row: [rows[row][c].get("shape_fd") for c in CLASS_NAMES] for row in (sample_row, CEILING_ROW)}
+    gaps = [None if None in pair else pair[0] - pair[1] for pair in zip(shape[sample_row], shape[CEILING_ROW])]
+    names = [
+        bottleneck(*(fd[row][i] for row in (sample_row, CEILING_ROW, BLUR_ROW)), gaps[i])
+        for i in range(len(CLASS_NAMES))
+    ]
+    by_shape = (
+        f"; in shape FD {' / '.join(f'{v:.2f}' for v in shape[sample_row])} against "
+        f"{' / '.join(f'{v:.2f}' for v in shape[CEILING_ROW])}"
+        if None not in gaps
+        else ""
+    )
     gains = [summary[c][MID_NOISE]["gain_over_gaussian"] for c in CLASS_NAMES]
     gain = " / ".join(f"{abs(g):.0f}% {'below' if g >= 0 else 'above'}" for g in gains)
     if len(set(names)) > 1:
@@ -166,13 +182,13 @@ def verdict(rows: dict, summary: dict) -> str:
             "the classes disagree: "
             + ", ".join(f"{c}s: {n if n != 'none' else 'no bottleneck'}" for c, n in zip(CLASS_NAMES, names))
             + f". Samples {pairs[sample_row]} (cat / dog), decoder on training latents {pairs[CEILING_ROW]}, "
-            f"blur-0.7 line {pairs[BLUR_ROW]}"
+            f"blur-0.7 line {pairs[BLUR_ROW]}{by_shape}"
         )
     elif names[0] == "the denoiser":
         line = (
             f"bottleneck: the denoiser. Its samples score feature FD {pairs[sample_row]} (cat / dog) against "
-            f"{pairs[CEILING_ROW]} for the decoder on training latents; on held-out latents its loss is {gain} the "
-            f"exact Gaussian's at t = {MID_NOISE}"
+            f"{pairs[CEILING_ROW]} for the decoder on training latents{by_shape}; on held-out latents its loss is "
+            f"{gain} the exact Gaussian's at t = {MID_NOISE}"
         )
     elif names[0] == "the decoder":
         line = (
