@@ -28,12 +28,12 @@ STAGES = ("vae", "decoder", "diffusion")
 KNEE = 0.5  # the share of its preset's steps the VAE and the decoder stage keep before the denoiser's share shrinks
 FLOOR = 0.25  # no stage below a quarter of its preset's steps (the cpu preset's VAE then sees 1.2 epochs)
 WARMUP_STEPS, TIMED_STEPS = 2, 5  # calibration steps of each stage: discarded, then timed
-# Measured on the cpu preset (2-core EPYC, 2026-12-06): the stages' steps in the real loop (data, EMA, logging,
-# checkpoints) took 1.07x (VAE), 1.09x (decoder stage) and 1.24x (denoiser) the calibrated step, and the stages' own
-# encoding, evaluation and saving 91 s, about 10 training-set-sized encoder passes (the first plan, with 1x and 5
-# passes, ran 17.2 minutes for a budget of 15)
+# Measured on the cpu preset (2-core EPYC, 2026-12-06; docs/time_budget.md): the stages' steps in the real loop
+# (data, EMA, logging, checkpoints) took 1.07x (VAE), 1.09x (decoder stage) and 1.24x (denoiser) the calibrated step;
+# counting 1.15x, the stages spent 27 s beyond their planned steps (encoding, evaluation, saving): about 4
+# training-set-sized encoder passes
 LOOP_OVERHEAD = 1.15
-ENCODER_PASSES = 10
+ENCODER_PASSES = 4
 FIGURE_BATCHES = 6  # the figures' cost in guided sampling batches of 64 (cpu preset, 2-core EPYC: 28 s, about 5)
 SAFETY = 0.97  # the plan fills this share of the budget: the rest absorbs the machine's jitter
 
