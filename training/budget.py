@@ -233,6 +233,11 @@ def follow_budget(cfg: dict, ctx, n_images: int, fixed: dict[str, int], elapsed_
     run, log = cfg["run"], logging.getLogger(__name__)
     if run.time_budget is None:
         return None
+    if ctx.world_size > 1:  # each process would time its own steps and plan other step counts than the others
+        raise UserInputError(
+            "--time-budget plans on one process: under torchrun give each stage's steps instead (a single-process "
+            "run with --time-budget records the plan in its config.json)"
+        )
     stages = stages_to_train(cfg, ctx.out_dir)
     preset = {s: cfg[s].steps for s in stages}
     config = ctx.out_dir / "config.json"

@@ -129,6 +129,13 @@ def test_a_resumed_budgeted_run_follows_its_recorded_plan(tmp_path, monkeypatch)
     assert cfg["diffusion"].warmup_steps == round(100 * 900 / 1750)  # the same schedules as when it was planned
 
 
+def test_under_torchrun_a_budget_is_refused_before_any_process_plans_its_own_steps(tmp_path):
+    cfg = {"run": type("Run", (), {"time_budget": 15})()}
+    ctx = RunContext(device=torch.device("cpu"), out_dir=Path(tmp_path), world_size=2)
+    with pytest.raises(UserInputError, match="--time-budget plans on one process: under torchrun give"):
+        budget.follow_budget(cfg, ctx, 9000, {}, 5.0)
+
+
 def test_a_small_budget_on_the_smoke_preset_runs_end_to_end_and_records_its_plan(image_folder, tmp_path):
     """A budget too small for this machine is refused in one line naming the smallest that works; that one runs."""
     base = ["--preset", "smoke", "--device", "cpu", "--threads", "1", "--data-dir", str(image_folder), "--no-figures"]
