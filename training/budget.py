@@ -16,13 +16,30 @@ train the same model on any machine, and a resumed run follows it instead of pla
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import logging
 import math
 import time
 from dataclasses import dataclass
 
 import torch
 
+from checkpoints import (
+    AUTOENCODER_FILE,
+    DECODER_STATE_FILE,
+    DIFFUSION_FILE,
+    DIFFUSION_STATE_FILE,
+    VAE_STATE_FILE,
+    load_file,
+)
 from errors import UserInputError
+from models import ConditionalDenoiseDiffusion, ConditionalUNet, SimpleAutoencoder, generate_class_samples
+from models.compiled import compile_mode
+from training.perceptual import load_perceptual_loss
+from training.timing import Variant, decoder_step_fn, diffusion_step_fn, vae_step_fn
+
+log = logging.getLogger(__name__)
 
 STAGES = ("vae", "decoder", "diffusion")
 KNEE = 0.5  # the share of its preset's steps the VAE and the decoder stage keep before the denoiser's share shrinks
@@ -74,7 +91,8 @@ def plan_steps(budget_s: float, step_s: dict[str, float], preset: dict[str, int]
     if denoiser < lowest["diffusion"]:  # give the denoiser its floor: the others shrink toward theirs, alike
         need = (lowest["diffusion"] - denoiser) * step_s["diffusion"]
         room = sum((before[s] - lowest[s]) * step_s[s] for s in before)
-        before = {s: n - (n - lowest[s]) * min(1.0, need / room) for s, n in before.items()}
+        shrink = min(1.0, need / room) if room > 0 else 1.0
+        before = {s: n - (n - lowest[s]) * shrink for s, n in before.items()}
         denoiser = lowest["diffusion"]
     planned = {**before, "diffusion": denoiser}
     return {**steps, **{s: max(lowest[s], math.floor(n)) for s, n in planned.items()}}
@@ -121,10 +139,6 @@ def make_plan(budget_min: float, elapsed_s: float, speeds: Speeds, preset: dict,
 def calibrate(cfg: dict, ctx, stages: tuple[str, ...], n_images: int, figures: bool) -> Speeds:
     """Time each of `stages` at its batch, precision and compile mode on this machine, the encoder over `n_images`
     ENCODER_PASSES times, and (with `figures`) the figures as FIGURE_BATCHES guided sampling batches of 64."""
-    from models import ConditionalDenoiseDiffusion, ConditionalUNet, SimpleAutoencoder, generate_class_samples
-    from models.compiled import compile_mode
-    from training.perceptual import load_perceptual_loss
-    from training.timing import Variant, decoder_step_fn, diffusion_step_fn, vae_step_fn
 
     start, device, step_s, extra = time.perf_counter(), ctx.device, {}, {}
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # the run's RNG stays untouched
@@ -197,7 +211,6 @@ def time_steps(step, device: torch.device) -> tuple[float, float]:
 def stages_to_train(cfg: dict, out_dir) -> tuple[str, ...]:
     """The stages a training command will run in `out_dir`, as main.py decides: a stage whose file is missing or that
     a --retrain flag names, and every stage after a VAE that trains."""
-    from checkpoints import AUTOENCODER_FILE, DECODER_STATE_FILE, DIFFUSION_FILE, load_file
 
     run = cfg["run"]
     vae = run.retrain_vae or not (out_dir / AUTOENCODER_FILE).is_file()
@@ -212,7 +225,6 @@ def scale_schedules(cfg, planned: int, preset: int):
     """A stage's config at `planned` steps: where that is fewer than the preset's, its warm-up and its EMA's half-life
     shrink in proportion, so they stay the share of training the preset gives them (the VAE's phases and every cosine
     are fractions of the steps already)."""
-    import dataclasses
 
     changes = {"steps": planned}
     if planned < preset:
@@ -227,10 +239,8 @@ def scale_schedules(cfg, planned: int, preset: int):
 def follow_budget(cfg: dict, ctx, n_images: int, fixed: dict[str, int], elapsed_s: float) -> dict | None:
     """--time-budget: plan the stages' steps from speeds measured here (or, for an interrupted budgeted run, take the
     plan its config.json recorded), set them in `cfg`, and return the plan (None without a budget)."""
-    import json
-    import logging
 
-    run, log = cfg["run"], logging.getLogger(__name__)
+    run = cfg["run"]
     if run.time_budget is None:
         return None
     if ctx.world_size > 1:  # each process would time its own steps and plan other step counts than the others
@@ -259,7 +269,6 @@ def follow_budget(cfg: dict, ctx, n_images: int, fixed: dict[str, int], elapsed_
 
 
 def _interrupted(out_dir, stage: str) -> bool:
-    from checkpoints import DECODER_STATE_FILE, DIFFUSION_STATE_FILE, VAE_STATE_FILE, load_file
 
     path = out_dir / {"vae": VAE_STATE_FILE, "decoder": DECODER_STATE_FILE, "diffusion": DIFFUSION_STATE_FILE}[stage]
     return path.is_file() and not load_file(path).get("done")
@@ -279,7 +288,6 @@ def describe(plan: dict) -> list[str]:
 def report_plan(plan: dict, ctx, elapsed_s: float) -> None:
     """Log the planned minutes of each stage and of the command against the real ones, and record the real ones in
     the run facts (config.json)."""
-    import logging
 
     real = {stage: ctx.extra.get(f"{stage}_seconds") for stage in plan["steps"]}
     ctx.extra["time_plan_real_seconds"] = {**real, "total": round(elapsed_s, 1)}
@@ -287,7 +295,7 @@ def report_plan(plan: dict, ctx, elapsed_s: float) -> None:
         f"{stage} {plan['stage_seconds'][stage] / 60:.1f} / {'skipped' if s is None else f'{s / 60:.1f}'}"
         for stage, s in real.items()
     ]
-    logging.getLogger(__name__).info(
+    log.info(
         "time budget %g min, planned / real minutes: %s; the command %.1f / %.1f",
         plan["budget_minutes"],
         ", ".join(parts),
