@@ -225,7 +225,6 @@ def scale_schedules(cfg, planned: int, preset: int):
     """A stage's config at `planned` steps: where that is fewer than the preset's, its warm-up and its EMA's half-life
     shrink in proportion, so they stay the share of training the preset gives them (the VAE's phases and every cosine
     are fractions of the steps already)."""
-
     changes = {"steps": planned}
     if planned < preset:
         ratio = planned / preset
