@@ -162,13 +162,12 @@ def score_set(
             shape_feat, shape_ref = shape(images)[1], shape(reference)[1]
             for scores_of_chunk, i in zip(chunk_scores, starts):
                 scores_of_chunk.update(_shape_scores(shape_feat[i : i + size], shape_ref))
-        chunks = chunk_scores
         called = torch.bincount(pred, minlength=len(classes)).float() / len(pred)
         top = called.topk(min(3, len(classes)))
         scores[name] = {
             "n": size,
-            "chunks": len(chunks),
-            **{k: sum(s[k] for s in chunk_scores) / len(chunks) for k in chunk_scores[0]},
+            "chunks": len(chunk_scores),
+            **{k: sum(s[k] for s in chunk_scores) / len(chunk_scores) for k in chunk_scores[0]},
             "fidelity": called[classes.index(name)].item(),
             "called": [[classes[i], v] for v, i in zip(top.values.tolist(), top.indices.tolist())],
         }
