@@ -259,9 +259,9 @@ def follow_budget(cfg: dict, ctx, n_images: int, fixed: dict[str, int], elapsed_
         plan = make_plan(run.time_budget, elapsed_s + speeds.calibration_seconds, speeds, preset, fixed)
         timed = ", ".join(stages)
         log.info("time budget: timed %s on this machine in %.0f s (not training)", timed, speeds.calibration_seconds)
+    plan["preset_steps"] = plan.get("preset_steps", preset)  # a recorded plan keeps the presets it scaled from
     for stage, steps in plan["steps"].items():
-        cfg[stage] = scale_schedules(cfg[stage], steps, plan.get("preset_steps", preset).get(stage, steps))
-    plan["preset_steps"] = plan.get("preset_steps", preset)
+        cfg[stage] = scale_schedules(cfg[stage], steps, plan["preset_steps"].get(stage, steps))
     for line in describe(plan):
         log.info(line)
     return plan
