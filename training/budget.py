@@ -10,6 +10,10 @@ encodes its training set a few times) and one batch of guided samples (the figur
 - the denoiser takes the rest (a budget above the preset's time buys denoiser steps: the compute curve's lever);
 - no stage goes below FLOOR of its preset's steps; a budget that cannot give every stage its floor is refused.
 
+As the denoiser's stage starts, its steps are planned once more (`replan_denoiser`) from the budget actually left and
+the pace of the stages before it (their real seconds over their planned ones): a machine whose speed drifted while
+they trained, or a plan that was off for them, would otherwise carry its error to the end of the command.
+
 The plan is recorded in config.json (the planned steps are the stages' `steps`), so the same steps given as flags
 train the same model on any machine, and a resumed run follows it instead of planning again.
 """
@@ -52,6 +56,8 @@ WARMUP_STEPS, TIMED_STEPS = 2, 5  # calibration steps of each stage: discarded, 
 LOOP_OVERHEAD = 1.15
 ENCODER_PASSES = 4
 FIGURE_BATCHES = 6  # the figures' cost in guided sampling batches of 64 (cpu preset, 2-core EPYC: 28 s, about 5)
+DENOISER_ENCODER_PASSES = 2  # of ENCODER_PASSES, the passes the denoiser's stage makes (the set and its mirror)
+PACE_LIMITS = (0.5, 2.0)  # the re-plan trusts the earlier stages' pace within these (a paused laptop is not a pace)
 SAFETY = 0.97  # the plan fills this share of the budget: the rest absorbs the machine's jitter
 
 
@@ -130,6 +136,7 @@ def make_plan(budget_min: float, elapsed_s: float, speeds: Speeds, preset: dict,
         "budget_minutes": budget_min,
         "steps": steps,
         "seconds_per_step": {s: round(v, 4) for s, v in speeds.step_seconds.items()},
+        "first_step_seconds": {s: round(v, 1) for s, v in speeds.first_step_extra.items()},
         "stage_seconds": {s: round(v, 1) for s, v in seconds.items()},
         "other_seconds": {k: round(v, 1) for k, v in other.items()},
         "total_seconds": round(sum(seconds.values()) + sum(other.values()), 1),
@@ -221,16 +228,22 @@ def stages_to_train(cfg: dict, out_dir) -> tuple[str, ...]:
     return tuple(s for s, trains in zip(STAGES, (vae, decoder, diffusion)) if trains)
 
 
-def scale_schedules(cfg, planned: int, preset: int):
-    """A stage's config at `planned` steps: where that is fewer than the preset's, its warm-up and its EMA's half-life
-    shrink in proportion, so they stay the share of training the preset gives them (the VAE's phases and every cosine
-    are fractions of the steps already)."""
-    changes = {"steps": planned}
+def schedules(cfg) -> dict:
+    """The values of a stage's config that `scale_schedules` scales with its steps: its warm-up and its EMA's decay."""
+    return {"warmup_steps": cfg.warmup_steps, **({"ema_decay": cfg.ema_decay} if hasattr(cfg, "ema_decay") else {})}
+
+
+def scale_schedules(cfg, planned: int, preset: int, preset_schedules: dict | None = None):
+    """A stage's config at `planned` steps, from its preset's `preset` steps and `preset_schedules` (`schedules` of
+    its unscaled config; default: `cfg`'s own): where the plan has fewer steps than the preset, the warm-up and the
+    EMA's half-life shrink in proportion, so they stay the share of training the preset gives them (the VAE's phases
+    and every cosine are fractions of the steps already)."""
+    changes = {"steps": planned, **(preset_schedules or schedules(cfg))}
     if planned < preset:
         ratio = planned / preset
-        changes["warmup_steps"] = max(1, round(cfg.warmup_steps * ratio))
-        if getattr(cfg, "ema_decay", 0) > 0:
-            half_life = math.log(0.5) / math.log(cfg.ema_decay)  # steps
+        changes["warmup_steps"] = max(1, round(changes["warmup_steps"] * ratio))
+        if changes.get("ema_decay", 0) > 0:
+            half_life = math.log(0.5) / math.log(changes["ema_decay"])  # steps
             changes["ema_decay"] = 0.5 ** (1 / max(1.0, half_life * ratio))
     return dataclasses.replace(cfg, **changes)
 
@@ -248,23 +261,83 @@ def follow_budget(cfg: dict, ctx, n_images: int, fixed: dict[str, int], elapsed_
             "run with --time-budget records the plan in its config.json)"
         )
     stages = stages_to_train(cfg, ctx.out_dir)
-    preset = {s: cfg[s].steps for s in stages}
     config = ctx.out_dir / "config.json"
     recorded = json.loads(config.read_text()).get("run_facts", {}).get("time_plan") if config.is_file() else None
     if recorded and ctx.resume and any(_interrupted(ctx.out_dir, s) for s in stages):
         plan = recorded
+        plan.setdefault("denoiser_replanned", None)  # None: a resumed run does not plan the denoiser again either
         log.info("time budget: resuming, so following the plan recorded in %s (not planning again)", config)
     else:
         speeds = calibrate(cfg, ctx, stages, n_images, run.figures)
+        preset = {s: cfg[s].steps for s in stages}
         plan = make_plan(run.time_budget, elapsed_s + speeds.calibration_seconds, speeds, preset, fixed)
+        plan.update(preset_steps=preset, preset_schedules={s: schedules(cfg[s]) for s in stages}, given=sorted(fixed))
         timed = ", ".join(stages)
         log.info("time budget: timed %s on this machine in %.0f s (not training)", timed, speeds.calibration_seconds)
-    plan["preset_steps"] = plan.get("preset_steps", preset)  # a recorded plan keeps the presets it scaled from
-    for stage, steps in plan["steps"].items():
-        cfg[stage] = scale_schedules(cfg[stage], steps, plan["preset_steps"].get(stage, steps))
+    for stage, steps in plan["steps"].items():  # a recorded plan keeps the presets it scaled from
+        cfg[stage] = scale_schedules(
+            cfg[stage], steps, plan["preset_steps"].get(stage, steps), plan.get("preset_schedules", {}).get(stage)
+        )
     for line in describe(plan):
         log.info(line)
     return plan
+
+
+def replan_denoiser(plan: dict, elapsed_s: float, real_seconds: dict[str, float | None]) -> dict:
+    """The denoiser's steps planned again as its stage starts, `elapsed_s` into the command, from the budget left and
+    the pace of the stages that trained before it (`real_seconds` over their planned seconds, within PACE_LIMITS): its
+    calibrated step, its encoding passes and the figures are taken to run at that pace too. Returns what changed: the
+    pace, the seconds left, the steps before and after (no fewer than its floor)."""
+    before = [s for s in ("vae", "decoder") if s in plan["steps"] and real_seconds.get(s) is not None]
+    planned = sum(plan["stage_seconds"][s] for s in before)
+    pace = sum(real_seconds[s] for s in before) / planned if planned > 0 else 1.0
+    pace = min(max(pace, PACE_LIMITS[0]), PACE_LIMITS[1])
+    other = plan["other_seconds"]
+    encoding = other["encoding the training set"] * DENOISER_ENCODER_PASSES / ENCODER_PASSES
+    left = SAFETY * plan["budget_minutes"] * 60 - elapsed_s
+    training = left - pace * (encoding + other["figures"]) - plan.get("first_step_seconds", {}).get("diffusion", 0.0)
+    step_s = pace * plan["seconds_per_step"]["diffusion"]
+    lowest = floors({"diffusion": plan["preset_steps"]["diffusion"]})["diffusion"]
+    fits = math.floor(training / step_s)
+    return {
+        "pace": round(pace, 3),
+        "seconds_left": round(left, 1),
+        "from_steps": plan["steps"]["diffusion"],
+        "steps": max(lowest, fits),
+        "past_budget": fits < lowest,  # its floor is more than the time left: the command will run past the budget
+    }
+
+
+def follow_budget_at_denoiser(cfg: dict, ctx, elapsed_s: float) -> bool:
+    """As the denoiser's stage starts in a budgeted run that planned in this command: plan its steps again
+    (`replan_denoiser`), set them and its schedules in `cfg`, and record the change in the plan. Steps given as a
+    flag, and a resumed run's recorded plan, stay as they are. Returns whether the steps were planned again."""
+    plan = ctx.extra.get("time_plan")
+    if plan is None or "denoiser_replanned" in plan or "diffusion" in plan["given"] or "diffusion" not in plan["steps"]:
+        return False
+    real = {s: ctx.extra.get(f"{s}_seconds") for s in plan["steps"]}
+    change = replan_denoiser(plan, elapsed_s, real)
+    steps = change["steps"]
+    plan["denoiser_replanned"] = change
+    plan["steps"]["diffusion"] = steps
+    step_s = change["pace"] * plan["seconds_per_step"]["diffusion"]
+    old_s, plan["stage_seconds"]["diffusion"] = plan["stage_seconds"]["diffusion"], round(steps * step_s, 1)
+    plan["total_seconds"] = round(plan["total_seconds"] + plan["stage_seconds"]["diffusion"] - old_s, 1)
+    cfg["diffusion"] = scale_schedules(
+        cfg["diffusion"], steps, plan["preset_steps"]["diffusion"], plan["preset_schedules"]["diffusion"]
+    )
+    log.info(
+        "time budget: %.1f of %g min left as the denoiser starts, the stages before it ran at %.2fx their planned "
+        "time: the denoiser trains %d steps (planned %d), %.1f min%s",
+        change["seconds_left"] / 60,
+        plan["budget_minutes"],
+        change["pace"],
+        steps,
+        change["from_steps"],
+        plan["stage_seconds"]["diffusion"] / 60,
+        " (its floor: the command will run past its budget)" if change["past_budget"] else "",
+    )
+    return True
 
 
 def _interrupted(out_dir, stage: str) -> bool:

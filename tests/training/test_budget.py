@@ -124,9 +124,64 @@ def test_a_resumed_budgeted_run_follows_its_recorded_plan(tmp_path, monkeypatch)
     cfg["run"].retrain_diffusion, cfg["run"].figures = False, True
     ctx = RunContext(device=torch.device("cpu"), out_dir=Path(tmp_path), resume=True)
     plan = budget.follow_budget(cfg, ctx, 9000, {}, 5.0)
-    assert plan["steps"] == recorded["steps"]
+    assert plan["steps"] == recorded["steps"] and plan["denoiser_replanned"] is None  # nor planned again later
     assert (cfg["vae"].steps, cfg["decoder"].steps, cfg["diffusion"].steps) == (300, 350, 900)
     assert cfg["diffusion"].warmup_steps == round(100 * 900 / 1750)  # the same schedules as when it was planned
+
+
+def fresh_plan(**fixed) -> dict:
+    """A plan as follow_budget makes it in the command that trains (15 minutes, the speeds above)."""
+    plan = budget.make_plan(15, 25.0, speeds(), PRESET, fixed)
+    schedules = {"vae": {"warmup_steps": 50}, "decoder": {"warmup_steps": 50}}
+    schedules["diffusion"] = {"warmup_steps": 100, "ema_decay": 0.998}
+    return {**plan, "preset_steps": PRESET, "preset_schedules": schedules, "given": sorted(fixed)}
+
+
+def test_the_denoiser_is_planned_again_from_the_time_left_and_the_earlier_stages_pace():
+    plan = fresh_plan()
+    on_time = {s: plan["stage_seconds"][s] for s in ("vae", "decoder")}
+    theirs = 20.0 * (1 - budget.DENOISER_ENCODER_PASSES / budget.ENCODER_PASSES) + 2 * 1.0  # encoding, first steps
+    elapsed = 25.0 + sum(on_time.values()) + theirs  # the stages before it ran as planned
+    same = budget.replan_denoiser(plan, elapsed, on_time)
+    assert same["pace"] == 1.0 and abs(same["steps"] - plan["steps"]["diffusion"]) <= 1
+    slow = {s: 1.3 * t for s, t in on_time.items()}  # the machine slowed down by 30%
+    late = budget.replan_denoiser(plan, 25.0 + sum(slow.values()), slow)
+    assert late["pace"] == 1.3 and late["from_steps"] == plan["steps"]["diffusion"]
+    left = budget.SAFETY * 15 * 60 - 25.0 - sum(slow.values())
+    need = 1.3 * (20.0 * budget.DENOISER_ENCODER_PASSES / budget.ENCODER_PASSES + 30.0) + 1.0
+    assert late["steps"] == math.floor((left - need) / (1.3 * SPEED["diffusion"])) < plan["steps"]["diffusion"]
+    fast = {s: 0.8 * t for s, t in on_time.items()}
+    assert budget.replan_denoiser(plan, 25.0 + sum(fast.values()), fast)["steps"] > plan["steps"]["diffusion"]
+    paused = {s: 10 * t for s, t in on_time.items()}  # a laptop asleep for a while is not a pace
+    assert budget.replan_denoiser(plan, 25.0, paused)["pace"] == budget.PACE_LIMITS[1]
+    gone = budget.replan_denoiser(plan, 15 * 60, on_time)  # no time left: the floor, said to run past the budget
+    assert gone["steps"] == budget.floors(PRESET)["diffusion"] and gone["past_budget"]
+    alone = budget.replan_denoiser(plan, 25.0, {"vae": None, "decoder": None})  # --retrain-diffusion: no pace yet
+    assert alone["pace"] == 1.0 and not alone["past_budget"]
+
+
+def test_planning_the_denoiser_again_sets_its_steps_and_schedules_from_the_preset_and_records_it():
+    plan = fresh_plan()
+    cfg = {"diffusion": budget.scale_schedules(DiffusionConfig(steps=1750, ema_decay=0.998), 1000, 1750)}
+    ctx = RunContext(device=torch.device("cpu"), out_dir=Path("."))
+    ctx.extra.update(time_plan=plan, vae_seconds=1.3 * plan["stage_seconds"]["vae"])
+    ctx.extra["decoder_seconds"] = 1.3 * plan["stage_seconds"]["decoder"]
+    total = plan["total_seconds"]
+    assert budget.follow_budget_at_denoiser(cfg, ctx, 400.0)
+    steps = plan["steps"]["diffusion"]
+    assert plan["denoiser_replanned"]["steps"] == steps == cfg["diffusion"].steps
+    assert cfg["diffusion"].warmup_steps == round(100 * steps / 1750)  # scaled from the preset's, not twice
+    half_life = lambda d: math.log(0.5) / math.log(d)  # noqa: E731
+    assert half_life(cfg["diffusion"].ema_decay) == pytest.approx(half_life(0.998) * steps / 1750)
+    assert plan["stage_seconds"]["diffusion"] == round(steps * 1.3 * SPEED["diffusion"], 1)
+    assert plan["total_seconds"] != total  # the report compares the real time with the plan as it now stands
+    assert not budget.follow_budget_at_denoiser(cfg, ctx, 400.0)  # once
+    given = fresh_plan(diffusion=1200)
+    ctx.extra["time_plan"] = given
+    assert not budget.follow_budget_at_denoiser(cfg, ctx, 400.0) and given["steps"]["diffusion"] == 1200  # a flag's
+    resumed = {**fresh_plan(), "denoiser_replanned": None}  # as follow_budget leaves a resumed run's plan
+    ctx.extra["time_plan"] = resumed
+    assert not budget.follow_budget_at_denoiser(cfg, ctx, 400.0)
 
 
 def test_under_torchrun_a_budget_is_refused_before_any_process_plans_its_own_steps(tmp_path):
@@ -153,6 +208,7 @@ def test_a_small_budget_on_the_smoke_preset_runs_end_to_end_and_records_its_plan
     assert {s: config[s]["steps"] for s in ("decoder", "diffusion")} == {
         s: plan["steps"][s] for s in ("decoder", "diffusion")
     }
+    assert plan["denoiser_replanned"]["steps"] == plan["steps"]["diffusion"]  # planned again as it started
     assert plan["total_seconds"] <= minutes * 60 and f"time plan for {minutes:g} minutes:" in proc.stderr
     assert "planned / real minutes" in proc.stderr and "total" in config["run_facts"]["time_plan_real_seconds"]
     metrics = (out / "metrics_diffusion.jsonl").read_text().splitlines()
