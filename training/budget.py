@@ -56,7 +56,7 @@ WARMUP_STEPS, TIMED_STEPS = 2, 5  # calibration steps of each stage: discarded, 
 LOOP_OVERHEAD = 1.15
 ENCODER_PASSES = 4
 FIGURE_BATCHES = 6  # the figures' cost in guided sampling batches of 64 (cpu preset, 2-core EPYC: 28 s, about 5)
-DENOISER_ENCODER_PASSES = 2  # of ENCODER_PASSES, the passes the denoiser's stage makes (the set and its mirror)
+DENOISER_ENCODER_PASSES = 2  # of ENCODER_PASSES, the denoiser's (the set and its mirror); the VAE's and decoder's: 1
 PACE_LIMITS = (0.5, 2.0)  # the re-plan trusts the earlier stages' pace within these (a paused laptop is not a pace)
 SAFETY = 0.97  # the plan fills this share of the budget: the rest absorbs the machine's jitter
 
@@ -285,25 +285,28 @@ def follow_budget(cfg: dict, ctx, n_images: int, fixed: dict[str, int], elapsed_
 
 def replan_denoiser(plan: dict, elapsed_s: float, real_seconds: dict[str, float | None]) -> dict:
     """The denoiser's steps planned again as its stage starts, `elapsed_s` into the command, from the budget left and
-    the pace of the stages that trained before it (`real_seconds` over their planned seconds, within PACE_LIMITS): its
-    calibrated step, its encoding passes and the figures are taken to run at that pace too. Returns what changed: the
-    pace, the seconds left, the steps before and after (no fewer than its floor)."""
+    the pace of the stages that trained before it (`real_seconds` over what the plan gave them: their steps, first
+    steps and encoding pass; within PACE_LIMITS): its calibrated step, its encoding passes and the figures are taken
+    to run at that pace too. Returns the pace, the seconds left, the steps before and after (no fewer than its floor)
+    and the seconds the rest of the command is expected to take."""
+    other, first = plan["other_seconds"], plan.get("first_step_seconds", {})
+    encoding_pass = other["encoding the training set"] / ENCODER_PASSES
     before = [s for s in ("vae", "decoder") if s in plan["steps"] and real_seconds.get(s) is not None]
-    planned = sum(plan["stage_seconds"][s] for s in before)
+    planned = sum(plan["stage_seconds"][s] + first.get(s, 0.0) + encoding_pass for s in before)
     pace = sum(real_seconds[s] for s in before) / planned if planned > 0 else 1.0
     pace = min(max(pace, PACE_LIMITS[0]), PACE_LIMITS[1])
-    other = plan["other_seconds"]
-    encoding = other["encoding the training set"] * DENOISER_ENCODER_PASSES / ENCODER_PASSES
     left = SAFETY * plan["budget_minutes"] * 60 - elapsed_s
-    training = left - pace * (encoding + other["figures"]) - plan.get("first_step_seconds", {}).get("diffusion", 0.0)
+    rest = pace * (DENOISER_ENCODER_PASSES * encoding_pass + other["figures"]) + first.get("diffusion", 0.0)
     step_s = pace * plan["seconds_per_step"]["diffusion"]
     lowest = floors({"diffusion": plan["preset_steps"]["diffusion"]})["diffusion"]
-    fits = math.floor(training / step_s)
+    fits = math.floor((left - rest) / step_s)
+    steps = max(lowest, fits)
     return {
         "pace": round(pace, 3),
         "seconds_left": round(left, 1),
         "from_steps": plan["steps"]["diffusion"],
-        "steps": max(lowest, fits),
+        "steps": steps,
+        "expected_seconds": round(rest + steps * step_s, 1),
         "past_budget": fits < lowest,  # its floor is more than the time left: the command will run past the budget
     }
 
@@ -321,8 +324,8 @@ def follow_budget_at_denoiser(cfg: dict, ctx, elapsed_s: float) -> bool:
     plan["denoiser_replanned"] = change
     plan["steps"]["diffusion"] = steps
     step_s = change["pace"] * plan["seconds_per_step"]["diffusion"]
-    old_s, plan["stage_seconds"]["diffusion"] = plan["stage_seconds"]["diffusion"], round(steps * step_s, 1)
-    plan["total_seconds"] = round(plan["total_seconds"] + plan["stage_seconds"]["diffusion"] - old_s, 1)
+    plan["stage_seconds"]["diffusion"] = round(steps * step_s, 1)
+    plan["total_seconds"] = round(elapsed_s + change["expected_seconds"], 1)  # what the command now expects to take
     cfg["diffusion"] = scale_schedules(
         cfg["diffusion"], steps, plan["preset_steps"]["diffusion"], plan["preset_schedules"]["diffusion"]
     )

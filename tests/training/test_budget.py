@@ -139,17 +139,19 @@ def fresh_plan(**fixed) -> dict:
 
 def test_the_denoiser_is_planned_again_from_the_time_left_and_the_earlier_stages_pace():
     plan = fresh_plan()
-    on_time = {s: plan["stage_seconds"][s] for s in ("vae", "decoder")}
-    theirs = 20.0 * (1 - budget.DENOISER_ENCODER_PASSES / budget.ENCODER_PASSES) + 2 * 1.0  # encoding, first steps
-    elapsed = 25.0 + sum(on_time.values()) + theirs  # the stages before it ran as planned
+    # what the plan gave the stages before the denoiser: their steps, first step (1 s) and encoding pass (20 s / 4)
+    on_time = {s: plan["stage_seconds"][s] + 1.0 + 5.0 for s in ("vae", "decoder")}
+    elapsed = 25.0 + sum(on_time.values())  # they ran as planned
     same = budget.replan_denoiser(plan, elapsed, on_time)
     assert same["pace"] == 1.0 and abs(same["steps"] - plan["steps"]["diffusion"]) <= 1
+    assert abs(elapsed + same["expected_seconds"] - plan["total_seconds"]) < SPEED["diffusion"]
     slow = {s: 1.3 * t for s, t in on_time.items()}  # the machine slowed down by 30%
     late = budget.replan_denoiser(plan, 25.0 + sum(slow.values()), slow)
     assert late["pace"] == 1.3 and late["from_steps"] == plan["steps"]["diffusion"]
     left = budget.SAFETY * 15 * 60 - 25.0 - sum(slow.values())
-    need = 1.3 * (20.0 * budget.DENOISER_ENCODER_PASSES / budget.ENCODER_PASSES + 30.0) + 1.0
-    assert late["steps"] == math.floor((left - need) / (1.3 * SPEED["diffusion"])) < plan["steps"]["diffusion"]
+    rest = 1.3 * (2 * 5.0 + 30.0) + 1.0  # its two encoding passes and the figures at that pace, its first step
+    assert late["steps"] == math.floor((left - rest) / (1.3 * SPEED["diffusion"])) < plan["steps"]["diffusion"]
+    assert late["expected_seconds"] <= left
     fast = {s: 0.8 * t for s, t in on_time.items()}
     assert budget.replan_denoiser(plan, 25.0 + sum(fast.values()), fast)["steps"] > plan["steps"]["diffusion"]
     paused = {s: 10 * t for s, t in on_time.items()}  # a laptop asleep for a while is not a pace
@@ -173,8 +175,9 @@ def test_planning_the_denoiser_again_sets_its_steps_and_schedules_from_the_prese
     assert cfg["diffusion"].warmup_steps == round(100 * steps / 1750)  # scaled from the preset's, not twice
     half_life = lambda d: math.log(0.5) / math.log(d)  # noqa: E731
     assert half_life(cfg["diffusion"].ema_decay) == pytest.approx(half_life(0.998) * steps / 1750)
-    assert plan["stage_seconds"]["diffusion"] == round(steps * 1.3 * SPEED["diffusion"], 1)
-    assert plan["total_seconds"] != total  # the report compares the real time with the plan as it now stands
+    pace = plan["denoiser_replanned"]["pace"]
+    assert 1.2 < pace < 1.3 and plan["stage_seconds"]["diffusion"] == round(steps * pace * SPEED["diffusion"], 1)
+    assert plan["total_seconds"] == round(400.0 + plan["denoiser_replanned"]["expected_seconds"], 1) != total
     assert not budget.follow_budget_at_denoiser(cfg, ctx, 400.0)  # once
     given = fresh_plan(diffusion=1200)
     ctx.extra["time_plan"] = given
