@@ -145,7 +145,7 @@ def test_the_denoiser_is_planned_again_from_the_time_left_and_the_earlier_stages
     same = budget.replan_denoiser(plan, elapsed, on_time)
     spare = (budget.REPLAN_SAFETY - budget.SAFETY) * 15 * 60  # the re-plan fills more of the budget
     assert same["pace"] == 1.0 and abs(same["steps"] - plan["steps"]["diffusion"] - spare / SPEED["diffusion"]) < 2
-    assert abs(elapsed + same["expected_seconds"] - plan["total_seconds"] - spare) < SPEED["diffusion"]
+    assert abs(elapsed + same["expected_seconds"] - plan["total_seconds"] - spare) < 2 * SPEED["diffusion"]
     slow = {s: 1.3 * t for s, t in on_time.items()}  # the machine slowed down by 30%
     late = budget.replan_denoiser(plan, 25.0 + sum(slow.values()), slow)
     assert late["pace"] == 1.3 and late["from_steps"] == plan["steps"]["diffusion"]
