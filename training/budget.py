@@ -59,8 +59,8 @@ FIGURE_BATCHES = 6  # the figures' cost in guided sampling batches of 64 (cpu pr
 DENOISER_ENCODER_PASSES = 2  # of ENCODER_PASSES, the denoiser's (the set and its mirror); the VAE's and decoder's: 1
 PACE_LIMITS = (0.5, 2.0)  # the re-plan trusts the earlier stages' pace within these (a paused laptop is not a pace)
 SAFETY = 0.97  # the plan fills this share of the budget: the rest absorbs the machine's jitter
-# the denoiser's re-plan fills this share: only its own minutes are left to guess, and the earlier stages' pace
-# over-estimated its slowdown in 3 of 4 runs on the development machine (docs/time_budget.md)
+# the denoiser's re-plan fills this share: only its own minutes are left to guess, and in five runs on the development
+# machine the earlier stages' pace over-estimated its slowdown three times, and under-estimated it once, by 3%
 REPLAN_SAFETY = 0.99
 
 
