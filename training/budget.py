@@ -11,7 +11,7 @@ encodes its training set a few times) and one batch of guided samples (the figur
 - no stage goes below FLOOR of its preset's steps; a budget that cannot give every stage its floor is refused.
 
 As the denoiser's stage starts, its steps are planned once more (`replan_denoiser`) from the budget actually left and
-the pace of the stages before it (their real seconds over their planned ones): a machine whose speed drifted while
+the pace of the stages before it (their real seconds over what the plan gave them): a machine whose speed drifted while
 they trained, or a plan that was off for them, would otherwise carry its error to the end of the command.
 
 The plan is recorded in config.json (the planned steps are the stages' `steps`), so the same steps given as flags
@@ -290,8 +290,8 @@ def replan_denoiser(plan: dict, elapsed_s: float, real_seconds: dict[str, float 
     """The denoiser's steps planned again as its stage starts, `elapsed_s` into the command, from the budget left and
     the pace of the stages that trained before it (`real_seconds` over what the plan gave them: their steps, first
     steps and encoding pass; within PACE_LIMITS): its calibrated step, its encoding passes and the figures are taken
-    to run at that pace too. Returns the pace, the seconds left, the steps before and after (no fewer than its floor)
-    and the seconds the rest of the command is expected to take."""
+    to run at that pace too. Returns the pace, the seconds left, the steps before and after (no fewer than its floor),
+    the seconds those steps and the rest of the command are expected to take."""
     other, first = plan["other_seconds"], plan.get("first_step_seconds", {})
     encoding_pass = other["encoding the training set"] / ENCODER_PASSES
     before = [s for s in ("vae", "decoder") if s in plan["steps"] and real_seconds.get(s) is not None]
@@ -309,6 +309,7 @@ def replan_denoiser(plan: dict, elapsed_s: float, real_seconds: dict[str, float 
         "seconds_left": round(left, 1),
         "from_steps": plan["steps"]["diffusion"],
         "steps": steps,
+        "stage_seconds": round(steps * step_s, 1),
         "expected_seconds": round(rest + steps * step_s, 1),
         "past_budget": fits < lowest,  # its floor is more than the time left: the command will run past the budget
     }
@@ -326,8 +327,7 @@ def follow_budget_at_denoiser(cfg: dict, ctx, elapsed_s: float) -> bool:
     steps = change["steps"]
     plan["denoiser_replanned"] = change
     plan["steps"]["diffusion"] = steps
-    step_s = change["pace"] * plan["seconds_per_step"]["diffusion"]
-    plan["stage_seconds"]["diffusion"] = round(steps * step_s, 1)
+    plan["stage_seconds"]["diffusion"] = change["stage_seconds"]
     plan["total_seconds"] = round(elapsed_s + change["expected_seconds"], 1)  # what the command now expects to take
     cfg["diffusion"] = scale_schedules(
         cfg["diffusion"], steps, plan["preset_steps"]["diffusion"], plan["preset_schedules"]["diffusion"]

@@ -177,7 +177,8 @@ def test_planning_the_denoiser_again_sets_its_steps_and_schedules_from_the_prese
     half_life = lambda d: math.log(0.5) / math.log(d)  # noqa: E731
     assert half_life(cfg["diffusion"].ema_decay) == pytest.approx(half_life(0.998) * steps / 1750)
     pace = plan["denoiser_replanned"]["pace"]
-    assert 1.2 < pace < 1.3 and plan["stage_seconds"]["diffusion"] == round(steps * pace * SPEED["diffusion"], 1)
+    seconds = steps * pace * SPEED["diffusion"]  # (the recorded pace is rounded to 3 decimals)
+    assert 1.2 < pace < 1.3 and plan["stage_seconds"]["diffusion"] == pytest.approx(seconds, abs=0.3)
     assert plan["total_seconds"] == round(400.0 + plan["denoiser_replanned"]["expected_seconds"], 1) != total
     assert not budget.follow_budget_at_denoiser(cfg, ctx, 400.0)  # once
     given = fresh_plan(diffusion=1200)
