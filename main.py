@@ -32,7 +32,7 @@ from checkpoints import (
 from evaluation.diagnose import diagnose_run, format_report
 from evaluation.evaluate import evaluate_run, format_table, scored_outputs
 from evaluation.judge import get_judge, load_reference
-from training.budget import STAGES, follow_budget, follow_budget_at_denoiser, report_plan
+from training.budget import STAGES, denoiser_retime, follow_budget, follow_budget_at_denoiser, report_plan
 from training.config import explicit_flags, resolve_configs
 from cli import check_flags, check_option_use, parse_args, recorded_config
 from training.board import write_image
@@ -263,8 +263,10 @@ def diffusion_stage(unet, autoencoder, train_set, held, cfg: dict, ctx, vae_trai
     remove_stale_outputs(ctx, ("denoiser",))
     if follow_budget_at_denoiser(cfg, ctx, time.perf_counter() - STARTED):
         write_config(cfg, ctx)  # an interrupted run resumes with these steps
+    retime = denoiser_retime(cfg, ctx, STARTED, lambda: write_config(cfg, ctx))  # and with the total it fixes
     with timed(ctx, "diffusion_seconds"):
-        train_diffusion(unet, autoencoder, train_set, cfg["diffusion"], ctx, stage_generator(cfg, ctx, 2), figures)
+        generator = stage_generator(cfg, ctx, 2)
+        train_diffusion(unet, autoencoder, train_set, cfg["diffusion"], ctx, generator, figures, retime)
 
 
 @contextlib.contextmanager

@@ -15,7 +15,7 @@ from models.vae import SimpleAutoencoder
 from checkpoints import DIFFUSION_FILE, DIFFUSION_STATE_FILE, GUIDE_STATE_FILE, load_file, save_weights
 from errors import UserInputError
 from training.context import RunContext
-from training.loop import Stage, train_stage
+from training.loop import Retime, Stage, train_stage
 from training.optim import EMA
 from training.config import DiffusionConfig
 
@@ -65,9 +65,10 @@ def train_denoiser(
     generator: torch.Generator,
     files: tuple[str, str, str],
     visualize=None,
+    retime: Retime | None = None,
 ) -> ConditionalUNet:
-    """Train `unet` for cfg.steps on the cached `latents` (mu, logvar, y) and return it holding its EMA weights.
-    `files`: the stage's name, training-state file and metrics file."""
+    """Train `unet` for cfg.steps (or the total `retime` fixes) on the cached `latents` (mu, logvar, y) and return it
+    holding its EMA weights. `files`: the stage's name, training-state file and metrics file."""
     name, state_file, metrics_file = files
     if unet.prediction != cfg.prediction:
         raise ValueError(f"the denoiser predicts {unet.prediction}, the config says {cfg.prediction}")
@@ -98,7 +99,12 @@ def train_denoiser(
     stage = Stage(name, unet, cfg, state_file, metrics_file, {"ema": ema})
     ema_diffusion = ConditionalDenoiseDiffusion(ema.model, device=ctx.device)
     step = train_stage(
-        stage, ctx, generator, make_step, visualize=visualize and (lambda step: visualize(step, ema_diffusion))
+        stage,
+        ctx,
+        generator,
+        make_step,
+        visualize=visualize and (lambda step: visualize(step, ema_diffusion)),
+        retime=retime,
     )
     stage.checkpoint(step, done=True)  # with the raw weights, before they are replaced by the EMA's
     unet.load_state_dict(ema.model.state_dict())  # from here on the model is the EMA model, as in the public file
@@ -136,10 +142,12 @@ def train_diffusion(
     ctx: RunContext,
     generator: torch.Generator,
     visualize=None,
+    retime: Retime | None = None,
 ) -> ConditionalUNet:
-    """Train the denoiser for cfg.steps on cached latents (and, first, its guide network for cfg.guide_fraction of
-    the steps, unless cfg.guide is off); write the EMA weights, the guide's inside, as the public state dict.
-    `visualize(step, diffusion)` is called every ctx.visualize_every steps with a diffusion around the EMA model.
+    """Train the denoiser for cfg.steps (or the total `retime` fixes within its warm-up) on cached latents (and,
+    first, its guide network for cfg.guide_fraction of the steps, unless cfg.guide is off); write the EMA weights,
+    the guide's inside, as the public state dict. `visualize(step, diffusion)` is called every ctx.visualize_every
+    steps with a diffusion around the EMA model.
 
     The denoiser's file records the process it is trained in (n_steps, schedule, whether latents are normalised by
     the VAE's statistics): the VAE's file, which the VAE stage owns, is only read here."""
@@ -161,7 +169,7 @@ def train_diffusion(
             ("Guide", GUIDE_STATE_FILE, "metrics_guide.jsonl"),
         )
     files = ("Diffusion", DIFFUSION_STATE_FILE, "metrics_diffusion.jsonl")
-    train_denoiser(unet, latents, autoencoder, cfg, ctx, generator, files, visualize)
+    train_denoiser(unet, latents, autoencoder, cfg, ctx, generator, files, visualize, retime)
     unet.attach_guide(guide)
     if ctx.is_main:
         save_weights(unet, ctx.out_dir / DIFFUSION_FILE)

@@ -10,6 +10,7 @@ import math
 import os
 import signal
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -22,7 +23,7 @@ from checkpoints import atomic_save, check_state_dict, load_file
 from training.board import board_writer, write_scalars
 from training.context import RunContext
 from models.compiled import compile_mode, maybe_compile, report_graphs
-from training.optim import make_optimizer, warmup_cosine
+from training.optim import make_optimizer, set_total, warmup_cosine
 
 log = logging.getLogger(__name__)
 _ctrl_c = threading.Event()  # set by Ctrl-C while `interrupts_remembered` is active
@@ -140,6 +141,23 @@ def resume_train_state(path: Path, ctx: RunContext, generator: torch.Generator, 
     return state["step"]
 
 
+@dataclass
+class Retime:
+    """A stage that fixes its total steps from its own pace: steps `start` + 1 to `at` are timed, then, after step
+    `at` (within the learning-rate warm-up), `decide(at, seconds_per_step)` returns the total. A resumed stage that
+    starts past `start` keeps its total."""
+
+    start: int
+    at: int
+    decide: Callable[[int, float], int]
+
+
+def _clock(ctx: RunContext) -> float:
+    if ctx.device.type == "cuda":
+        torch.cuda.synchronize(ctx.device)  # the steps queued so far have run
+    return time.perf_counter()
+
+
 def run_steps(
     name: str,
     step: int,
@@ -150,14 +168,18 @@ def run_steps(
     ctx: RunContext,
     describe=lambda step: {},
     visualize=None,
+    retime: Retime | None = None,
 ) -> int:
-    """Call `step_fn(step) -> {name: loss tensor}` until `total` steps; every log_every steps sync, check for
-    NaN/inf and log; every checkpoint_every steps call `checkpoint_fn(step)`; every visualize_every steps call
-    `visualize(step)` on the main process; on Ctrl-C (which `interrupts_remembered` holds to the end of the step)
-    checkpoint, then re-raise. A KeyboardInterrupt raised inside a step (a second Ctrl-C, or one without
-    `interrupts_remembered`) keeps the last checkpoint instead: a half-done step is no state to resume from."""
+    """Call `step_fn(step) -> {name: loss tensor}` until `total` steps (or the total `retime` decides); every
+    log_every steps sync, check for NaN/inf and log; every checkpoint_every steps call `checkpoint_fn(step)`; every
+    visualize_every steps call `visualize(step)` on the main process; on Ctrl-C (which `interrupts_remembered` holds
+    to the end of the step) checkpoint, then re-raise. A KeyboardInterrupt raised inside a step (a second Ctrl-C, or
+    one without `interrupts_remembered`) keeps the last checkpoint instead: a half-done step is no state to resume
+    from."""
     bar = tqdm(total=total, initial=step, desc=name, disable=not ctx.is_main, dynamic_ncols=True)
-    mid_step = False
+    mid_step, started = False, None
+    if retime is not None and step >= retime.start:
+        retime = None
     _in_steps.set()
     try:
         while step < total:
@@ -167,6 +189,12 @@ def run_steps(
             losses = step_fn(step)
             step += 1
             bar.update(1)
+            if retime is not None and step == retime.start:
+                started = _clock(ctx)
+            elif retime is not None and step == retime.at:
+                total = retime.decide(step, (_clock(ctx) - started) / (retime.at - retime.start))
+                bar.total = total
+                bar.refresh()
             if step % ctx.log_every == 0 or step % ctx.checkpoint_every == 0 or step == total:
                 record = {k: v.item() if v.numel() == 1 else v.tolist() for k, v in losses.items()}
                 check_finite({k: v for k, v in record.items() if isinstance(v, float)}, step, name.lower())
@@ -231,9 +259,11 @@ def train_stage(
     make_step: Callable,
     describe: Callable[[int], dict] = lambda step: {},
     visualize: Callable[[int], None] | None = None,
+    retime: Retime | None = None,
 ) -> int:
     """The skeleton every stage shares: AdamW with the stage's schedule (warm-up + cosine unless it says), resume
-    from the stage's training state, DDP and compile wrapping, then the step loop until cfg.steps.
+    from the stage's training state, DDP and compile wrapping, then the step loop until cfg.steps, or until the total
+    that `retime` fixes within the warm-up (then `stage.cfg` and its checkpoints hold that total).
     `make_step(net, optimizer, scheduler)` returns the stage's `step_fn(step) -> {name: loss tensor}`; it is called
     after resuming. Returns the last step; the stage then writes its public file and marks its training state done
     (`stage.checkpoint(step, done=True)`)."""
@@ -250,15 +280,29 @@ def train_stage(
         step_fn = graph_steps(stage.name, step_fn, mode)
     stage.checkpoint = checkpointer(ctx, state_path, generator, cfg, **parts)
     stage.metrics = MetricsLog(ctx.out_dir / stage.metrics_file, ctx.is_main, start_step=step, board=True)
+    if retime is not None:
+        if retime.at >= cfg.warmup_steps or not 1 <= retime.start < retime.at:
+            raise ValueError(f"{stage.name}: its total can be fixed only within its {cfg.warmup_steps}-step warm-up")
+        decide = retime.decide
+
+        def fix_total(step: int, seconds_per_step: float) -> int:
+            total = decide(step, seconds_per_step)
+            set_total(scheduler, total)
+            stage.cfg = dataclasses.replace(stage.cfg, steps=total)
+            stage.checkpoint = checkpointer(ctx, state_path, generator, stage.cfg, **parts)
+            return total
+
+        retime = dataclasses.replace(retime, decide=fix_total)
     stage.model.train()
     return run_steps(
         stage.name,
         step,
         cfg.steps,
         step_fn,
-        stage.checkpoint,
+        lambda step: stage.checkpoint(step),
         stage.metrics,
         ctx,
         lambda step: {**describe(step), "lr": scheduler.get_last_lr()[0]},
         visualize,
+        retime,
     )

@@ -40,15 +40,32 @@ class EMA:
         self.updates = state["updates"]
 
 
+class WarmupCosine:
+    """The learning-rate factor of `warmup_cosine` at a step: an object, not a closure, so that the scheduler's
+    state_dict records its `total` and a stage that fixes its total during the warm-up (`set_total`) resumes with it."""
+
+    def __init__(self, warmup: int, total: int):
+        self.warmup, self.total = warmup, total
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))))
+
+
 def warmup_cosine(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up to the peak LR, then cosine annealing to zero (Loshchilov & Hutter 2017)."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(warmup, total))
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+def set_total(scheduler: torch.optim.lr_scheduler.LambdaLR, total: int) -> None:
+    """Give a `warmup_cosine` schedule another total. Before the warm-up ends the factors it has given do not depend
+    on the total, so a stage whose total is set at step k < warm-up trains as if it had been given up front."""
+    factors = {id(f): f for f in scheduler.lr_lambdas}.values()
+    if not all(isinstance(f, WarmupCosine) and scheduler.last_epoch < f.warmup for f in factors):
+        raise ValueError("only a warm-up + cosine schedule still in its warm-up can take another total")
+    for f in factors:
+        f.total = total
 
 
 def warmup_constant(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:

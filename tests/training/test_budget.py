@@ -3,17 +3,22 @@ budget on the smoke preset end to end. No test asserts on wall time: they assert
 
 import json
 import math
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from checkpoints import VAE_STATE_FILE
-from conftest import run_main
+from checkpoints import VAE_STATE_FILE, load_file
+from conftest import run_main, same_state
 from errors import UserInputError
+from models import ConditionalUNet, SimpleAutoencoder
 from training import budget
 from training.config import DecoderConfig, DiffusionConfig, SampleConfig, VAEConfig
 from training.context import RunContext
+from training.diffusion import train_denoiser
+from training.loop import Retime
+from training.optim import set_total, warmup_cosine
 
 PRESET = {"vae": 675, "decoder": 700, "diffusion": 1750}  # the cpu preset's steps
 SPEED = {"vae": 0.37, "decoder": 0.31, "diffusion": 0.40}  # seconds a step, as on a 2-core CPU with bf16
@@ -127,6 +132,12 @@ def test_a_resumed_budgeted_run_follows_its_recorded_plan(tmp_path, monkeypatch)
     assert plan["steps"] == recorded["steps"] and plan["denoiser_replanned"] is None  # nor planned again later
     assert (cfg["vae"].steps, cfg["decoder"].steps, cfg["diffusion"].steps) == (300, 350, 900)
     assert cfg["diffusion"].warmup_steps == round(100 * 900 / 1750)  # the same schedules as when it was planned
+    facts["time_plan"]["denoiser_retimed"] = {"from_steps": 800}  # its total was fixed in its loop: 800 -> 900
+    (tmp_path / "config.json").write_text(json.dumps({"run_facts": facts}))
+    cfg["diffusion"] = DiffusionConfig(steps=1750, ema_decay=0.998)
+    budget.follow_budget(cfg, ctx, 9000, {}, 5.0)
+    assert cfg["diffusion"].steps == 900 and cfg["diffusion"].warmup_steps == round(100 * 800 / 1750)
+    assert cfg["diffusion"].ema_decay == budget.scale_schedules(DiffusionConfig(ema_decay=0.998), 800, 1750).ema_decay
 
 
 def fresh_plan(**fixed) -> dict:
@@ -189,6 +200,89 @@ def test_planning_the_denoiser_again_sets_its_steps_and_schedules_from_the_prese
     assert not budget.follow_budget_at_denoiser(cfg, ctx, 400.0)
 
 
+def tiny_denoiser(out: Path, steps: int, retime: Retime | None = None) -> tuple[ConditionalUNet, dict, str]:
+    """A small denoiser trained `steps` steps (warm-up 6) on fixed random latents: its EMA weights, its training
+    state and its metrics log."""
+    torch.manual_seed(0)
+    unet, autoencoder = ConditionalUNet(hidden_dims=[16, 32, 16], time_emb_dim=32), SimpleAutoencoder()
+    gen = torch.Generator().manual_seed(1)
+    latents = (torch.randn(64, 256, generator=gen), torch.full((64, 256), -4.0), torch.randint(0, 2, (64,)))
+    cfg = DiffusionConfig(steps=steps, batch_size=16, lr=1e-3, warmup_steps=6, ema_decay=0.9, compile="off")
+    ctx = RunContext(device=torch.device("cpu"), out_dir=out, log_every=1, checkpoint_every=1000)
+    files = ("Diffusion", "state.pt", "metrics.jsonl")
+    unet = train_denoiser(unet, latents, autoencoder, cfg, ctx, torch.Generator().manual_seed(2), files, None, retime)
+    return unet, load_file(out / "state.pt"), (out / "metrics.jsonl").read_text()
+
+
+def test_a_total_fixed_within_the_warm_up_trains_as_if_it_had_been_given_up_front(tmp_path):
+    asked = []
+    decide = lambda step, step_s: asked.append((step, step_s)) or 9  # noqa: E731
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    fixed, fixed_state, fixed_log = tiny_denoiser(tmp_path / "a", 12, Retime(2, 5, decide))
+    given, given_state, given_log = tiny_denoiser(tmp_path / "b", 9)
+    assert len(asked) == 1 and asked[0][0] == 5 and asked[0][1] > 0  # timed steps 3 to 5, then asked once
+    assert same_state(fixed.state_dict(), given.state_dict()) and fixed_log == given_log  # lr and losses alike
+    assert json.loads(fixed_log.splitlines()[-1])["step"] == 9
+    assert same_state(fixed_state["model"], given_state["model"])  # and a resumed run continues the same way:
+    moments = lambda state: {f"{i}{k}": v for i, p in state["optimizer"]["state"].items() for k, v in p.items()}  # noqa
+    assert same_state(moments(fixed_state), moments(given_state))
+    for part in ("scheduler", "config", "step"):
+        assert fixed_state[part] == given_state[part], part
+    assert fixed_state["config"]["steps"] == 9 and fixed_state["scheduler"]["lr_lambdas"][0]["total"] == 9
+    with pytest.raises(ValueError, match="only within its 6-step warm-up"):
+        tiny_denoiser(tmp_path / "a", 12, Retime(2, 6, decide))
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    schedule = warmup_cosine(opt, 2, 10)
+    for _ in range(2):
+        opt.step(), schedule.step()
+    with pytest.raises(ValueError, match="still in its warm-up"):  # the factors it gave would have depended on it
+        set_total(schedule, 5)
+
+
+def replanned_plan(pace: float = 1.1) -> dict:
+    """A plan whose denoiser was planned again as its stage started, at `pace`."""
+    plan = fresh_plan()
+    plan["denoiser_replanned"] = {"pace": pace, "steps": plan["steps"]["diffusion"]}
+    return plan
+
+
+def test_the_denoiser_fixes_its_total_from_its_own_pace_in_its_warm_up():
+    plan = replanned_plan()
+    left = budget.REPLAN_SAFETY * 15 * 60 - 420.0 - 1.1 * plan["other_seconds"]["figures"]  # the figures still to come
+    change = budget.retime_denoiser(plan, 420.0, 40, 0.35)
+    assert change["steps"] == 40 + math.floor(left / 0.35) and change["from_steps"] == plan["steps"]["diffusion"]
+    assert budget.REPLAN_SAFETY * 900 - 0.35 <= change["command_seconds"] <= budget.REPLAN_SAFETY * 900
+    slower = budget.retime_denoiser(plan, 420.0, 40, 0.45)
+    assert slower["steps"] < change["steps"] and not slower["past_budget"]
+    late = budget.retime_denoiser(plan, 880.0, 40, 0.35)  # no time left: its floor, said to run past the budget
+    assert late["steps"] == budget.floors(PRESET)["diffusion"] and late["past_budget"]
+
+
+def retime_cfg(warmup: int = 58, guide: bool = False) -> dict:
+    return {"diffusion": DiffusionConfig(steps=1010, warmup_steps=warmup, ema_decay=0.9965, guide=guide)}
+
+
+def test_the_loop_s_retime_sets_the_total_in_the_config_and_the_plan_and_writes_them_once():
+    ctx = RunContext(device=torch.device("cpu"), out_dir=Path("."))
+    cfg, writes = retime_cfg(), []
+    assert budget.denoiser_retime(cfg, ctx, 0.0, lambda: writes.append(1)) is None  # no budget
+    ctx.extra["time_plan"] = plan = replanned_plan()
+    retime = budget.denoiser_retime(cfg, ctx, time.perf_counter() - 420.0, lambda: writes.append(1))
+    assert (retime.start, retime.at) == budget.RETIME_STEPS and budget.RETIME_STEPS[1] < 58  # within the warm-up
+    steps = retime.decide(retime.at, 0.35)
+    assert writes == [1] and plan["denoiser_retimed"]["steps"] == steps == plan["steps"]["diffusion"]
+    assert cfg["diffusion"].steps == steps and cfg["diffusion"].warmup_steps == 58  # the warm-up it started with
+    assert plan["total_seconds"] == plan["denoiser_retimed"]["command_seconds"]
+    assert budget.denoiser_retime(cfg, ctx, 0.0, lambda: None) is None  # once
+    ctx.extra["time_plan"] = replanned_plan()
+    short = budget.denoiser_retime(retime_cfg(warmup=5), ctx, 0.0, lambda: None)
+    assert (short.start, short.at) == (3, 4)  # a short warm-up: timed within it
+    assert budget.denoiser_retime(retime_cfg(warmup=2), ctx, 0.0, lambda: None) is None  # too short to time in
+    assert budget.denoiser_retime(retime_cfg(guide=True), ctx, 0.0, lambda: None) is None
+    ctx.extra["time_plan"] = {**replanned_plan(), "denoiser_replanned": None}  # a resumed run's plan
+    assert budget.denoiser_retime(retime_cfg(), ctx, 0.0, lambda: None) is None
+
+
 def test_under_torchrun_a_budget_is_refused_before_any_process_plans_its_own_steps(tmp_path):
     cfg = {"run": type("Run", (), {"time_budget": 15})()}
     ctx = RunContext(device=torch.device("cpu"), out_dir=Path(tmp_path), world_size=2)
@@ -213,7 +307,10 @@ def test_a_small_budget_on_the_smoke_preset_runs_end_to_end_and_records_its_plan
     assert {s: config[s]["steps"] for s in ("decoder", "diffusion")} == {
         s: plan["steps"][s] for s in ("decoder", "diffusion")
     }
-    assert plan["denoiser_replanned"]["steps"] == plan["steps"]["diffusion"]  # planned again as it started
+    retimed = plan["denoiser_retimed"]  # planned again as it started, then its total fixed from its own steps
+    assert plan["denoiser_replanned"]["steps"] == retimed["from_steps"]
+    assert retimed["steps"] == plan["steps"]["diffusion"] == config["diffusion"]["steps"]
+    assert retimed["at_step"] < config["diffusion"]["warmup_steps"] and "its calibrated pace said" in proc.stderr
     assert plan["total_seconds"] <= minutes * 60 and f"time plan for {minutes:g} minutes:" in proc.stderr
     assert "planned / real minutes" in proc.stderr and "total" in config["run_facts"]["time_plan_real_seconds"]
     metrics = (out / "metrics_diffusion.jsonl").read_text().splitlines()
