@@ -59,7 +59,9 @@ WARMUP_STEPS, TIMED_STEPS = 2, 5  # calibration steps of each stage: discarded, 
 # training-set-sized encoder passes
 LOOP_OVERHEAD = 1.15
 ENCODER_PASSES = 4
-FIGURE_BATCHES = 6  # the figures' cost in guided sampling batches of 64 (cpu preset, 2-core EPYC: 28 s, about 5)
+# the figures' cost in guided sampling batches of 64 (cpu preset, 2-core EPYC, two budgeted runs: 26 s and 21 s, 4.4
+# and 3.9 of the batches their calibration timed)
+FIGURE_BATCHES = 4
 DENOISER_ENCODER_PASSES = 2  # of ENCODER_PASSES, the denoiser's (the set and its mirror); the VAE's and decoder's: 1
 PACE_LIMITS = (0.5, 2.0)  # the re-plan trusts the earlier stages' pace within these (a paused laptop is not a pace)
 SAFETY = 0.97  # the plan fills this share of the budget: the rest absorbs the machine's jitter
