@@ -43,7 +43,7 @@ from checkpoints import (
 from errors import UserInputError
 from models import ConditionalDenoiseDiffusion, ConditionalUNet, SimpleAutoencoder, generate_class_samples
 from models.compiled import compile_mode
-from training.loop import Retime
+from training.loop import Retime, clock
 from training.perceptual import load_perceptual_loss
 from training.timing import Variant, decoder_step_fn, diffusion_step_fn, vae_step_fn
 
@@ -53,6 +53,7 @@ STAGES = ("vae", "decoder", "diffusion")
 KNEE = 0.5  # the share of its preset's steps the VAE and the decoder stage keep before the denoiser's share shrinks
 FLOOR = 0.25  # no stage below a quarter of its preset's steps (the cpu preset's VAE then sees 1.2 epochs)
 WARMUP_STEPS, TIMED_STEPS = 2, 5  # calibration steps of each stage: discarded, then timed
+WARMUP_SAMPLER_STEPS = 2  # the figures' calibration: a batch of this many sampler steps, then one batch timed
 # Measured on the cpu preset (2-core EPYC, 2026-12-06; docs/time_budget.md): the stages' steps in the real loop
 # (data, EMA, logging, checkpoints) took 1.07x (VAE), 1.09x (decoder stage) and 1.24x (denoiser) the calibrated step;
 # counting 1.15x, the stages spent 27 s beyond their planned steps (encoding, evaluation, saving): about 4
@@ -158,7 +159,8 @@ def make_plan(budget_min: float, elapsed_s: float, speeds: Speeds, preset: dict,
 
 def calibrate(cfg: dict, ctx, stages: tuple[str, ...], n_images: int, figures: bool) -> Speeds:
     """Time each of `stages` at its batch, precision and compile mode on this machine, the encoder over `n_images`
-    ENCODER_PASSES times, and (with `figures`) the figures as FIGURE_BATCHES guided sampling batches of 64."""
+    ENCODER_PASSES times, and (with `figures`) the figures as FIGURE_BATCHES guided sampling batches of 64 (one batch is
+    timed: at seconds a batch, the steps' warm-up and repeats would make the figures most of the calibration)."""
 
     start, device, step_s, extra = time.perf_counter(), ctx.device, {}, {}
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # the run's RNG stays untouched
@@ -182,12 +184,14 @@ def calibrate(cfg: dict, ctx, stages: tuple[str, ...], n_images: int, figures: b
         with torch.no_grad():
             encode_s = time_steps(lambda: ae.encode(x), device)[0] / 64
         sample_s = 0.0
-        if figures:
+        if figures:  # one batch, timed once after a short one of the same shapes (a batch costs seconds, a step not)
             diffusion = ConditionalDenoiseDiffusion(ConditionalUNet().to(device).eval(), device=device)
             options = cfg["sample"].options()
-            sample_s = time_steps(
-                lambda: generate_class_samples(ae, diffusion, 0, 64, options=options, seed=0), device
-            )[0]
+            draw = lambda opts: generate_class_samples(ae, diffusion, 0, 64, options=opts, seed=0)  # noqa: E731
+            draw(options.replace(steps=WARMUP_SAMPLER_STEPS))
+            began = clock(device)
+            draw(options)
+            sample_s = clock(device) - began
     return Speeds(
         step_seconds=step_s,
         first_step_extra=extra,
@@ -209,22 +213,16 @@ def graph_step(step):
 
 def time_steps(step, device: torch.device) -> tuple[float, float]:
     """(seconds of a steady step, the first call's extra seconds) of `step()`: WARMUP_STEPS discarded after the first,
-    then TIMED_STEPS timed (synchronised on CUDA)."""
-
-    def clock() -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return time.perf_counter()
-
-    start = clock()
+    then TIMED_STEPS timed."""
+    start = clock(device)
     step()
-    first = clock() - start
+    first = clock(device) - start
     for _ in range(WARMUP_STEPS):
         step()
-    start = clock()
+    start = clock(device)
     for _ in range(TIMED_STEPS):
         step()
-    steady = (clock() - start) / TIMED_STEPS
+    steady = (clock(device) - start) / TIMED_STEPS
     return steady, max(0.0, first - steady)
 
 

@@ -152,9 +152,10 @@ class Retime:
     decide: Callable[[int, float], int]
 
 
-def _clock(ctx: RunContext) -> float:
-    if ctx.device.type == "cuda":
-        torch.cuda.synchronize(ctx.device)  # the steps queued so far have run
+def clock(device: torch.device) -> float:
+    """time.perf_counter() once the work queued on `device` has run (synchronised on CUDA)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     return time.perf_counter()
 
 
@@ -190,9 +191,9 @@ def run_steps(
             step += 1
             bar.update(1)
             if retime is not None and step == retime.start:
-                started = _clock(ctx)
+                started = clock(ctx.device)
             elif retime is not None and step == retime.at:
-                total = retime.decide(step, (_clock(ctx) - started) / (retime.at - retime.start))
+                total = retime.decide(step, (clock(ctx.device) - started) / (retime.at - retime.start))
                 bar.total = total
                 bar.refresh()
             if step % ctx.log_every == 0 or step % ctx.checkpoint_every == 0 or step == total:

@@ -100,6 +100,24 @@ def test_a_budget_too_small_is_one_line_naming_the_smallest_that_works():
     budget.make_plan(math.ceil(smallest * 10) / 10, 25.0, speeds(), PRESET, {})  # that one is planned
 
 
+def test_the_figures_are_calibrated_on_one_sampling_batch_after_a_short_one(monkeypatch):
+    """A guided batch takes seconds: timed like a training step (a first call, 2 discarded, 5 timed) it was most of
+    the calibration. Now a batch of a few sampler steps warms up the same shapes and one full batch is timed."""
+    drawn = []
+
+    def draw(autoencoder, diffusion, label, n, options, seed):
+        drawn.append((n, options.step_count))
+        time.sleep(0.001 * options.step_count)
+
+    monkeypatch.setattr(budget, "generate_class_samples", draw)
+    cfg, ctx = {"sample": SampleConfig()}, RunContext(device=torch.device("cpu"), out_dir=Path("."))
+    assert budget.calibrate(cfg, ctx, (), 100, figures=False).figures_seconds == 0 and drawn == []
+    speeds = budget.calibrate(cfg, ctx, (), 100, figures=True)
+    full = cfg["sample"].options().step_count
+    assert drawn == [(64, budget.WARMUP_SAMPLER_STEPS), (64, full)] and budget.WARMUP_SAMPLER_STEPS < full
+    assert speeds.figures_seconds >= budget.FIGURE_BATCHES * 0.001 * full  # the full batch is what was timed
+
+
 def test_fewer_steps_than_the_preset_scale_the_warm_up_and_the_ema_half_life_alike():
     cfg = DiffusionConfig(steps=1750, warmup_steps=100, ema_decay=0.998)
     half = budget.scale_schedules(cfg, 875, 1750)
