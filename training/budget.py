@@ -5,8 +5,8 @@ precision and compile mode (on random data: a step costs the same whatever it ho
 encodes its training set a few times) and one batch of guided samples (the figures). Then each stage gets its steps:
 
 - the VAE and the decoder stage keep their preset's steps while the budget allows; below that they shrink with the
-  budget, but to no less than KNEE of them before the denoiser gives up its share (the VAE's quality knee lies between
-  0.5x and 0.75x of the cpu preset's steps, and the decoder stage has what it gives by half its steps);
+  budget, but to no less than KNEE of them before the denoiser gives up its share (the cpu preset's VAE lost nothing
+  from 900 steps to its 675 and half a feature FD at 450; its decoder stage had what it gives by 500 of 1,000 steps);
 - the denoiser takes the rest (a budget above the preset's time buys denoiser steps: the compute curve's lever);
 - no stage goes below FLOOR of its preset's steps; a budget that cannot give every stage its floor is refused.
 
@@ -50,7 +50,9 @@ from training.timing import Variant, decoder_step_fn, diffusion_step_fn, vae_ste
 log = logging.getLogger(__name__)
 
 STAGES = ("vae", "decoder", "diffusion")
-KNEE = 0.5  # the share of its preset's steps the VAE and the decoder stage keep before the denoiser's share shrinks
+# the share of its preset's steps the VAE and the decoder stage keep before the denoiser's share shrinks further (at
+# 0.5 for both, a 20-minute budget gave them 0.70x and cost the cats 0.44 feature FD: docs/time_budget.md)
+KNEE = {"vae": 0.9, "decoder": 0.7}
 FLOOR = 0.25  # no stage below a quarter of its preset's steps (the cpu preset's VAE then sees 1.2 epochs)
 WARMUP_STEPS, TIMED_STEPS = 2, 5  # calibration steps of each stage: discarded, then timed
 WARMUP_SAMPLER_STEPS = 2  # the figures' calibration: a batch of this many sampler steps, then one batch timed
@@ -106,7 +108,7 @@ def plan_steps(budget_s: float, step_s: dict[str, float], preset: dict[str, int]
     steps = {s: n for s, n in fixed.items() if s in step_s}
     if "diffusion" not in free:  # the denoiser's steps are given: the others share the budget alike
         return {**steps, **{s: max(lowest[s], math.floor(share * preset[s])) for s in free}}
-    before = {s: preset[s] * min(1.0, max(share, KNEE)) for s in free if s != "diffusion"}
+    before = {s: preset[s] * min(1.0, max(share, KNEE[s])) for s in free if s != "diffusion"}
     denoiser = (spare - cost(before)) / step_s["diffusion"]
     if denoiser < lowest["diffusion"]:  # give the denoiser its floor: the others shrink toward theirs, alike
         need = (lowest["diffusion"] - denoiser) * step_s["diffusion"]

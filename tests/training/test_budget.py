@@ -36,12 +36,18 @@ def test_the_preset_s_own_time_plans_the_preset_and_more_time_goes_to_the_denois
     assert cost(doubled) <= 2 * cost(PRESET)
 
 
-def test_a_smaller_budget_shrinks_every_stage_alike_down_to_the_knee_then_the_denoiser_gives():
-    plan = budget.plan_steps(0.7 * cost(PRESET), SPEED, PRESET, {})
-    assert all(abs(plan[s] - 0.7 * n) <= 1 for s, n in PRESET.items())
-    small = budget.plan_steps(0.4 * cost(PRESET), SPEED, PRESET, {})
-    assert small["vae"] == math.floor(0.5 * 675) and small["decoder"] == math.floor(0.5 * 700)  # held at the knee
-    assert 0.25 * 1750 <= small["diffusion"] < 0.4 * 1750 and cost(small) <= 0.4 * cost(PRESET)
+def test_a_smaller_budget_shrinks_every_stage_alike_down_to_a_knee_then_the_denoiser_gives():
+    plan = budget.plan_steps(0.95 * cost(PRESET), SPEED, PRESET, {})
+    assert all(abs(plan[s] - 0.95 * n) <= 1 for s, n in PRESET.items())
+    plan = budget.plan_steps(0.65 * cost(PRESET), SPEED, PRESET, {})
+    knees = {s: math.floor(budget.KNEE[s] * PRESET[s]) for s in ("vae", "decoder")}
+    assert knees == {"vae": 607, "decoder": 489} and {s: plan[s] for s in knees} == knees  # held at their knees
+    rest = (0.65 * cost(PRESET) - cost(knees)) / SPEED["diffusion"]  # the denoiser takes what they leave
+    assert rest - 2 <= plan["diffusion"] <= rest < 0.65 * 1750 and cost(plan) <= 0.65 * cost(PRESET)
+    small = budget.plan_steps(0.45 * cost(PRESET), SPEED, PRESET, {})  # the knees would leave the denoiser < its floor
+    floors = budget.floors(PRESET)
+    assert small["diffusion"] == floors["diffusion"] and cost(small) <= 0.45 * cost(PRESET)
+    assert all(floors[s] < small[s] < knees[s] for s in knees)
 
 
 def test_near_the_floors_the_others_shrink_so_the_denoiser_keeps_its_floor():
