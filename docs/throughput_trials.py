@@ -1,6 +1,6 @@
 """The CPU throughput levers of a training step, each against the stage as it runs today, interleaved in one process.
 
-    python docs/throughput_trials.py [--rounds 3] [--steps 6] [--stage denoiser|vae|decoder|capacity|all]
+    python docs/throughput_trials.py [--rounds 3] [--steps 6] [--stage denoiser|vae|decoder|capacity|conv|precision|all]
 
 Each variant is one change (training/timing.py's `Variant`) to the step that `benchmark.py` times (bf16 autocast where the
 CPU has native bf16, fused AdamW, batch 128 for the denoiser and 64 for the VAE and the decoder stage): fp32,
@@ -8,8 +8,10 @@ channels_last, torch.compile (inductor; its compilation is excluded, it runs in 
 together, the foreach AdamW instead of the fused one, one thread, other batch sizes and, for the denoiser, narrower
 networks; (`--stage capacity`) the decoder stage's step with larger decoders and other PatchGAN widths; and
 (`--stage conv`) every 3x3 convolution of the denoiser, grouped by grid, forward and backward through oneDNN against
-two matrix-multiply forms of it. Rounds interleave the variants, so a machine that slows down mid-run slows them
-all; the table gives the median rate over rounds and its ratio to today's step (the first row).
+two matrix-multiply forms of it; (`--stage precision`) the same convolutions in fp32 and in bf16, NCHW and
+channels_last (on a CPU with native bf16: what bf16 buys a convolution, against what it buys the step). Rounds
+interleave the variants, so a machine that slows down mid-run slows them all; the table gives the median rate over
+rounds and its ratio to today's step (the first row).
 Numbers from one run only compare within it.
 """
 
@@ -149,6 +151,49 @@ CONV_FORMS = {"oneDNN (F.conv2d)": lambda x, w, b: F.conv2d(x, w, b, padding=1),
 CONV_FORMS["dense matmul"] = dense_conv
 
 
+def conv_seconds(form, batch, c_in, c_out, side, rounds, steps, dtype=torch.float32, layout=torch.contiguous_format):
+    """Median seconds of one forward + backward of `form` on a (batch, c_in, side, side) input, after a warm-up."""
+    x = torch.randn(batch, c_in, side, side, dtype=dtype).to(memory_format=layout).requires_grad_()
+    w = (torch.randn(c_out, c_in, 3, 3) * 0.05).to(dtype).to(memory_format=layout).requires_grad_()
+    b = torch.zeros(c_out, dtype=dtype, requires_grad=True)
+    form(x, w, b).sum().backward()  # warm-up
+    per_round = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(steps):
+            form(x, w, b).sum().backward()
+        per_round.append((time.perf_counter() - start) / steps)
+    return statistics.median(per_round)
+
+
+PRECISIONS = {
+    "fp32": (torch.float32, torch.contiguous_format),
+    "bf16": (torch.bfloat16, torch.contiguous_format),
+    "bf16 channels_last": (torch.bfloat16, torch.channels_last),
+}
+
+
+def precision_trials(batch: int, rounds: int, steps: int) -> None:
+    """The denoiser's 3x3 convolutions by grid through oneDNN, forward + backward, in fp32 and in bf16 (NCHW and
+    channels_last): what bf16 buys the convolutions on this CPU, to set against what it buys the whole step."""
+    shapes = conv_shapes(batch)
+    print(f"\n## the denoiser's 3x3 convolutions by precision, forward + backward, batch {batch}")
+    print("(ms a step, median; GFLOP/s counts the 3 multiplies of forward and backward over every tap)\n")
+    print(f"| grid | convolutions | {' | '.join(PRECISIONS)} |")
+    print("|---|---|" + "---|" * len(PRECISIONS))
+    conv = CONV_FORMS["oneDNN (F.conv2d)"]
+    for side in sorted({s for _, _, s in shapes}, reverse=True):
+        here = [s for s in shapes if s[2] == side]
+        flops = sum(3 * 2 * batch * c_in * c_out * 9 * side * side for c_in, c_out, _ in here)
+        cells = []
+        for dtype, layout in PRECISIONS.values():
+            total = sum(
+                conv_seconds(conv, batch, c_in, c_out, side, rounds, steps, dtype, layout) for c_in, c_out, _ in here
+            )
+            cells.append(f"{1000 * total:.0f} ({flops / total / 1e9:.0f} GFLOP/s)")
+        print(f"| {side}x{side} | {len(here)} | {' | '.join(cells)} |", flush=True)
+
+
 def conv_trials(batch: int, rounds: int, steps: int) -> None:
     """Each form's forward + backward time, summed over the denoiser's convolutions on each grid (ms a step)."""
     shapes = conv_shapes(batch)
@@ -161,19 +206,7 @@ def conv_trials(batch: int, rounds: int, steps: int) -> None:
         for label, form in CONV_FORMS.items():
             if label == "dense matmul" and side > 4:  # its matrix grows with the grid squared: 8x8 is 64x a 1x1's
                 continue
-            total = 0.0
-            for c_in, c_out, _ in here:
-                x = torch.randn(batch, c_in, side, side, requires_grad=True)
-                w = (torch.randn(c_out, c_in, 3, 3) * 0.05).requires_grad_()
-                b = torch.zeros(c_out, requires_grad=True)
-                form(x, w, b).sum().backward()  # warm-up
-                per_round = []
-                for _ in range(rounds):
-                    start = time.perf_counter()
-                    for _ in range(steps):
-                        form(x, w, b).sum().backward()
-                    per_round.append((time.perf_counter() - start) / steps)
-                total += statistics.median(per_round)
+            total = sum(conv_seconds(form, batch, c_in, c_out, side, rounds, steps) for c_in, c_out, _ in here)
             times[label] = f"{1000 * total:.0f}"
         cells = " | ".join(times.get(label, "-") for label in CONV_FORMS)
         print(f"| {side}x{side} | {len(here)} | {cells} |", flush=True)
@@ -208,7 +241,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=6)
-    parser.add_argument("--stage", choices=("denoiser", "vae", "decoder", "capacity", "conv", "all"), default="all")
+    parser.add_argument("--stage", choices=("denoiser", "vae", "decoder", "capacity", "conv", "precision", "all"), default="all")
     args = parser.parse_args()
     amp = native_bf16(CPU)
     print(f"torch {torch.__version__}, bf16 autocast (today's setting) {amp}")
@@ -225,6 +258,8 @@ def main() -> None:
         run("decoder-stage step by decoder size, images/s", capacity(decoder_step, amp), args.rounds, args.steps)
     if args.stage in ("conv", "all"):
         conv_trials(128, args.rounds, args.steps)
+    if args.stage in ("precision", "all"):
+        precision_trials(128, args.rounds, args.steps)
 
 
 if __name__ == "__main__":

@@ -89,3 +89,11 @@ def test_the_matrix_multiply_forms_of_a_convolution_equal_it_in_value_and_gradie
     shapes = trials.conv_shapes(batch=2)
     assert {side for _, _, side in shapes} == {8, 4, 2}  # the denoiser's three grids
     assert (256, 256, 2) in shapes and (64, 64, 8) in shapes
+
+
+def test_the_precision_trials_time_every_grid_in_every_precision(capsys):
+    trials = load_trials()
+    trials.precision_trials(batch=2, rounds=1, steps=1)
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "GFLOP/s" in line]
+    assert [row.split("|")[1].strip() for row in rows] == ["8x8", "4x4", "2x2"]
+    assert all(row.count("GFLOP/s") == len(trials.PRECISIONS) == 3 for row in rows)
