@@ -71,10 +71,12 @@ SAFETY = 0.97  # the plan fills this share of the budget: the rest absorbs the m
 # the denoiser's re-plan fills this share: only its own minutes are left to guess, and in five runs on the development
 # machine the earlier stages' pace over-estimated its slowdown three times, and under-estimated it once, by 3%
 REPLAN_SAFETY = 0.99
-# the denoiser times its own steps RETIME_STEPS[0] + 1 to RETIME_STEPS[1] in its loop (within its warm-up, so the total
-# fixed then trains as if given up front) and fixes its total from that pace: in five 15-minute runs on the
-# development machine its loop ran at 0.38-0.41 s a step while the calibration's five steps said 0.30-0.42
-RETIME_STEPS = (3, 40)
+# the denoiser times its own steps from RETIME_START + 1 to the last of its warm-up in its loop (within the warm-up, so
+# the total fixed then trains as if given up front) and fixes its total from that pace: in five 15-minute runs on the
+# development machine its loop ran at 0.38-0.41 s a step while the calibration's five steps said 0.30-0.42. The machine's
+# pace swings by 15% over a few minutes; in four runs, steps 4-40 were off the rest's pace by 4.5%, 7%, 4.6% and 17%,
+# the whole warm-up by 9%, 0.8%, 6% and 10% (docs/time_budget.md): the longer window, the less it is a snapshot
+RETIME_START = 3
 
 
 @dataclass
@@ -390,8 +392,8 @@ def denoiser_retime(cfg: dict, ctx, started: float, on_change: Callable[[], None
     plan, c = ctx.extra.get("time_plan"), cfg["diffusion"]
     if plan is None or not plan.get("denoiser_replanned") or "denoiser_retimed" in plan or c.guide:
         return None
-    at = min(RETIME_STEPS[1], c.warmup_steps - 1)
-    start = min(RETIME_STEPS[0], at - 1)
+    at = c.warmup_steps - 1
+    start = min(RETIME_START, at - 1)
     if start < 1:
         return None
 
