@@ -73,9 +73,9 @@ SAFETY = 0.97  # the plan fills this share of the budget: the rest absorbs the m
 REPLAN_SAFETY = 0.99
 # the denoiser times its own steps from RETIME_START + 1 to the last of its warm-up in its loop (within the warm-up, so
 # the total fixed then trains as if given up front) and fixes its total from that pace: in five 15-minute runs on the
-# development machine its loop ran at 0.38-0.41 s a step while the calibration's five steps said 0.30-0.42. The machine's
-# pace swings by 15% over a few minutes; in four runs, steps 4-40 were off the rest's pace by 4.5%, 7%, 4.6% and 17%,
-# the whole warm-up by 9%, 0.8%, 6% and 10% (docs/time_budget.md): the longer window, the less it is a snapshot
+# development machine its loop ran at 0.38-0.41 s a step while the calibration's five steps said 0.30-0.42. The
+# machine's pace swings by 15% over a few minutes; in six runs, steps 4-40 were off the rest's pace by 4-21% (17% and
+# 21% in two), the whole warm-up by 1-14% (docs/time_budget.md): the longer window, the less it is a snapshot
 RETIME_START = 3
 
 
