@@ -322,7 +322,8 @@ PRESETS: dict[str, dict[str, dict]] = {
         "vae": {"steps": 675, "batch_size": 64, "lr": 2e-3, "warmup_steps": 50, "perceptual_weight": 0.0},
         "decoder": {"steps": 700, "batch_size": 64},
         # Min-SNR-5: shape FD 0.78 / 0.69 and 0.92 / 0.64 at two training seeds against plain MSE's 0.91 / 0.76 and
-        # 0.96 / 0.73 (docs/shape_yardstick.md); not measured at the default preset's compute, which keeps plain MSE
+        # 0.96 / 0.73 (docs/shape_yardstick.md; a gamma of 2 lost the gain, 10 tied with the cats' colour FD at 27);
+        # not measured at the default preset's compute, which keeps plain MSE
         "diffusion": {
             "steps": 1750,
             "batch_size": 128,
