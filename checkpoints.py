@@ -20,7 +20,6 @@ DIFFUSION_FILE = "conditional_diffusion_final.pt"
 VAE_STATE_FILE = "vae_train_state.pt"
 DECODER_STATE_FILE = "decoder_train_state.pt"  # the decoder stage's training state
 DIFFUSION_STATE_FILE = "diffusion_train_state.pt"
-GUIDE_STATE_FILE = "guide_train_state.pt"  # the autoguidance network's training state
 SPLIT_FILE = "split.json"  # the data and split the VAE stage trained on (written by that stage only)
 
 

@@ -32,7 +32,7 @@ def point(run: Path, name: str) -> dict:
         "latents": diffusion["steps"] * diffusion["batch_size"],
         "samples": result["samples"],
         "blur": result["calibration"]["blurred, sigma 0.7"],
-        "guidance": f"{result['sampling']['guidance']} {result['sampling']['guidance_scale']:g}",
+        "guidance": f"{result['sampling'].get('guidance', 'cfg')} {result['sampling']['guidance_scale']:g}",
         "ceiling": json.loads(diagnosed.read_text())["judge_rows"][CEILING] if diagnosed.is_file() else None,
     }
 

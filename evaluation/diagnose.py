@@ -108,7 +108,7 @@ def judge_image_sets(autoencoder, diffusion, bank, held_z, held: Split, n: int, 
     originals = len(z_bank) // 2  # the bank holds the training latents, then their mirrors
     train_z = [z_bank[:originals][y_bank[:originals] == c][:n] for c in classes]
     gaussian_z = [ClassGaussian.fit(z_bank[y_bank == c]).sample(n, gen).float() for c in classes]
-    options = options.resolve(diffusion.model)
+    options = options.resolve()
     sample_gen = torch.Generator(diffusion.device).manual_seed(seed)
 
     def samples(opts: SamplingOptions) -> list[torch.Tensor]:
@@ -247,7 +247,7 @@ def diagnose_run(
         "verdict": verdict(rows, summary),
         "samples_per_class": n,
         "scored_per_class": scored,
-        "sampling": dataclasses.asdict(options.resolve(diffusion.model)),
+        "sampling": dataclasses.asdict(options.resolve()),
         "seed": seed,
     }
     (out_dir / "diagnose.json").write_text(json.dumps(_finite(result), indent=2))

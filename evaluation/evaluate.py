@@ -247,7 +247,7 @@ def evaluate_run(
         "calibration": calibration,
         "metric_sees_failures": blind_check(calibration),
         "sampling": {
-            **dataclasses.asdict(options.resolve(diffusion.model)),
+            **dataclasses.asdict(options.resolve()),
             "samples_per_class": eval_cfg.samples_per_class,
             "images_per_s": rate,
             "s_per_1000_images": 1000 / rate,
@@ -341,7 +341,7 @@ def format_table(result: dict) -> str:
         f"judge: {len(judge['classes'])}-way classifier trained on {judge['source']}; accuracy on held-out images "
         f"{acc['overall']:.1%} ({per_class})",
         *_shape_judge_line(result),
-        f"sampling: {smp['sampler']} {smp['steps']} steps, eta {smp['eta']}, {smp['guidance']} {smp['guidance_scale']} "
+        f"sampling: {smp['sampler']} {smp['steps']} steps, eta {smp['eta']}, guidance {smp['guidance_scale']} "
         f"for t/T in {list(smp['guidance_interval'])}, "
         f"{smp['samples_per_class']} per class, {smp['s_per_1000_images']:.1f} s per 1000 images on {smp['device']}",
         "per class (cat / dog), in the judge's features against the held-out images of the class (copies: the share "

@@ -69,8 +69,7 @@ def sampler_timesteps(sampler: str, alphas_cumprod: torch.Tensor, steps: int) ->
 TIMESTEP_SAMPLING = ("uniform", "lognormal")
 LOGNORMAL_MEAN, LOGNORMAL_STD = -1.2 + math.log(2.0), 1.2
 
-GUIDANCE = ("cfg", "autoguidance")
-DEFAULT_SCALE = {"cfg": 3.0, "autoguidance": 3.0}  # measured best (README); 1.0 = no guidance for either
+DEFAULT_SCALE = 3.0  # classifier-free guidance's scale, measured best (README); 1.0 = no guidance
 DEFAULT_STEPS = {"heun": 18, "ddim": 50, "ddpm": 50}  # Heun: 18 noise levels, 35 network calls (EDM's CIFAR-10)
 
 
@@ -80,16 +79,13 @@ class SamplingOptions:
     (`generate_class_samples`, `ConditionalDenoiseDiffusion.sample`, the CLI's `--sampler` ... flags).
     The defaults are the best measured with `python main.py evaluate` (README).
 
-    Guidance: "cfg" is classifier-free guidance, eps_u + s (eps_c - eps_u) (Ho & Salimans 2022); "autoguidance"
-    guides the denoiser with a weaker version of itself, eps_weak + s (eps - eps_weak) (Karras et al. 2024), which
-    needs the guide network that `--diffusion-guide` training stores in the denoiser's file. `guidance_scale` None
-    means DEFAULT_SCALE of the kind used, `steps` None DEFAULT_STEPS of the sampler."""
+    Guidance is classifier-free, eps_u + s (eps_c - eps_u) (Ho & Salimans 2022). `guidance_scale` None means
+    DEFAULT_SCALE, `steps` None DEFAULT_STEPS of the sampler."""
 
     sampler: str = "heun"  # a key of SAMPLERS
     steps: int | None = None  # reverse steps (the sampler's timesteps, sampler_timesteps); None: DEFAULT_STEPS
     eta: float = 1.0  # DDIM's stochasticity: 0 deterministic, 1 the DDPM posterior's variance (Heun: deterministic)
-    guidance: str = "cfg"  # one of GUIDANCE
-    guidance_scale: float | None = None  # None: DEFAULT_SCALE[kind]; 1.0 = no guidance
+    guidance_scale: float | None = None  # None: DEFAULT_SCALE; 1.0 = no guidance
     guidance_interval: tuple[float, float] = (0.0, 1.0)  # guide only where t / n_steps lies in [lo, hi]
 
     def replace(self, **changes) -> "SamplingOptions":
@@ -105,19 +101,10 @@ class SamplingOptions:
         """The number of reverse steps: `steps`, or the sampler's default."""
         return DEFAULT_STEPS.get(self.sampler, 50) if self.steps is None else self.steps
 
-    def resolve(self, model: nn.Module) -> "SamplingOptions":
-        """These options with the guidance scale and the steps filled in; autoguidance needs a model that carries a
-        guide."""
-        kind = self.guidance
-        if kind == "autoguidance" and getattr(model, "guide", None) is None:
-            err = UserInputError(
-                "guidance autoguidance needs the guide network that training with --diffusion-guide stores in the "
-                "denoiser's file, and this file has none: use cfg"
-            )
-            err.option = "guidance"
-            raise err
-        scale = DEFAULT_SCALE[kind] if self.guidance_scale is None else self.guidance_scale
-        return dataclasses.replace(self, guidance=kind, guidance_scale=scale, steps=self.step_count)
+    def resolve(self) -> "SamplingOptions":
+        """These options with the guidance scale and the steps filled in."""
+        scale = DEFAULT_SCALE if self.guidance_scale is None else self.guidance_scale
+        return dataclasses.replace(self, guidance_scale=scale, steps=self.step_count)
 
     def validate(self, n_steps: int) -> None:
         """Raise a UserInputError (its `option` names the field) for a value out of range."""
@@ -132,7 +119,6 @@ class SamplingOptions:
                 f"must be an integer in [1, {n_steps}]",
             ),
             "eta": (0.0 <= self.eta <= 1.0, "must be in [0, 1]"),
-            "guidance": (self.guidance in GUIDANCE, f"must be one of {', '.join(GUIDANCE)}"),
             "guidance_scale": (
                 math.isfinite(scale) and scale >= 0.0,
                 "must be >= 0 and finite (1.0 = no guidance)",
@@ -229,12 +215,9 @@ class ConditionalDenoiseDiffusion:
         a = self.alphas_cumprod[t][:, None]
         return a.sqrt() * eps - (1 - a).sqrt() * z0
 
-    def to_eps(
-        self, out: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor, prediction: str | None = None
-    ) -> torch.Tensor:
-        """A network's output at (z_t, t) as a noise prediction: eps = sqrt(1 - a) z_t + sqrt(a) v for v.
-        `prediction` is that network's (default: the model's)."""
-        if (prediction or self.prediction) == "eps":
+    def to_eps(self, out: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The model's output at (z_t, t) as a noise prediction: eps = sqrt(1 - a) z_t + sqrt(a) v for v."""
+        if self.prediction == "eps":
             return out
         a = self.alphas_cumprod[t][:, None]
         return (1 - a).sqrt() * z_t + a.sqrt() * out
@@ -300,20 +283,13 @@ class ConditionalDenoiseDiffusion:
         t: torch.Tensor,
         y: torch.Tensor,
         guidance_scale: float = 1.0,
-        guidance: str = "cfg",
         z0_hat: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Noise prediction, guided. "cfg": eps_u + s * (eps_c - eps_u), classifier-free (for a v-predicting model the
-        guidance is applied to v, which gives the same eps: the map is affine). "autoguidance": eps_g + s * (eps -
-        eps_g), with eps_g from the model's small guide network (Karras et al. 2024). s = 1 is plain conditional.
+        """Noise prediction with classifier-free guidance, eps_u + s * (eps_c - eps_u) (for a v-predicting model the
+        guidance is applied to v, which gives the same eps: the map is affine); s = 1 is plain conditional.
         `z0_hat`: a self-conditioned model's earlier estimate of z_0, given to every branch (None: none yet)."""
         if guidance_scale == 1.0:
             return self.to_eps(self._forward(z_t, t, y, z0_hat), z_t, t)
-        if guidance == "autoguidance":
-            guide = self.model.guide
-            weak = guide(z_t, t, y, z0_hat) if getattr(guide, "self_condition", False) else guide(z_t, t, y)
-            weak = self.to_eps(weak, z_t, t, guide.prediction)
-            return weak + guidance_scale * (self.to_eps(self._forward(z_t, t, y, z0_hat), z_t, t) - weak)
         null = torch.full_like(y, self.model.null_class)
         both = None if z0_hat is None else torch.cat([z0_hat, z0_hat])
         out_c, out_u = self._forward(torch.cat([z_t, z_t]), torch.cat([t, t]), torch.cat([y, null]), both).chunk(2)
@@ -334,7 +310,7 @@ class ConditionalDenoiseDiffusion:
         `options` (default: SamplingOptions()) with `changes` (e.g. steps=20) say."""
         options = (options or SamplingOptions()).replace(**changes)
         options.validate(self.n_steps)
-        options = options.resolve(self.model)
+        options = options.resolve()
         if z_T is None:
             z_T = torch.randn((len(y), self.model.latent_dim), device=self.device, generator=generator)
 
@@ -344,7 +320,7 @@ class ConditionalDenoiseDiffusion:
         def eps_fn(z: torch.Tensor, t: int) -> torch.Tensor:
             scale = options.guidance_scale if options.guided(t, self.n_steps) else 1.0
             t_batch = torch.full((len(z),), t, device=z.device, dtype=torch.long)
-            eps = self.predict_eps(z, t_batch, y, scale, options.guidance, last_z0[0])
+            eps = self.predict_eps(z, t_batch, y, scale, last_z0[0])
             if self.self_conditioned:
                 last_z0[0] = self.to_z0(eps, z, t_batch)
             return eps

@@ -96,31 +96,18 @@ class ConditionalUNet(nn.Module):
             raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
         self.config["prediction"] = prediction
         self.process: dict = {}  # the diffusion process it was trained in (n_steps, schedule, ...), set by training
-        self.guide: ConditionalUNet | None = None  # a smaller, less trained denoiser for autoguidance (attach_guide)
-        self._register_load_state_dict_pre_hook(self._build_guide, with_module=True)
-
-    def attach_guide(self, guide: "ConditionalUNet | None") -> None:
-        """Carry `guide` (a weaker denoiser of the same latents: autoguidance, Karras et al. 2024) in this network's
-        state dict, under "guide."; forward never calls it. None removes it."""
-        if guide is not None and (guide.latent_dim, guide.num_classes) != (self.latent_dim, self.num_classes):
-            raise ValueError("a guide must denoise the same latents and classes")
-        self.guide = guide
+        self._register_load_state_dict_pre_hook(self._drop_guide)
 
     @staticmethod
-    def _build_guide(module, state_dict, prefix, *args) -> None:
-        """A file that carries a guide network: build it from its recorded config before its weights load."""
-        key = prefix + "guide._extra_state"
-        if key in state_dict:
-            config = state_dict[key]["config"]
-            module.guide = ConditionalUNet(**config).to(next(module.parameters()).device)
-        elif any(k.startswith(prefix + "guide.") for k in state_dict):
-            raise ValueError("the file's guide network has no recorded config")
-        else:
-            module.guide = None
+    def _drop_guide(state_dict, prefix, *args) -> None:
+        """Files of earlier versions may carry an autoguidance network under "guide." (an option that lost: README);
+        its weights are left unread."""
+        for key in [k for k in state_dict if k.startswith(prefix + "guide.")]:
+            del state_dict[key]
 
     # Files carry the constructor arguments and the process under "_extra_state" (nn.Module's own mechanism, read by
     # torch.load(weights_only=True)): a file rebuilds its network, and its process, without flags.
-    optional_state_prefixes = ("guide.",)  # the guide network, in files that carry one
+    optional_state_prefixes = ("guide.",)  # an earlier version's autoguidance network, in files that carry one
     config_set_by_file = ("prediction",)  # loading a file sets it; the rest of the config must match
 
     def get_extra_state(self) -> dict:

@@ -51,7 +51,6 @@ TINY_RUN = [
     "4",
     "--sample-steps",
     "4",
-    "--diffusion-guide",  # the tiny run also trains and stores the autoguidance network
 ]
 
 

@@ -386,11 +386,10 @@ def retime_denoiser(plan: dict, elapsed_s: float, step: int, step_s: float) -> d
 def denoiser_retime(cfg: dict, ctx, started: float, on_change: Callable[[], None]) -> Retime | None:
     """For a denoiser planned again as its stage started (`follow_budget_at_denoiser`): the loop's `Retime`, which
     times its steps within the warm-up and then sets its total (`retime_denoiser`) in `cfg` and in the plan, records
-    the change and calls `on_change()` (which writes config.json). None otherwise, and for a denoiser trained with its
-    guide (whose file records the steps it was trained for), or a warm-up too short to time in. `started`: the
-    command's start (time.perf_counter())."""
+    the change and calls `on_change()` (which writes config.json). None otherwise, and for a warm-up too short to time
+    in. `started`: the command's start (time.perf_counter())."""
     plan, c = ctx.extra.get("time_plan"), cfg["diffusion"]
-    if plan is None or not plan.get("denoiser_replanned") or "denoiser_retimed" in plan or c.guide:
+    if plan is None or not plan.get("denoiser_replanned") or "denoiser_retimed" in plan:
         return None
     at = c.warmup_steps - 1
     start = min(RETIME_START, at - 1)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from errors import UserInputError
 from models.compiled import COMPILE_MODES
-from models.diffusion import GUIDANCE, PROCESS_DEFAULTS, SCHEDULES, TIMESTEP_SAMPLING, SamplingOptions
+from models.diffusion import PROCESS_DEFAULTS, SCHEDULES, TIMESTEP_SAMPLING, SamplingOptions
 from models.samplers import SAMPLERS
 from models.unet import PREDICTIONS
 
@@ -219,12 +219,6 @@ class DiffusionConfig:
     posterior_sample: bool = opt(
         True, "train on z drawn from q(z|x) each step (--no-diffusion-posterior-sample: on its mean mu)"
     )
-    guide: bool = opt(
-        False,
-        "first train a guide network for autoguidance (half the widths, a fraction of the steps) and store it in the "
-        "denoiser's file",
-    )
-    guide_fraction: float = opt(0.25, "the guide's training steps, as a fraction of the denoiser's", "fraction")
     normalize_latents: bool = opt(
         PROCESS_DEFAULTS["normalize_latents"],
         "diffuse latents scaled to unit variance per dimension by the VAE's statistics (recorded in the denoiser file)",
@@ -243,14 +237,8 @@ class SampleConfig:
         flag="--sample-steps",
     )
     eta: float = opt(SAMPLING.eta, "DDIM stochasticity: 0 deterministic, 1 DDPM-like")
-    guidance: str = opt(
-        SAMPLING.guidance,
-        "cfg: classifier-free guidance; autoguidance: guided by the guide network that --diffusion-guide stores in the "
-        "denoiser's file (Karras et al. 2024)",
-        choices=GUIDANCE,
-    )
     guidance_scale: float | None = opt(
-        SAMPLING.guidance_scale, "guidance scale (default: 3 for cfg and autoguidance alike; 1.0 = off)", "non_negative"
+        SAMPLING.guidance_scale, "classifier-free guidance scale (default: 3; 1.0 = off)", "non_negative"
     )
     guidance_interval: tuple[float, float] = opt(
         SAMPLING.guidance_interval,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 import torch
@@ -12,7 +11,7 @@ from models.diffusion import ConditionalDenoiseDiffusion
 from models.batched import encode_images
 from models.unet import ConditionalUNet
 from models.vae import SimpleAutoencoder
-from checkpoints import DIFFUSION_FILE, DIFFUSION_STATE_FILE, GUIDE_STATE_FILE, load_file, save_weights
+from checkpoints import DIFFUSION_FILE, DIFFUSION_STATE_FILE, save_weights
 from errors import UserInputError
 from training.context import RunContext
 from training.loop import Retime, Stage, train_stage
@@ -111,29 +110,6 @@ def train_denoiser(
     return unet.eval()
 
 
-def finished_guide(guide: ConditionalUNet, cfg: DiffusionConfig, ctx: RunContext) -> ConditionalUNet | None:
-    """The guide of an earlier run that was killed while training the denoiser after it (same options): its EMA
-    weights, so it is not trained again; None if there is none to reuse."""
-    path = ctx.out_dir / GUIDE_STATE_FILE
-    if not (ctx.resume and path.is_file()):
-        return None
-    state = load_file(path, ctx.device)
-    if not state.get("done") or state.get("config") != dataclasses.asdict(cfg):
-        return None
-    log.info("reusing the finished guide network in %s", path)
-    guide.load_state_dict(state["ema"]["model"])
-    guide.process = dict(state["ema"]["model"]["_extra_state"]["process"])
-    return guide.eval()
-
-
-def make_guide(unet: ConditionalUNet) -> ConditionalUNet:
-    """The autoguidance network for `unet`: the same design at half the widths (Karras et al. 2024 guide with a
-    smaller, shorter-trained model)."""
-    config = {**unet.config, "hidden_dims": [max(32, w // 2) for w in unet.config["hidden_dims"]]}
-    config["time_emb_dim"] = max(32, config["time_emb_dim"] // 2)
-    return ConditionalUNet(**config).to(next(unet.parameters()).device)
-
-
 def train_diffusion(
     unet: ConditionalUNet,
     autoencoder: SimpleAutoencoder,
@@ -144,33 +120,15 @@ def train_diffusion(
     visualize=None,
     retime: Retime | None = None,
 ) -> ConditionalUNet:
-    """Train the denoiser for cfg.steps (or the total `retime` fixes within its warm-up) on cached latents (and,
-    first, its guide network for cfg.guide_fraction of the steps, unless cfg.guide is off); write the EMA weights,
-    the guide's inside, as the public state dict. `visualize(step, diffusion)` is called every ctx.visualize_every
+    """Train the denoiser for cfg.steps (or the total `retime` fixes within its warm-up) on cached latents; write the
+    EMA weights as the public state dict. `visualize(step, diffusion)` is called every ctx.visualize_every
     steps with a diffusion around the EMA model.
 
     The denoiser's file records the process it is trained in (n_steps, schedule, whether latents are normalised by
     the VAE's statistics): the VAE's file, which the VAE stage owns, is only read here."""
     latents = encode_dataset(autoencoder, train)
-    guide = None
-    if cfg.guide:
-        guide_cfg = dataclasses.replace(cfg, steps=max(1, round(cfg.steps * cfg.guide_fraction)))
-        seed = generator.initial_seed() + 1  # the guide's own randomness: the denoiser's draws stay as without it
-        with torch.random.fork_rng(devices=[]):  # initialised from its seed; the global RNG is left as it was
-            torch.manual_seed(seed)
-            guide = make_guide(unet)
-        guide = finished_guide(guide, guide_cfg, ctx) or train_denoiser(
-            guide,
-            latents,
-            autoencoder,
-            guide_cfg,
-            ctx,
-            torch.Generator(generator.device).manual_seed(seed),
-            ("Guide", GUIDE_STATE_FILE, "metrics_guide.jsonl"),
-        )
     files = ("Diffusion", DIFFUSION_STATE_FILE, "metrics_diffusion.jsonl")
     train_denoiser(unet, latents, autoencoder, cfg, ctx, generator, files, visualize, retime)
-    unet.attach_guide(guide)
     if ctx.is_main:
         save_weights(unet, ctx.out_dir / DIFFUSION_FILE)
     return unet

@@ -306,7 +306,8 @@ def test_one_set_of_sampling_defaults_for_every_entry_point():
     from training.config import SampleConfig
 
     assert SampleConfig().options() == SamplingOptions()
-    assert SamplingOptions().resolve(_Toy()).steps == 18 and SamplingOptions(sampler="ddim").step_count == 50
+    assert SamplingOptions().resolve() == SamplingOptions(guidance_scale=3.0, steps=18)  # classifier-free, scale 3
+    assert SamplingOptions(sampler="ddim").step_count == 50
     for fn in (ConditionalDenoiseDiffusion.sample, generate_class_samples):
         names = set(inspect.signature(fn).parameters)
         assert "options" in names and not names & {"sampler", "steps", "eta", "guidance_scale"}  # no second default
@@ -324,32 +325,6 @@ def test_one_set_of_sampling_defaults_for_every_entry_point():
     direct = diffusion.sample(torch.tensor([1, 1]), generator=torch.Generator().manual_seed(3), steps=7)
     via_public = generate_class_samples(Identity(), diffusion, "dog", 2, seed=3, steps=7)
     assert torch.allclose(via_public.flatten(1), ((direct + 1) / 2).clamp(0, 1))
-
-
-def test_autoguidance_extrapolates_from_the_guide_network_and_needs_one():
-    """Karras et al. 2024: eps_guide + s (eps - eps_guide), with the guide network the denoiser carries."""
-    from models import SamplingOptions
-
-    toy, guide = _Toy(), _Toy()
-    with torch.no_grad():
-        guide.w.fill_(-0.5)
-    guide.prediction = "eps"
-    diffusion = ConditionalDenoiseDiffusion(toy, n_steps=100, device="cpu")
-    assert SamplingOptions().resolve(toy) == SamplingOptions(guidance="cfg", guidance_scale=3.0, steps=18)
-    with pytest.raises(UserInputError, match="no.*guide|guide.*none"):
-        SamplingOptions(guidance="autoguidance").resolve(toy)
-    toy.guide = guide
-    assert SamplingOptions(guidance="autoguidance").resolve(toy).guidance_scale == 3.0
-    assert SamplingOptions().resolve(toy) == SamplingOptions(guidance="cfg", guidance_scale=3.0, steps=18)
-    z, t, y = torch.randn(3, 8), torch.tensor([5, 50, 99]), torch.tensor([0, 1, 0])
-    good, weak = toy(z, t, y), guide(z, t, y)
-    assert torch.allclose(diffusion.predict_eps(z, t, y, 3.0, "autoguidance"), weak + 3.0 * (good - weak), atol=1e-6)
-    assert torch.allclose(diffusion.predict_eps(z, t, y, 1.0, "autoguidance"), good)
-    state = torch.get_rng_state()
-    a = diffusion.sample(y, steps=5, guidance="autoguidance", generator=torch.Generator().manual_seed(0))
-    b = diffusion.sample(y, steps=5, guidance="autoguidance", generator=torch.Generator().manual_seed(0))
-    assert torch.equal(a, b)
-    assert torch.equal(state, torch.get_rng_state())
 
 
 class _SelfConditionedToy(_Toy):
@@ -390,8 +365,8 @@ def test_self_conditioned_sampling_feeds_each_call_the_z0_its_previous_guided_ca
     implied = []
     real = diffusion.predict_eps
 
-    def spy(z, t, y, scale, kind, z0_hat):
-        eps = real(z, t, y, scale, kind, z0_hat)
+    def spy(z, t, y, scale, z0_hat):
+        eps = real(z, t, y, scale, z0_hat)
         implied.append(diffusion.to_z0(eps, z, t))
         return eps
 

@@ -124,24 +124,24 @@ def test_attention_equals_torch_scaled_dot_product_attention_and_its_gradients()
     assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(grads, expected))
 
 
-def test_a_guide_network_travels_inside_the_denoisers_file(tmp_path):
-    """The notebook snippet builds ConditionalUNet(...) without a guide: loading a file that has one builds it."""
+def test_a_file_that_carries_an_earlier_versions_guide_network_loads_without_it(tmp_path):
+    """Files written with the autoguidance option (since removed) hold a second network under "guide."."""
     from checkpoints import load_weights, save_weights
+    from models.pipeline import build
 
     torch.manual_seed(0)
     unet, guide = ConditionalUNet(**PUBLIC), ConditionalUNet(**{**PUBLIC, "hidden_dims": [128, 256, 512, 256, 128]})
-    unet.attach_guide(guide)
-    save_weights(unet, tmp_path / "with_guide.pt")
+    state = {**unet.state_dict(), **{f"guide.{k}": v for k, v in guide.state_dict().items()}}
+    torch.save(state, tmp_path / "with_guide.pt")
     fresh = ConditionalUNet(**PUBLIC)
-    load_weights(fresh, tmp_path / "with_guide.pt")
-    assert fresh.guide is not None and fresh.guide.config["hidden_dims"] == [128, 256, 512, 256, 128]
-    assert all(torch.equal(a, b) for a, b in zip(fresh.guide.parameters(), guide.parameters()))
-    z, t, y = torch.randn(2, 256), torch.tensor([10, 900]), torch.tensor([0, 1])
-    assert torch.equal(fresh(z, t, y), unet(z, t, y))  # forward never calls the guide
-    unet.attach_guide(None)
-    save_weights(unet, tmp_path / "without.pt")
-    load_weights(fresh, tmp_path / "without.pt")
-    assert fresh.guide is None
+    fresh.load_state_dict(torch.load(tmp_path / "with_guide.pt", weights_only=True))  # the notebook's strict load
+    assert all(torch.equal(a, b) for a, b in zip(fresh.parameters(), unet.parameters()))
+    assert not any(k.startswith("guide.") for k in fresh.state_dict())
+    load_weights(ConditionalUNet(**PUBLIC), tmp_path / "with_guide.pt")
+    rebuilt = build(ConditionalUNet, torch.load(tmp_path / "with_guide.pt", weights_only=True), tmp_path / "x.pt")
+    assert all(torch.equal(a, b) for a, b in zip(rebuilt.parameters(), unet.parameters()))
+    save_weights(fresh, tmp_path / "again.pt")
+    assert not any(k.startswith("guide.") for k in torch.load(tmp_path / "again.pt", weights_only=True))
 
 
 def test_a_self_conditioned_denoiser_reads_its_z0_estimate_and_its_file_says_so(randomize, tmp_path):

@@ -282,8 +282,8 @@ def test_the_denoiser_fixes_its_total_from_its_own_pace_in_its_warm_up():
     assert late["steps"] == budget.floors(PRESET)["diffusion"] and late["past_budget"]
 
 
-def retime_cfg(warmup: int = 58, guide: bool = False) -> dict:
-    return {"diffusion": DiffusionConfig(steps=1010, warmup_steps=warmup, ema_decay=0.9965, guide=guide)}
+def retime_cfg(warmup: int = 58) -> dict:
+    return {"diffusion": DiffusionConfig(steps=1010, warmup_steps=warmup, ema_decay=0.9965)}
 
 
 def test_the_loop_s_retime_sets_the_total_in_the_config_and_the_plan_and_writes_them_once():
@@ -302,7 +302,6 @@ def test_the_loop_s_retime_sets_the_total_in_the_config_and_the_plan_and_writes_
     short = budget.denoiser_retime(retime_cfg(warmup=5), ctx, 0.0, lambda: None)
     assert (short.start, short.at) == (3, 4)  # a short warm-up: timed within it
     assert budget.denoiser_retime(retime_cfg(warmup=2), ctx, 0.0, lambda: None) is None  # too short to time in
-    assert budget.denoiser_retime(retime_cfg(guide=True), ctx, 0.0, lambda: None) is None
     ctx.extra["time_plan"] = {**replanned_plan(), "denoiser_replanned": None}  # a resumed run's plan
     assert budget.denoiser_retime(retime_cfg(), ctx, 0.0, lambda: None) is None
 
