@@ -118,9 +118,7 @@ def run_stages(cfg: dict, ctx, train_set, held, split: dict) -> None:
     run = cfg["run"]
     torch.manual_seed(run.seed)  # model initialisation only; identical on every rank
     autoencoder = SimpleAutoencoder().to(ctx.device)
-    unet = ConditionalUNet(
-        prediction=cfg["diffusion"].prediction, self_condition=cfg["diffusion"].self_condition
-    ).to(ctx.device)
+    unet = ConditionalUNet(prediction=cfg["diffusion"].prediction).to(ctx.device)
     vae_trained = vae_stage(autoencoder, train_set, held, cfg, ctx, split)
     write_config(cfg, ctx)
     decoder_trained = decoder_stage(autoencoder, train_set, held, cfg, ctx, vae_trained)

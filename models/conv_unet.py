@@ -75,8 +75,7 @@ class ConvUNet(nn.Module):
 
     `channels` are the widths of the levels from the full grid down, each level at half the previous one's grid
     (stride-2 convolution down, nearest upsampling and a convolution up); the middle, two residual blocks around
-    attention, works at half the coarsest level's grid with `middle_channels`. The input may have `in_channels`
-    (default: `latent_channels`, the output's)."""
+    attention, works at half the coarsest level's grid with `middle_channels`."""
 
     def __init__(
         self,
@@ -88,14 +87,13 @@ class ConvUNet(nn.Module):
         side: int,
         blocks_per_level: int = 2,
         attention_max_positions: int = 16,
-        in_channels: int | None = None,
     ):
         super().__init__()
         if side % 2 ** len(channels):
             raise ValueError(f"a {side}x{side} latent grid cannot be halved {len(channels)} times")
         widths = [*channels, middle_channels]
         attend = [(side // 2**i) ** 2 <= attention_max_positions for i in range(len(widths))]
-        self.conv_in = nn.Conv2d(in_channels or latent_channels, channels[0], 3, padding=1)
+        self.conv_in = nn.Conv2d(latent_channels, channels[0], 3, padding=1)
         self.down, skip_widths, width = nn.ModuleList(), [channels[0]], channels[0]
         for i, c in enumerate(channels):
             for _ in range(blocks_per_level):

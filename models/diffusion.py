@@ -183,12 +183,10 @@ class ConditionalDenoiseDiffusion:
         self.net, self.graphed = maybe_compile(self.model, mode), mode == "reduce-overhead"
         return self
 
-    def _forward(
-        self, z_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor, z0_hat: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def _forward(self, z_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.graphed:
             torch.compiler.cudagraph_mark_step_begin()  # the previous replay's output has been used up
-        return self.net(z_t, t, y) if z0_hat is None else self.net(z_t, t, y, z0_hat)
+        return self.net(z_t, t, y)
 
     def to_vae_latents(self, autoencoder, z: torch.Tensor) -> torch.Tensor:
         """Latents of this process (N, D) -> the VAE's, ready for `decode`: the one place latents are rescaled."""
@@ -222,16 +220,6 @@ class ConditionalDenoiseDiffusion:
         a = self.alphas_cumprod[t][:, None]
         return (1 - a).sqrt() * z_t + a.sqrt() * out
 
-    def to_z0(self, eps: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The estimate of z_0 that a noise prediction at (z_t, t) implies: (z_t - sqrt(1 - a) eps) / sqrt(a)."""
-        a = self.alphas_cumprod[t][:, None]
-        return (z_t - (1 - a).sqrt() * eps) / a.sqrt()
-
-    @property
-    def self_conditioned(self) -> bool:
-        """Whether the model reads its own earlier estimate of z_0 (ConditionalUNet's `self_condition`)."""
-        return getattr(self.model, "self_condition", False)
-
     def loss(
         self,
         z0: torch.Tensor,
@@ -243,23 +231,14 @@ class ConditionalDenoiseDiffusion:
 
         With min_snr_gamma > 0 each sample's eps-MSE is weighted by min(SNR_t, gamma) / SNR_t (Min-SNR, Hang et al.
         2023; for v the same weight in z_0 terms, min(SNR_t, gamma) / (SNR_t + 1)), which stops the nearly
-        noise-free timesteps from dominating training. A self-conditioned model (Chen et al. 2023) gets, for half the
-        batch, its own estimate of z_0 from a first pass without gradient, and zeros for the other half. `model` overrides the wrapped network (e.g. its
+        noise-free timesteps from dominating training. `model` overrides the wrapped network (e.g. its
         DistributedDataParallel or compiled wrapper)."""
         n = z0.shape[0]
         t = self.sample_timesteps(n, generator)
         eps = torch.randn(z0.shape, device=z0.device, dtype=z0.dtype, generator=generator)
         drop = torch.rand(n, device=z0.device, generator=generator) < self.class_dropout
         y = torch.where(drop, torch.full_like(y, self.model.null_class), y)
-        net, z_t = self.model if model is None else model, self.q_sample(z0, t, eps)
-        if not self.self_conditioned:
-            out = net(z_t, t, y)
-        else:  # half the batch (a random half: batches are random) gets the network's own estimate, without gradient
-            half, z0_hat = n // 2, torch.zeros_like(z_t)
-            with torch.no_grad():
-                first = net(z_t[:half], t[:half], y[:half], z0_hat[:half]).float()
-                z0_hat[:half] = self.to_z0(self.to_eps(first, z_t[:half], t[:half]), z_t[:half], t[:half])
-            out = net(z_t, t, y, z0_hat)
+        out = (self.model if model is None else model)(self.q_sample(z0, t, eps), t, y)
         per_sample = F.mse_loss(out.float(), self.target(z0, t, eps), reduction="none").mean(dim=1)  # (N,)
         if self.min_snr_gamma <= 0:
             return per_sample.mean(), t, per_sample
@@ -278,21 +257,14 @@ class ConditionalDenoiseDiffusion:
         return torch.searchsorted(self.log_sigmas, target).clamp(max=self.n_steps - 1)
 
     def predict_eps(
-        self,
-        z_t: torch.Tensor,
-        t: torch.Tensor,
-        y: torch.Tensor,
-        guidance_scale: float = 1.0,
-        z0_hat: torch.Tensor | None = None,
+        self, z_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor, guidance_scale: float = 1.0
     ) -> torch.Tensor:
         """Noise prediction with classifier-free guidance, eps_u + s * (eps_c - eps_u) (for a v-predicting model the
-        guidance is applied to v, which gives the same eps: the map is affine); s = 1 is plain conditional.
-        `z0_hat`: a self-conditioned model's earlier estimate of z_0, given to every branch (None: none yet)."""
+        guidance is applied to v, which gives the same eps: the map is affine); s = 1 is plain conditional."""
         if guidance_scale == 1.0:
-            return self.to_eps(self._forward(z_t, t, y, z0_hat), z_t, t)
+            return self.to_eps(self._forward(z_t, t, y), z_t, t)
         null = torch.full_like(y, self.model.null_class)
-        both = None if z0_hat is None else torch.cat([z0_hat, z0_hat])
-        out_c, out_u = self._forward(torch.cat([z_t, z_t]), torch.cat([t, t]), torch.cat([y, null]), both).chunk(2)
+        out_c, out_u = self._forward(torch.cat([z_t, z_t]), torch.cat([t, t]), torch.cat([y, null])).chunk(2)
         return self.to_eps(out_u + guidance_scale * (out_c - out_u), z_t, t)
 
     @torch.no_grad()
@@ -314,16 +286,10 @@ class ConditionalDenoiseDiffusion:
         if z_T is None:
             z_T = torch.randn((len(y), self.model.latent_dim), device=self.device, generator=generator)
 
-        # a self-conditioned model reads the estimate of z_0 implied by its previous (guided) call: zeros at first
-        last_z0 = [torch.zeros_like(z_T)] if self.self_conditioned else [None]
-
         def eps_fn(z: torch.Tensor, t: int) -> torch.Tensor:
             scale = options.guidance_scale if options.guided(t, self.n_steps) else 1.0
             t_batch = torch.full((len(z),), t, device=z.device, dtype=torch.long)
-            eps = self.predict_eps(z, t_batch, y, scale, last_z0[0])
-            if self.self_conditioned:
-                last_z0[0] = self.to_z0(eps, z, t_batch)
-            return eps
+            return self.predict_eps(z, t_batch, y, scale)
 
         timesteps = sampler_timesteps(options.sampler, self.alphas_cumprod, options.step_count)
         return SAMPLERS[options.sampler](

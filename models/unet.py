@@ -31,8 +31,7 @@ class ConditionalUNet(nn.Module):
     level of width W has W / 4 channels at each position: [256, 512, 1024, 512, 256] is 64 channels at 8x8, 128 at 4x4
     and a middle of 256 at 2x2 (the widths of the token U-Net it replaced, whose tokens were 2x2 patches).
     `blocks_per_level` residual blocks per level (one more on the way up), attention on grids of at most
-    `attention_max_positions` positions. `self_condition`: the network also reads its own earlier estimate of z_0,
-    stacked on the latent's channels (Chen et al. 2023, "Analog Bits"). Class index `num_classes` is the null class used for classifier-free
+    `attention_max_positions` positions. Class index `num_classes` is the null class used for classifier-free
     guidance.
 
     `prediction` is what the output means: "v" = sqrt(a) eps - sqrt(1 - a) z_0 (Salimans & Ho 2022; with unit-variance
@@ -52,7 +51,6 @@ class ConditionalUNet(nn.Module):
         blocks_per_level: int = 2,
         attention_max_positions: int = 16,
         prediction: str = "v",
-        self_condition: bool = False,
     ):
         super().__init__()
         hidden_dims = list(hidden_dims)
@@ -65,8 +63,6 @@ class ConditionalUNet(nn.Module):
             blocks_per_level=blocks_per_level,
             attention_max_positions=attention_max_positions,
         )
-        if self_condition:  # recorded only when on: files from before the option describe the same network
-            self.config["self_condition"] = True
         if len(hidden_dims) % 2 == 0 or hidden_dims != hidden_dims[::-1] or any(w % 4 for w in hidden_dims):
             raise ValueError(
                 "hidden_dims must be symmetric, of odd length and multiples of 4, e.g. [256, 512, 1024, 512, 256]; "
@@ -90,7 +86,6 @@ class ConditionalUNet(nn.Module):
             side=side,
             blocks_per_level=blocks_per_level,
             attention_max_positions=attention_max_positions,
-            in_channels=latent_channels * (2 if self_condition else 1),
         )
         if prediction not in PREDICTIONS:
             raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
@@ -125,25 +120,12 @@ class ConditionalUNet(nn.Module):
         return self.config["prediction"]
 
     @property
-    def self_condition(self) -> bool:
-        """Whether forward also reads an estimate of z_0 (self-conditioning, Chen et al. 2023)."""
-        return self.config.get("self_condition", False)
-
-    @property
     def null_class(self) -> int:
         """Label that means 'no class' (classifier-free guidance)."""
         return self.num_classes
 
-    def forward(
-        self, z_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor, z0_hat: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Predict the noise (or v) in z_t (N, latent_dim) at timesteps t (N,) for labels y (N,). A self-conditioned
-        network also reads `z0_hat` (N, latent_dim), its own earlier estimate of z_0 (None: zeros, no estimate yet);
-        others refuse one."""
+    def forward(self, z_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Predict the noise (or v) in z_t (N, latent_dim) at timesteps t (N,) for labels y (N,)."""
         cond = self.time_mlp(timestep_embedding(t, self.time_emb_dim)) + self.class_emb(y)  # (N, E)
-        if self.self_condition:
-            z_t = torch.cat([z_t, torch.zeros_like(z_t) if z0_hat is None else z0_hat.to(z_t.dtype)], dim=1)
-        elif z0_hat is not None:
-            raise ValueError("this denoiser is not self-conditioned: it takes no z0_hat")
-        grid = z_t.view(len(z_t), -1, self.side, self.side)  # the VAE's (C, S, S) layout, twice if self-conditioned
+        grid = z_t.view(-1, self.latent_channels, self.side, self.side)  # the VAE's (C, S, S) layout
         return self.backbone(grid, cond).flatten(1)

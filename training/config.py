@@ -213,9 +213,6 @@ class DiffusionConfig:
     min_snr_gamma: float = opt(
         0.0, "Min-SNR loss weighting min(SNR, gamma)/SNR (Hang et al. 2023); 0 = plain MSE", "non_negative"
     )
-    self_condition: bool = opt(
-        False, "self-conditioning: the denoiser also reads its own earlier estimate of z_0 (Chen et al. 2023)"
-    )
     posterior_sample: bool = opt(
         True, "train on z drawn from q(z|x) each step (--no-diffusion-posterior-sample: on its mean mu)"
     )

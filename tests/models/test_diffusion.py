@@ -291,7 +291,7 @@ def test_guidance_interval_guides_only_the_timesteps_inside_it():
     diffusion = ConditionalDenoiseDiffusion(_Toy(), n_steps=100, device="cpu")
     calls = []
     real = diffusion.predict_eps
-    diffusion.predict_eps = lambda z, t, y, scale, *rest: calls.append((int(t[0]), scale)) or real(z, t, y, scale, *rest)
+    diffusion.predict_eps = lambda z, t, y, scale: calls.append((int(t[0]), scale)) or real(z, t, y, scale)
     diffusion.sample(torch.tensor([0, 1]), sampler="ddim", steps=10, guidance_scale=3.0, guidance_interval=(0.2, 0.6))
     assert [t for t, _ in calls] == spaced_timesteps(100, 10)
     assert all((scale == 3.0) == (0.2 * 99 <= t <= 0.6 * 99) for t, scale in calls)
@@ -325,56 +325,3 @@ def test_one_set_of_sampling_defaults_for_every_entry_point():
     direct = diffusion.sample(torch.tensor([1, 1]), generator=torch.Generator().manual_seed(3), steps=7)
     via_public = generate_class_samples(Identity(), diffusion, "dog", 2, seed=3, steps=7)
     assert torch.allclose(via_public.flatten(1), ((direct + 1) / 2).clamp(0, 1))
-
-
-class _SelfConditionedToy(_Toy):
-    """_Toy that also reads an estimate of z_0 and records every one it is given."""
-
-    self_condition, prediction = True, "eps"
-
-    def __init__(self):
-        super().__init__()
-        self.seen = []
-
-    def forward(self, z, t, y, z0_hat=None):
-        self.seen.append(None if z0_hat is None else z0_hat.clone())
-        return super().forward(z, t, y) + (0.0 if z0_hat is None else 0.1 * z0_hat)
-
-
-def test_self_conditioned_loss_gives_half_the_batch_the_models_own_z0_estimate():
-    toy = _SelfConditionedToy()
-    diffusion = ConditionalDenoiseDiffusion(toy, n_steps=100, device="cpu", class_dropout=0.0)
-    z0, y = torch.randn(10, 8), torch.zeros(10, dtype=torch.long)
-    loss, t, _ = diffusion.loss(z0, y, torch.Generator().manual_seed(0))
-    first, second = toy.seen
-    assert first.shape == (5, 8) and torch.count_nonzero(first) == 0  # the first pass, on half the batch: no estimate
-    gen = torch.Generator().manual_seed(0)  # replay the loss's draws to rebuild z_t
-    t_again, eps = diffusion.sample_timesteps(10, gen), torch.randn(z0.shape, generator=gen)
-    z_t = diffusion.q_sample(z0, t, eps)
-    own = diffusion.to_z0(_Toy.forward(toy, z_t[:5], t[:5], y[:5]), z_t[:5], t[:5])
-    assert torch.equal(t, t_again)
-    assert torch.allclose(second[:5], own, atol=1e-5) and torch.count_nonzero(second[5:]) == 0
-    loss.backward()
-    assert toy.w.grad is not None  # the gradient flows through the second pass only (the first ran without it)
-
-
-@pytest.mark.parametrize("sampler", ["ddim", "heun"])
-def test_self_conditioned_sampling_feeds_each_call_the_z0_its_previous_guided_call_implied(sampler):
-    toy = _SelfConditionedToy()
-    diffusion = ConditionalDenoiseDiffusion(toy, n_steps=100, device="cpu")
-    implied = []
-    real = diffusion.predict_eps
-
-    def spy(z, t, y, scale, z0_hat):
-        eps = real(z, t, y, scale, z0_hat)
-        implied.append(diffusion.to_z0(eps, z, t))
-        return eps
-
-    diffusion.predict_eps = spy
-    y = torch.tensor([0, 1])
-    diffusion.sample(y, sampler=sampler, steps=4, guidance_scale=3.0, generator=torch.Generator().manual_seed(0))
-    given = [s[:2] for s in toy.seen]  # each guided call runs the conditional and the unconditional branch together
-    assert torch.count_nonzero(given[0]) == 0  # the first call has no estimate yet
-    assert len(given) == len(implied) >= 4
-    assert all(torch.allclose(g, z, atol=1e-5) for g, z in zip(given[1:], implied[:-1]))
-    assert all(torch.equal(s[:2], s[2:]) for s in toy.seen)  # both branches read the same (guided) estimate

@@ -142,22 +142,3 @@ def test_a_file_that_carries_an_earlier_versions_guide_network_loads_without_it(
     assert all(torch.equal(a, b) for a, b in zip(rebuilt.parameters(), unet.parameters()))
     save_weights(fresh, tmp_path / "again.pt")
     assert not any(k.startswith("guide.") for k in torch.load(tmp_path / "again.pt", weights_only=True))
-
-
-def test_a_self_conditioned_denoiser_reads_its_z0_estimate_and_its_file_says_so(randomize, tmp_path):
-    from checkpoints import load_weights, save_weights
-    from models.pipeline import build
-
-    net = randomize(ConditionalUNet(**PUBLIC, self_condition=True)).eval()
-    z, t, y, z0_hat = torch.randn(2, 256), torch.tensor([10, 900]), torch.tensor([0, 1]), torch.randn(2, 256)
-    assert torch.equal(net(z, t, y), net(z, t, y, torch.zeros(2, 256)))  # no estimate yet: zeros
-    assert not torch.allclose(net(z, t, y), net(z, t, y, z0_hat))
-    save_weights(net, tmp_path / "sc.pt")
-    rebuilt = build(ConditionalUNet, torch.load(tmp_path / "sc.pt", weights_only=True), tmp_path / "sc.pt")
-    assert rebuilt.self_condition and torch.equal(rebuilt.eval()(z, t, y, z0_hat), net(z, t, y, z0_hat))
-    plain = ConditionalUNet(**PUBLIC)
-    assert "self_condition" not in plain.config  # files written before the option describe the same network
-    with pytest.raises(ValueError, match="not self-conditioned"):
-        plain(z, t, y, z0_hat)
-    with pytest.raises(UserInputError, match="self_condition: file True vs model None"):
-        load_weights(plain, tmp_path / "sc.pt")
