@@ -124,7 +124,7 @@ def judge_image_sets(autoencoder, diffusion, bank, held_z, held: Split, n: int, 
         BLUR_ROW: None,
         "samples of the per-class Gaussian": gaussian_z,
         "samples, no guidance": samples(options.replace(guidance_scale=1.0)),
-        f"samples, {options.guidance} {options.guidance_scale:g}": samples(options),
+        f"samples, cfg {options.guidance_scale:g}": samples(options),
     }
     blurred = [gaussian_blur(images, 0.7) for images in per_class_images(held)]
     return {
