@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 import torch
 
 from data import Split
@@ -17,8 +15,6 @@ from training.context import RunContext
 from training.loop import Retime, Stage, train_stage
 from training.optim import EMA
 from training.config import DiffusionConfig
-
-log = logging.getLogger(__name__)
 
 
 def encode_dataset(autoencoder: SimpleAutoencoder, data: Split) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -62,13 +58,11 @@ def train_denoiser(
     cfg: DiffusionConfig,
     ctx: RunContext,
     generator: torch.Generator,
-    files: tuple[str, str, str],
     visualize=None,
     retime: Retime | None = None,
 ) -> ConditionalUNet:
     """Train `unet` for cfg.steps (or the total `retime` fixes) on the cached `latents` (mu, logvar, y) and return it
-    holding its EMA weights. `files`: the stage's name, training-state file and metrics file."""
-    name, state_file, metrics_file = files
+    holding its EMA weights; its training state and metrics go to the run folder's diffusion files."""
     if unet.prediction != cfg.prediction:
         raise ValueError(f"the denoiser predicts {unet.prediction}, the config says {cfg.prediction}")
     unet.process = {"n_steps": cfg.n_steps, "schedule": cfg.schedule, "normalize_latents": cfg.normalize_latents}
@@ -95,7 +89,7 @@ def train_denoiser(
 
         return step_fn
 
-    stage = Stage(name, unet, cfg, state_file, metrics_file, {"ema": ema})
+    stage = Stage("Diffusion", unet, cfg, DIFFUSION_STATE_FILE, "metrics_diffusion.jsonl", {"ema": ema})
     ema_diffusion = ConditionalDenoiseDiffusion(ema.model, device=ctx.device)
     step = train_stage(
         stage,
@@ -127,8 +121,7 @@ def train_diffusion(
     The denoiser's file records the process it is trained in (n_steps, schedule, whether latents are normalised by
     the VAE's statistics): the VAE's file, which the VAE stage owns, is only read here."""
     latents = encode_dataset(autoencoder, train)
-    files = ("Diffusion", DIFFUSION_STATE_FILE, "metrics_diffusion.jsonl")
-    train_denoiser(unet, latents, autoencoder, cfg, ctx, generator, files, visualize, retime)
+    train_denoiser(unet, latents, autoencoder, cfg, ctx, generator, visualize, retime)
     if ctx.is_main:
         save_weights(unet, ctx.out_dir / DIFFUSION_FILE)
     return unet

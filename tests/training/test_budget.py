@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from checkpoints import VAE_STATE_FILE, load_file
+from checkpoints import DIFFUSION_STATE_FILE, VAE_STATE_FILE, load_file
 from conftest import run_main, same_state
 from errors import UserInputError
 from models import ConditionalUNet, SimpleAutoencoder
@@ -233,9 +233,8 @@ def tiny_denoiser(out: Path, steps: int, retime: Retime | None = None) -> tuple[
     latents = (torch.randn(64, 256, generator=gen), torch.full((64, 256), -4.0), torch.randint(0, 2, (64,)))
     cfg = DiffusionConfig(steps=steps, batch_size=16, lr=1e-3, warmup_steps=6, ema_decay=0.9, compile="off")
     ctx = RunContext(device=torch.device("cpu"), out_dir=out, log_every=1, checkpoint_every=1000)
-    files = ("Diffusion", "state.pt", "metrics.jsonl")
-    unet = train_denoiser(unet, latents, autoencoder, cfg, ctx, torch.Generator().manual_seed(2), files, None, retime)
-    return unet, load_file(out / "state.pt"), (out / "metrics.jsonl").read_text()
+    unet = train_denoiser(unet, latents, autoencoder, cfg, ctx, torch.Generator().manual_seed(2), None, retime)
+    return unet, load_file(out / DIFFUSION_STATE_FILE), (out / "metrics_diffusion.jsonl").read_text()
 
 
 def test_a_total_fixed_within_the_warm_up_trains_as_if_it_had_been_given_up_front(tmp_path):
