@@ -226,24 +226,19 @@ class ConditionalDenoiseDiffusion:
         y: torch.Tensor,
         generator: torch.Generator | None = None,
         model: nn.Module | None = None,
-        reference: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """MSE to the target (eps or v) with class dropout; returns (loss, timesteps (N,), unweighted MSE (N,)).
 
         With min_snr_gamma > 0 each sample's eps-MSE is weighted by min(SNR_t, gamma) / SNR_t (Min-SNR, Hang et al.
         2023; for v the same weight in z_0 terms, min(SNR_t, gamma) / (SNR_t + 1)), which stops the nearly
         noise-free timesteps from dominating training. `model` overrides the wrapped network (e.g. its
-        DistributedDataParallel or compiled wrapper). With `reference` (latents (R, D) and labels (R,) beside the
-        batch's), the target is the one of `stable_target`."""
+        DistributedDataParallel or compiled wrapper)."""
         n = z0.shape[0]
         t = self.sample_timesteps(n, generator)
         eps = torch.randn(z0.shape, device=z0.device, dtype=z0.dtype, generator=generator)
         drop = torch.rand(n, device=z0.device, generator=generator) < self.class_dropout
-        y_in = torch.where(drop, torch.full_like(y, self.model.null_class), y)
-        z_t = self.q_sample(z0, t, eps)
-        out = (self.model if model is None else model)(z_t, t, y_in)
-        if reference is not None:
-            z0, eps = self.stable_target(z_t, t, y, drop, (torch.cat([z0, reference[0]]), torch.cat([y, reference[1]])))
+        y = torch.where(drop, torch.full_like(y, self.model.null_class), y)
+        out = (self.model if model is None else model)(self.q_sample(z0, t, eps), t, y)
         per_sample = F.mse_loss(out.float(), self.target(z0, t, eps), reduction="none").mean(dim=1)  # (N,)
         if self.min_snr_gamma <= 0:
             return per_sample.mean(), t, per_sample
@@ -251,29 +246,6 @@ class ConditionalDenoiseDiffusion:
         snr = a / (1 - a)
         weight = snr.clamp(max=self.min_snr_gamma) / (snr if self.prediction == "eps" else snr + 1)
         return (per_sample * weight).mean(), t, per_sample
-
-    def stable_target(
-        self,
-        z_t: torch.Tensor,
-        t: torch.Tensor,
-        y: torch.Tensor,
-        drop: torch.Tensor,
-        reference: tuple[torch.Tensor, torch.Tensor],
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(z_0, eps) of the Stable Target Field (Xu et al. 2023): z_0 is E[z_0 | z_t] under the reference latents
-        (R, D) of z_t's class (every class where its label was dropped), and eps the noise that goes with it. The
-        batch's own latents must be in the reference: at low noise the estimate is the sample's own z_0, at high
-        noise an average over the class, so the target's variance falls where the layout forms, and the loss keeps
-        its minimiser (denoising score matching's own, the posterior mean)."""
-        z_ref, y_ref = reference
-        a = self.alphas_cumprod[t][:, None]
-        with torch.autocast(z_t.device.type, enabled=False):
-            z_t, z_ref = z_t.float(), z_ref.float()
-            dist2 = z_t.square().sum(1, keepdim=True) - 2 * a.sqrt() * (z_t @ z_ref.T) + a * z_ref.square().sum(1)
-            logits = -dist2 / (2 * (1 - a))
-            other = (y[:, None] != y_ref[None, :]) & ~drop[:, None]
-            z0 = logits.masked_fill(other, -math.inf).softmax(dim=1) @ z_ref
-        return z0, (z_t - a.sqrt() * z0) / (1 - a).sqrt()
 
     def sample_timesteps(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """n training timesteps (n,): uniform, or "lognormal": ln sigma ~ N(P_mean, P_std^2) (Karras et al. 2022; sigma

@@ -213,12 +213,6 @@ class DiffusionConfig:
     min_snr_gamma: float = opt(
         0.0, "Min-SNR loss weighting min(SNR, gamma)/SNR (Hang et al. 2023); 0 = plain MSE", "non_negative"
     )
-    reference_size: int = opt(
-        0,
-        "latents drawn beside each batch as the reference of a Stable Target Field (Xu et al. 2023): the target is "
-        "the posterior mean of z_0 under the batch and these, not the batch's own z_0 (0: the plain target)",
-        "non_negative",
-    )
     posterior_sample: bool = opt(
         True, "train on z drawn from q(z|x) each step (--no-diffusion-posterior-sample: on its mean mu)"
     )

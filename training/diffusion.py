@@ -38,12 +38,10 @@ def quartile_losses(t: torch.Tensor, per_sample: torch.Tensor, n_steps: int) -> 
     return sums / counts.clamp(min=1)
 
 
-def train_step(
-    net, diffusion, optimizer, scheduler, ema, z0, y, cfg, ctx, generator, reference=None
-) -> dict[str, torch.Tensor]:
+def train_step(net, diffusion, optimizer, scheduler, ema, z0, y, cfg, ctx, generator) -> dict[str, torch.Tensor]:
     """One optimizer step and EMA update; returns the loss and its per-quartile means (tensors, no host sync)."""
     with ctx.autocast():
-        loss, t, per_sample = diffusion.loss(z0, y, generator, model=net, reference=reference)
+        loss, t, per_sample = diffusion.loss(z0, y, generator, model=net)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
@@ -84,13 +82,10 @@ def train_denoiser(
             raise UserInputError("the interrupted diffusion stage was trained with other process options: --no-resume")
 
         def step_fn(step: int) -> dict[str, torch.Tensor]:
-            n = cfg.batch_size + cfg.reference_size
-            idx = shard[torch.randint(0, len(shard), (n,), device=ctx.device, generator=generator)]
+            idx = shard[torch.randint(0, len(shard), (cfg.batch_size,), device=ctx.device, generator=generator)]
             z = autoencoder.reparameterize(mu[idx], logvar[idx], generator) if cfg.posterior_sample else mu[idx]
-            z0, y = diffusion.from_vae_latents(autoencoder, z), y_all[idx]
-            b = cfg.batch_size
-            reference = (z0[b:], y[b:]) if cfg.reference_size else None
-            return train_step(net, diffusion, optimizer, scheduler, ema, z0[:b], y[:b], cfg, ctx, generator, reference)
+            z0 = diffusion.from_vae_latents(autoencoder, z)
+            return train_step(net, diffusion, optimizer, scheduler, ema, z0, y_all[idx], cfg, ctx, generator)
 
         return step_fn
 

@@ -325,38 +325,3 @@ def test_one_set_of_sampling_defaults_for_every_entry_point():
     direct = diffusion.sample(torch.tensor([1, 1]), generator=torch.Generator().manual_seed(3), steps=7)
     via_public = generate_class_samples(Identity(), diffusion, "dog", 2, seed=3, steps=7)
     assert torch.allclose(via_public.flatten(1), ((direct + 1) / 2).clamp(0, 1))
-
-
-def test_stable_target_is_the_posterior_mean_over_the_reference_of_the_class():
-    """Xu et al. 2023: z_0's estimate is sum_j w_j z_j, w_j proportional to N(z_t; sqrt(a) z_j, (1 - a) I) over the
-    reference latents of z_t's class (all of them where the label was dropped), computed here in float64."""
-    diffusion = ConditionalDenoiseDiffusion(_Toy(), n_steps=100, device="cpu")
-    gen = torch.Generator().manual_seed(0)
-    z_ref, y_ref = torch.randn(40, 8, generator=gen), torch.arange(40) % 2
-    z_t, t = torch.randn(4, 8, generator=gen), torch.tensor([20, 60, 60, 95])
-    y, drop = torch.tensor([0, 1, 0, 1]), torch.tensor([False, False, True, False])
-    z0, eps = diffusion.stable_target(z_t, t, y, drop, (z_ref, y_ref))
-    a = diffusion.alphas_cumprod[t].double()[:, None]
-    dist2 = ((z_t.double()[:, None] - a.sqrt()[..., None] * z_ref.double()[None]) ** 2).sum(-1)
-    weight = torch.exp(-dist2 / (2 * (1 - a))) * ((y[:, None] == y_ref[None]) | drop[:, None])
-    expected = (weight / weight.sum(1, keepdim=True)) @ z_ref.double()
-    assert torch.allclose(z0.double(), expected, atol=1e-5)
-    assert torch.allclose(diffusion.q_sample(z0, t, eps), z_t, atol=1e-5)  # the pair is a decomposition of z_t
-
-
-def test_stable_target_is_the_plain_target_at_low_noise_and_a_class_average_at_high_noise():
-    v = _v_toy()
-    gen = torch.Generator().manual_seed(0)
-    z0, y = torch.randn(6, 8, generator=gen), torch.tensor([0, 1] * 3)
-    reference = (torch.randn(200, 8, generator=gen) + 3 * (torch.arange(200)[:, None] % 2), torch.arange(200) % 2)
-    pool = torch.cat([z0, reference[0]]), torch.cat([y, reference[1]])  # the batch's own latents among them
-    class_means = torch.stack([pool[0][pool[1] == c].mean(0) for c in (0, 1)])
-    eps, kept = torch.randn(6, 8, generator=gen), torch.zeros(6, dtype=torch.bool)
-    low, high = torch.zeros(6, dtype=torch.long), torch.full((6,), 99)
-    z0_low, eps_low = v.stable_target(v.q_sample(z0, low, eps), low, y, kept, pool)
-    assert torch.allclose(z0_low, z0, atol=1e-5) and torch.allclose(eps_low, eps, atol=1e-3)
-    z0_high, _ = v.stable_target(v.q_sample(z0, high, eps), high, y, kept, pool)  # nearly pure noise
-    assert torch.allclose(z0_high, class_means[y], atol=0.3)
-    loss_plain = v.loss(z0, y, torch.Generator().manual_seed(1))[0]
-    loss_stable = v.loss(z0, y, torch.Generator().manual_seed(1), reference=reference)[0]
-    assert not torch.isclose(loss_plain, loss_stable)  # the reference changes the target
