@@ -132,11 +132,9 @@ def held_out_loss(diffusion: ConditionalDenoiseDiffusion, autoencoder, held_late
     z0 = diffusion.from_vae_latents(autoencoder, autoencoder.reparameterize(mu, logvar, g))
     t = diffusion.sample_timesteps(len(y), g)
     eps = torch.randn(z0.shape, generator=g)
+    chunks = zip(z0.split(1000), t.split(1000), eps.split(1000), y.split(1000))
     with torch.no_grad():
-        out = torch.cat(
-            [diffusion.model(diffusion.q_sample(z, s, e), s, c) for z, s, e, c in
-             zip(z0.split(1000), t.split(1000), eps.split(1000), y.split(1000))]
-        )
+        out = torch.cat([diffusion.model(diffusion.q_sample(z, s, e), s, c) for z, s, e, c in chunks])
     per = (out - diffusion.target(z0, t, eps)).square().mean(1)
     a = diffusion.alphas_cumprod[t]
     snr = a / (1 - a)
@@ -182,7 +180,10 @@ def main() -> None:
     torch.manual_seed(0)
     unet = ConditionalUNet(prediction=cfg.prediction)
     diffusion = ConditionalDenoiseDiffusion(
-        unet, device=CPU, class_dropout=cfg.class_dropout, min_snr_gamma=cfg.min_snr_gamma,
+        unet,
+        device=CPU,
+        class_dropout=cfg.class_dropout,
+        min_snr_gamma=cfg.min_snr_gamma,
         timestep_sampling=cfg.timestep_sampling,
     )
     extra, hidden = [], {}
@@ -192,9 +193,9 @@ def main() -> None:
         layer.register_forward_hook(lambda module, inputs, output: hidden.__setitem__("h", output))
         with torch.no_grad():
             unet(torch.zeros(1, 256), torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
+        width = hidden["h"].shape[1]
         projector = nn.Sequential(
-            nn.Conv2d(hidden["h"].shape[1], 256, 1), nn.SiLU(), nn.Conv2d(256, 256, 1), nn.SiLU(),
-            nn.Conv2d(256, target.shape[1], 1),
+            nn.Conv2d(width, 256, 1), nn.SiLU(), nn.Conv2d(256, 256, 1), nn.SiLU(), nn.Conv2d(256, target.shape[1], 1)
         )
         extra = list(projector.parameters())
     ema = EMA(unet, cfg.ema_decay)

@@ -68,10 +68,9 @@ def test_a_screen_of_a_run_scores_variants_on_the_same_held_out_set(trained_run,
     log = tmp_path / "screen.jsonl"
 
     def screen(*flags):
+        script = [sys.executable, str(ROOT / "docs" / "denoiser_screen.py"), str(run), "--data-dir", str(image_folder)]
         proc = subprocess.run(
-            [sys.executable, str(ROOT / "docs" / "denoiser_screen.py"), str(run), "--data-dir", str(image_folder),
-             "--steps", "2", "--log", str(log), *flags],
-            capture_output=True, text=True, timeout=600,
+            [*script, "--steps", "2", "--log", str(log), *flags], capture_output=True, text=True, timeout=600
         )
         assert proc.returncode == 0, proc.stderr[-3000:]
 
