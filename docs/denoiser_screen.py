@@ -42,7 +42,8 @@ from models import ConditionalUNet  # noqa: E402
 from models.diffusion import ConditionalDenoiseDiffusion  # noqa: E402
 from models.pipeline import load_pipeline  # noqa: E402
 from training.config import PRESETS, DiffusionConfig  # noqa: E402
-from training.diffusion import encode_dataset  # noqa: E402
+from training.context import RunContext, native_bf16  # noqa: E402
+from training.diffusion import encode_dataset, train_step  # noqa: E402
 from training.optim import EMA, make_optimizer, warmup_cosine  # noqa: E402
 
 CPU = torch.device("cpu")
@@ -82,19 +83,42 @@ class Muon(torch.optim.Optimizer):
                 p.add_(orthogonalise(g).view_as(p), alpha=-group["lr"] * max(1.0, g.size(0) / g.size(1)) ** 0.5)
 
 
-class Optimizers:
-    """Several optimizers stepped as one (the LambdaLR of each is stepped by the caller)."""
+class Together:
+    """Optimizers, or their schedules, stepped as one."""
 
-    def __init__(self, *optimizers):
-        self.optimizers = optimizers
+    def __init__(self, *parts):
+        self.parts = parts
 
-    def zero_grad(self):
-        for opt in self.optimizers:
-            opt.zero_grad(set_to_none=True)
+    def zero_grad(self, set_to_none: bool = True):
+        for part in self.parts:
+            part.zero_grad(set_to_none=set_to_none)
 
     def step(self):
-        for opt in self.optimizers:
-            opt.step()
+        for part in self.parts:
+            part.step()
+
+
+class AlignedDiffusion(ConditionalDenoiseDiffusion):
+    """The denoising loss minus REPA's term: `weight` x the mean cosine similarity between one of the denoiser's layer
+    outputs (kept by a hook), through a 1x1-conv MLP, and the teacher's features of the batch (`teacher_batch`, set
+    before each step)."""
+
+    def __init__(self, unet: ConditionalUNet, layer: str, target_channels: int, weight: float, **kwargs):
+        super().__init__(unet, **kwargs)
+        self.outputs, self.weight, self.teacher_batch = {}, weight, None
+        dict(unet.named_modules())[layer].register_forward_hook(lambda m, i, out: self.outputs.__setitem__("h", out))
+        with torch.no_grad():
+            unet(torch.zeros(1, 256), torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
+        width = self.outputs["h"].shape[1]
+        self.projector = nn.Sequential(
+            nn.Conv2d(width, 256, 1), nn.SiLU(), nn.Conv2d(256, 256, 1), nn.SiLU(), nn.Conv2d(256, target_channels, 1)
+        )
+
+    def loss(self, z0, y, generator=None, model=None):
+        loss, t, per_sample = super().loss(z0, y, generator, model)
+        projected = self.projector(self.outputs["h"]).float()
+        similarity = F.cosine_similarity(projected, self.teacher_batch.float(), dim=1).mean()
+        return loss - self.weight * similarity, t, per_sample
 
 
 def muon_split(model: nn.Module) -> tuple[list, list]:
@@ -179,25 +203,19 @@ def main() -> None:
 
     torch.manual_seed(0)
     unet = ConditionalUNet(prediction=cfg.prediction)
-    diffusion = ConditionalDenoiseDiffusion(
-        unet,
+    process = dict(
         device=CPU,
         class_dropout=cfg.class_dropout,
         min_snr_gamma=cfg.min_snr_gamma,
         timestep_sampling=cfg.timestep_sampling,
     )
-    extra, hidden = [], {}
+    extra = []
     if args.repa_weight > 0:
         target = teacher_features(args.run, train)
-        layer = dict(unet.named_modules())[args.repa_layer]
-        layer.register_forward_hook(lambda module, inputs, output: hidden.__setitem__("h", output))
-        with torch.no_grad():
-            unet(torch.zeros(1, 256), torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
-        width = hidden["h"].shape[1]
-        projector = nn.Sequential(
-            nn.Conv2d(width, 256, 1), nn.SiLU(), nn.Conv2d(256, 256, 1), nn.SiLU(), nn.Conv2d(256, target.shape[1], 1)
-        )
-        extra = list(projector.parameters())
+        diffusion = AlignedDiffusion(unet, args.repa_layer, target.shape[1], args.repa_weight, **process)
+        extra = list(diffusion.projector.parameters())
+    else:
+        diffusion = ConditionalDenoiseDiffusion(unet, **process)
     ema = EMA(unet, cfg.ema_decay)
     if args.optimizer == "muon":
         matrices, rest = muon_split(unet)
@@ -206,25 +224,17 @@ def main() -> None:
         parts = [torch.optim.AdamW(list(unet.parameters()) + extra, lr=cfg.lr, betas=(0.9, 0.99))]
     else:
         parts = [make_optimizer(unet, cfg.lr, cfg.weight_decay, CPU)]  # the training stage's own
-    optimizer = Optimizers(*parts)
-    schedules = [warmup_cosine(opt, cfg.warmup_steps, cfg.steps) for opt in parts]
+    optimizer = Together(*parts)
+    schedule = Together(*(warmup_cosine(opt, cfg.warmup_steps, cfg.steps) for opt in parts))
+    ctx = RunContext(CPU, args.run, amp=native_bf16(CPU))
     g = torch.Generator().manual_seed(1000)
     start = time.perf_counter()
-    for step in range(cfg.steps):
+    for step in range(cfg.steps):  # the diffusion stage's step (training/diffusion.py) on the cached latents
         idx = torch.randint(0, len(y_all), (cfg.batch_size,), generator=g)
         z0 = diffusion.from_vae_latents(autoencoder, autoencoder.reparameterize(mu[idx], logvar[idx], g))
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = diffusion.loss(z0, y_all[idx], g)[0]
-            if extra:
-                sim = F.cosine_similarity(projector(hidden["h"]).float(), target[idx].float(), dim=1).mean()
-                loss = loss - args.repa_weight * sim
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(list(unet.parameters()) + extra, cfg.grad_clip)
-        optimizer.step()
-        for schedule in schedules:
-            schedule.step()
-        ema.update(unet)
+        if extra:
+            diffusion.teacher_batch = target[idx]
+        loss = train_step(unet, diffusion, optimizer, schedule, ema, z0, y_all[idx], cfg, ctx, g)["total"]
         if step % 100 == 0:
             print(f"step {step}: loss {loss.item():.4f}, {time.perf_counter() - start:.0f} s", flush=True)
     result = {

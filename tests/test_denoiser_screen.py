@@ -39,7 +39,7 @@ def test_muon_and_adamw_together_fit_a_small_convolutional_regression():
     y = x[:, :1].roll(1, dims=-1) - x[:, 1:]
     matrices = [net[0].weight, net[2].weight]
     rest = [net[0].bias, net[2].bias]
-    optimizer = screen.Optimizers(screen.Muon(matrices, lr=0.02), torch.optim.AdamW(rest, lr=1e-2))
+    optimizer = screen.Together(screen.Muon(matrices, lr=0.02), torch.optim.AdamW(rest, lr=1e-2))
     losses = []
     for _ in range(60):
         loss = (net(x) - y).square().mean()
