@@ -143,10 +143,10 @@ def teacher_features(run: Path, train) -> torch.Tensor:
     body = teacher.body[:-1]  # without the global pooling
     x = to_model_range(train.x)
     with torch.no_grad():
-        feats = torch.cat([body(part) for image in (x, x.flip(-1)) for part in image.split(500)])
+        feats = torch.cat([body(part) for image in (x, x.flip(-1)) for part in image.split(500)]).to(torch.bfloat16)
     print(f"teacher trained and applied in {time.perf_counter() - start:.0f} s", flush=True)
-    torch.save(feats.to(torch.bfloat16), path)
-    return feats.to(torch.bfloat16)
+    torch.save(feats, path)
+    return feats
 
 
 def held_out_loss(diffusion: ConditionalDenoiseDiffusion, autoencoder, held_latents, gamma: float) -> dict:
