@@ -20,8 +20,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
     """softmax(q k^T / sqrt(d)) v over the last two axes (Vaswani et al. 2017), as two matrix multiplies.
 
     Equal to F.scaled_dot_product_attention; on 16 tokens and fewer, that kernel's CPU backward pass took a fifth of a
-    denoiser training step, and this form makes the whole step 1.24-1.35x faster (`docs/attention_bench.py`, results in
-    docs/benchmark.md)."""
+    denoiser training step, and this form makes the whole step 1.24-1.35x faster (`experiments/attention_bench.py`,
+    results in docs/benchmark.md)."""
     weights = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # (..., L, L)
     return weights.softmax(dim=-1) @ v
 

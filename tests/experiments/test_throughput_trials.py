@@ -1,4 +1,4 @@
-"""docs/throughput_trials.py builds every variant it times from the stages' real step functions, and each one trains."""
+"""experiments/throughput_trials.py builds every variant it times from the stages' real step functions, and each one trains."""
 
 import importlib.util
 
@@ -9,7 +9,7 @@ from conftest import ROOT
 
 
 def load_trials():
-    spec = importlib.util.spec_from_file_location("throughput_trials", ROOT / "docs" / "throughput_trials.py")
+    spec = importlib.util.spec_from_file_location("throughput_trials", ROOT / "experiments" / "throughput_trials.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

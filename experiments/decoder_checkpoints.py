@@ -1,6 +1,6 @@
 """Score the decoder of each decoder-stage training state on a run's held-out reconstructions, with the run's judge.
 
-    python docs/decoder_checkpoints.py RUN STATE.pt [STATE.pt ...] --eval-reference-dir DIR [DIR ...]
+    python experiments/decoder_checkpoints.py RUN STATE.pt [STATE.pt ...] --eval-reference-dir DIR [DIR ...]
 
 For each state (copies of RUN/decoder_train_state.pt taken while the stage trained, or the run's own; or the VAE
 stage's RUN/vae_train_state.pt, for its pixel-loss decoder), its (EMA) decoder replaces the run's decoder and the

@@ -1,6 +1,6 @@
 """The denoiser's attention as two matrix multiplies against F.scaled_dot_product_attention, on this machine.
 
-python docs/attention_bench.py [--threads N] [--rounds R]
+python experiments/attention_bench.py [--threads N] [--rounds R]
 
 Times, in one process and interleaved (so that a busy shared machine slows both alike), one training step of the
 denoiser (batch 128, bf16 autocast where the CPU has it, the training stages' fused AdamW) and one guided sampling

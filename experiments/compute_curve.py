@@ -1,7 +1,7 @@
 """The compute curve: feature FD and recall per class of one recipe trained on more and more latents, with the
 blur-0.7 calibration row (the FD target) and recall 0.6 marked.
 
-python docs/compute_curve.py RUN_DIR [RUN_DIR ...] --out docs/compute_curve.png [--eval-name evaluation]
+python experiments/compute_curve.py RUN_DIR [RUN_DIR ...] --out docs/compute_curve.png [--eval-name evaluation]
 
 Each RUN_DIR holds a finished run and its `evaluate` result (RUN_DIR/NAME.json); latents seen = the diffusion stage's
 steps x batch size, read from its config.json. Where a run also holds `diagnose.json`, the decoder's ceiling (its

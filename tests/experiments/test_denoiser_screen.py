@@ -1,4 +1,4 @@
-"""docs/denoiser_screen.py: its Muon orthogonalises and trains, and a screen of a run folder scores every variant on
+"""experiments/denoiser_screen.py: its Muon orthogonalises and trains, and a screen of a run folder scores every variant on
 the same held-out set."""
 
 import importlib.util
@@ -13,7 +13,7 @@ from conftest import ROOT
 
 
 def load_screen():
-    spec = importlib.util.spec_from_file_location("denoiser_screen", ROOT / "docs" / "denoiser_screen.py")
+    spec = importlib.util.spec_from_file_location("denoiser_screen", ROOT / "experiments" / "denoiser_screen.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -68,7 +68,7 @@ def test_a_screen_of_a_run_scores_variants_on_the_same_held_out_set(trained_run,
     log = tmp_path / "screen.jsonl"
 
     def screen(*flags):
-        script = [sys.executable, str(ROOT / "docs" / "denoiser_screen.py"), str(run), "--data-dir", str(image_folder)]
+        script = [sys.executable, str(ROOT / "experiments" / "denoiser_screen.py"), str(run), "--data-dir", str(image_folder)]
         proc = subprocess.run(
             [*script, "--steps", "2", "--log", str(log), *flags], capture_output=True, text=True, timeout=600
         )

@@ -1,7 +1,7 @@
 """Turn evaluation JSON files into the README's markdown tables.
 
-python docs/make_table.py "label=run/evaluation.json" ...      one row per file: the samples' scores
-python docs/make_table.py --calibration run/evaluation.json    the calibration rows of one file
+python experiments/make_table.py "label=run/evaluation.json" ...      one row per file: the samples' scores
+python experiments/make_table.py --calibration run/evaluation.json    the calibration rows of one file
 """
 
 import json

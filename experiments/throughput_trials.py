@@ -1,6 +1,6 @@
 """The CPU throughput levers of a training step, each against the stage as it runs today, interleaved in one process.
 
-    python docs/throughput_trials.py [--rounds 3] [--steps 6] [--stage denoiser|vae|decoder|capacity|conv|precision|all]
+    python experiments/throughput_trials.py [--rounds 3] [--steps 6] [--stage denoiser|vae|decoder|capacity|conv|precision|all]
 
 Each variant is one change (training/timing.py's `Variant`) to the step that `benchmark.py` times (bf16 autocast where the
 CPU has native bf16, fused AdamW, batch 128 for the denoiser and 64 for the VAE and the decoder stage): fp32,
@@ -69,7 +69,7 @@ def single_threaded(step, items: int):
 
 
 def widths(build, amp: bool) -> dict:
-    """Narrower denoisers (issue 27's part 3 asks whether fewer parameters buy more steps a second)."""
+    """Narrower denoisers: whether fewer parameters buy more steps a second."""
     out = {}
     for scale in (0.75, 0.5):
         dims = [int(d * scale) for d in (256, 512, 1024, 512, 256)]
@@ -93,7 +93,7 @@ def variants(build, batches: tuple[int, ...], amp: bool) -> dict:
 
 
 def capacity(build, amp: bool) -> dict:
-    """Larger decoders (issue 26's part 3), each in the decoder stage's step: cost per image against today's."""
+    """Larger decoders , each in the decoder stage's step: cost per image against today's."""
     archs = {
         "32/64/128, 1 block a level (today)": {},
         "32/64/128, 2 blocks a level": {"blocks_per_level": 2},

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The denoiser bake-off (issue 19): each backbone trained on the cpu preset's VAE for the same wall time as the
+# The denoiser bake-off: each backbone trained on the cpu preset's VAE for the same wall time as the
 # preset's denoiser stage (steps set from each one's measured step time on the 2-core machine), then `evaluate`
 # (1,000 per class, CFG 8 and CFG 3) and `diagnose` (500 per class).
-# Usage: bash docs/bakeoff.sh CATDOG_DIR OTHER_DIR BASE_RUN OUT_DIR [NAME ...]   (NAME: a key of RUNS, or
+# Usage: bash experiments/bakeoff.sh CATDOG_DIR OTHER_DIR BASE_RUN OUT_DIR [NAME ...]   (NAME: a key of RUNS, or
 #        conv_edm_heun; default: the four 1x runs)
 #   BASE_RUN: a finished `python main.py --preset cpu` run (its VAE is reused, its judge too if it has one)
 # The bake-off ran at commit 3f6d7c8, where --diffusion-backbone chose the network; the losers (tokens, dit) are gone

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The commands behind the README's quality tables: the 2-core CPU, the shared 10,000 cat/dog images (10% held out,
 # seed 0) and the other eight CIFAR-10 classes for the ten-way judge. About 3 hours on 2 cores.
-# Usage: bash docs/levers.sh CATDOG_DIR OTHER_DIR RUNS_DIR   (e.g. ../shared/data/cifar10-catdog/train
+# Usage: bash experiments/levers.sh CATDOG_DIR OTHER_DIR RUNS_DIR   (e.g. ../shared/data/cifar10-catdog/train
 #        ../shared/data/cifar10-other/train runs)
 # Rows marked "at commit f081ab5" in the README were trained by that commit's code (before the speed changes, which
 # alter the arithmetic's rounding, not the model). Every row here is of the token U-Net that the bake-off replaced
-# (docs/bakeoff.sh): check out commit 7b68753 to run this script as it was run.
+# (experiments/bakeoff.sh): check out commit 7b68753 to run this script as it was run.
 set -euo pipefail
 D=${1:?cat/dog data dir}; O=${2:?other classes dir}; R=${3:?runs dir}
 E=(--eval-reference-dir "$D" "$O" --device cpu)
@@ -75,8 +75,8 @@ for variant in "e0_b128_2300:--diffusion-steps 2300" "e1_b64_4600:--diffusion-st
 done
 
 # the tables
-python docs/make_table.py --calibration "$R/preset/evaluation.json"
-python docs/make_table.py "cpu preset=$R/preset/evaluation.json" "no EMA=$R/preset/raw.json" \
+python experiments/make_table.py --calibration "$R/preset/evaluation.json"
+python experiments/make_table.py "cpu preset=$R/preset/evaluation.json" "no EMA=$R/preset/raw.json" \
     "v-prediction=$R/vpred/evaluation.json" "Min-SNR 5=$R/minsnr5/evaluation.json" \
     "KL 1e-4=$R/kl1e-4/evaluation.json" "scale equivariance 0.5=$R/se0.5/evaluation.json" \
     "scale equivariance 0.5, CFG 4=$R/se0.5/cfg4.json" \

@@ -1,6 +1,6 @@
 """Profile one training step of each stage as the cpu preset runs it, and print the top operators by self CPU time.
 
-    python docs/profile_steps.py [--steps 5] [--rows 12]
+    python experiments/profile_steps.py [--steps 5] [--rows 12]
 
 Uses benchmark.py's step functions (all loss terms, backward, AdamW; bf16 autocast where the CPU has native bf16):
 the VAE at batch 64, the decoder stage at batch 64, the denoiser at batch 128, on random data, after one warm-up

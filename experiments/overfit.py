@@ -3,7 +3,7 @@ stops falling, and follow its noise-prediction error on exactly those latents ag
 loss ladder (evaluation/ladder.py): the per-class Gaussian, and the empirical optimum, whose error on its own training
 latents falls to zero at low and mid noise. A network that can fit its data approaches the empirical optimum there.
 
-python docs/overfit.py RUN_DIR --out docs/overfit.json [--latents 512] [--max-steps 6000] [--prediction v]
+python experiments/overfit.py RUN_DIR --out docs/overfit.json [--latents 512] [--max-steps 6000] [--prediction v]
     [--timestep-sampling lognormal]
 
 RUN_DIR is a trained run (its VAE encodes the latents; its data and seed pick them; its denoiser is not used).

@@ -1,7 +1,7 @@
 """A cheap screen for what makes the denoiser learn faster: train the cpu preset's denoiser on a finished run's cached
 latents for a few hundred steps, then score its EMA weights on one fixed held-out set of (z_0, t, eps).
 
-    python docs/denoiser_screen.py RUN --data-dir DATA [--steps 600] [--optimizer adamw|muon] [--muon-lr 0.01]
+    python experiments/denoiser_screen.py RUN --data-dir DATA [--steps 600] [--optimizer adamw|muon] [--muon-lr 0.01]
         [--repa-weight 0.5 --repa-layer backbone.up.5] [--tag NAME] [--log FILE]
 
 RUN is a run folder with a trained VAE (its split and seed come from its config.json). The held-out set is every
