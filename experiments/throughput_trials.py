@@ -1,9 +1,10 @@
 """The CPU throughput levers of a training step, each against the stage as it runs today, interleaved in one process.
 
-    python experiments/throughput_trials.py [--rounds 3] [--steps 6] [--stage denoiser|vae|decoder|capacity|conv|precision|all]
+    python experiments/throughput_trials.py [--rounds 3] [--steps 6]
+        [--stage denoiser|vae|decoder|capacity|conv|precision|all]
 
-Each variant is one change (training/timing.py's `Variant`) to the step that `benchmark.py` times (bf16 autocast where the
-CPU has native bf16, fused AdamW, batch 128 for the denoiser and 64 for the VAE and the decoder stage): fp32,
+Each variant is one change (training/timing.py's `Variant`) to the step that `benchmark.py` times (bf16 autocast where
+the CPU has native bf16, fused AdamW, batch 128 for the denoiser and 64 for the VAE and the decoder stage): fp32,
 channels_last, torch.compile (inductor; its compilation is excluded, it runs in the warm-up), both of those
 together, the foreach AdamW instead of the fused one, one thread, other batch sizes and, for the denoiser, narrower
 networks; (`--stage capacity`) the decoder stage's step with larger decoders and other PatchGAN widths; and
