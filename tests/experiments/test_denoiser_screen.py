@@ -1,5 +1,5 @@
-"""experiments/denoiser_screen.py: its Muon orthogonalises and trains, and a screen of a run folder scores every variant on
-the same held-out set."""
+"""experiments/denoiser_screen.py: its Muon orthogonalises and trains, and a screen of a run folder scores every
+variant on the same held-out set."""
 
 import importlib.util
 import json
@@ -68,7 +68,8 @@ def test_a_screen_of_a_run_scores_variants_on_the_same_held_out_set(trained_run,
     log = tmp_path / "screen.jsonl"
 
     def screen(*flags):
-        script = [sys.executable, str(ROOT / "experiments" / "denoiser_screen.py"), str(run), "--data-dir", str(image_folder)]
+        script = ROOT / "experiments" / "denoiser_screen.py"
+        script = [sys.executable, str(script), str(run), "--data-dir", str(image_folder)]
         proc = subprocess.run(
             [*script, "--steps", "2", "--log", str(log), *flags], capture_output=True, text=True, timeout=600
         )

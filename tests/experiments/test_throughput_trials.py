@@ -1,4 +1,5 @@
-"""experiments/throughput_trials.py builds every variant it times from the stages' real step functions, and each one trains."""
+"""experiments/throughput_trials.py builds every variant it times from the stages' real step functions, and each
+one trains."""
 
 import importlib.util
 
