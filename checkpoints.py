@@ -151,8 +151,27 @@ def require_state_dict(state, path: str | Path) -> None:
         raise UserInputError(f"{path} is not a state dict of tensors (is it a training-state file?)")
 
 
+# The public networks by the prefix of keys only their state dicts hold, and the file each one belongs in.
+PUBLIC_NETWORKS = {
+    "SimpleAutoencoder": ("encoder.", AUTOENCODER_FILE),
+    "ConditionalUNet": ("backbone.", DIFFUSION_FILE),
+}
+
+
+def check_network(expected: str, state: dict, path: str | Path) -> None:
+    """Refuse, naming what it is and where it belongs, a state dict of the other public network than `expected`
+    (the run's two files swapped or renamed)."""
+    for name, (prefix, file) in PUBLIC_NETWORKS.items():
+        if name != expected and any(str(k).startswith(prefix) for k in state):
+            raise UserInputError(
+                f"{path} holds the weights of a {name}, not of a {expected}: that file belongs in a run folder as "
+                f"{file}, and this one needs the {PUBLIC_NETWORKS[expected][1]} its run wrote"
+            )
+
+
 def check_state_dict(model: nn.Module, state: dict, path: str | Path) -> None:
     """Raise UserInputError naming `path` and what differs if `state` does not fit `model`."""
+    check_network(type(model).__name__, state, path)
     own = model.state_dict()
     optional = tuple(getattr(model, "optional_state_prefixes", ()))
     own = {k: v for k, v in own.items() if not k.startswith(optional or ("\0",))}  # optional parts are checked on load

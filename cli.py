@@ -10,8 +10,10 @@ import logging
 import sys
 from pathlib import Path
 
+from data import CLASS_NAMES
 from errors import UserInputError
 from models import SamplingOptions
+from models.pipeline import run_dir
 from training.config import (
     PRESETS,
     RUN_DATA_OPTIONS,
@@ -93,9 +95,9 @@ def add_command_args(parser: argparse.ArgumentParser, only: dict | None = None) 
         "--preset",
         default=None,
         choices=tuple(PRESETS),
-        help="default: full run for a GPU; cpu: sized for a 2-core CPU (fixed steps: 20 to 40 minutes, by the CPU; "
-        "--time-budget sizes a run by minutes instead); smoke: the whole pipeline in about a minute. sample and "
-        "evaluate take their defaults from the run's config.json unless --preset is given (default: default)",
+        help="default (the default): full run for a GPU; cpu: sized for a 2-core CPU (fixed steps: 10 to 40 minutes, "
+        "by the CPU; --time-budget sizes a run by minutes instead); smoke: the whole pipeline in about a minute. "
+        "sample, evaluate and diagnose take their options from the run's config.json unless --preset is given",
     )
     add_config_args(parser, only)
 
@@ -134,6 +136,9 @@ def check_flags(args: argparse.Namespace) -> None:
 
 def check_option_use(args: argparse.Namespace, cfg: dict) -> None:
     """Refuse an option that the resolved run would silently ignore or find missing only after minutes of work."""
+    target = cfg["sample"].target_class.strip().lower()
+    if args.command == "sample" and target not in ("both", *CLASS_NAMES, *map(str, range(len(CLASS_NAMES)))):
+        raise UserInputError(f"unknown class {cfg['sample'].target_class!r} for --class: use cat, dog, 0, 1 or both")
     sampler = cfg["sample"].sampler
     if "eta" in explicit_flags(args, "sample") and sampler != "ddim":
         raise UserInputError(
@@ -152,6 +157,8 @@ def recorded_config(args: argparse.Namespace) -> dict:
     split), so that training an existing run again reads the data it was trained on; {} when there is no readable
     record."""
     out_dir = getattr(args, "run.output_dir") or RunConfig.output_dir
+    if args.command == "sample" and getattr(args, "sample.pretrained"):  # the shipped model's record
+        out_dir = run_dir("pretrained")
     path = Path(out_dir) / "config.json"
     try:
         record = json.loads(path.read_text()) if path.is_file() else {}

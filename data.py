@@ -35,13 +35,14 @@ class Split:
 
     x: torch.Tensor  # (N, 3, 32, 32) uint8
     y: torch.Tensor  # (N,) int64
+    source: str = ""  # where the classes were read from, for the log
 
     def __len__(self) -> int:
         return len(self.y)
 
     def subset(self, idx: torch.Tensor) -> "Split":
         """Return the rows `idx` as a new split."""
-        return Split(self.x[idx], self.y[idx])
+        return Split(self.x[idx], self.y[idx], self.source)
 
 
 def class_index(name_or_index: int | str) -> int:
@@ -92,8 +93,8 @@ def _read_image(path: Path) -> np.ndarray | None:
             if img.size != (IMAGE_SIZE, IMAGE_SIZE):
                 img = img.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BICUBIC)
             return np.asarray(img, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError):
-        return None
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        return None  # a header claiming more pixels than PIL's safety limit is refused like any unreadable file
 
 
 def _read_class_folder(folder: Path) -> tuple[list[np.ndarray], int]:
@@ -123,9 +124,18 @@ def _load_class_folders(folders: list[Path]) -> Split:
     return Split(torch.cat(xs).contiguous(), torch.cat(ys))
 
 
+def _class_folder(root: Path, name: str) -> Path | None:
+    """`root`'s sub-folder for class `name`, in any case (`Cat/` as pet datasets name it); None if there is none."""
+    found = sorted(p for p in root.iterdir() if p.is_dir() and p.name.lower() == name) if root.is_dir() else []
+    return found[0] if found else None
+
+
 def _load_split_folder(root: Path) -> Split:
-    """Load `root/cat` and `root/dog` into one split."""
-    return _load_class_folders([root / name for name in CLASS_NAMES])
+    """Load `root/cat` and `root/dog` (any case) into one split that names the folders it read."""
+    folders = [_class_folder(root, name) for name in CLASS_NAMES]
+    data = _load_class_folders(folders)
+    data.source = ", ".join(f"{name} from {folder}" for name, folder in zip(CLASS_NAMES, folders))
+    return data
 
 
 def cifar_batches(root: str | Path) -> Path | None:
@@ -194,7 +204,7 @@ def load_labelled_folders(roots: list[str | Path]) -> tuple[Split, tuple[str, ..
 
 
 def _has_class_folders(root: Path) -> bool:
-    return all((root / name).is_dir() for name in CLASS_NAMES)
+    return all(_class_folder(root, name) is not None for name in CLASS_NAMES)
 
 
 def load_image_folder(root: str | Path) -> tuple[Split, Split | None]:
@@ -215,7 +225,7 @@ def load_image_folder(root: str | Path) -> tuple[Split, Split | None]:
         return _load_split_folder(root), None
     if _has_class_folders(root / "train"):
         test_dir = root / "test"
-        partial = [name for name in CLASS_NAMES if (test_dir / name).is_dir()]
+        partial = [name for name in CLASS_NAMES if _class_folder(test_dir, name) is not None]
         if partial and not _has_class_folders(test_dir):
             missing = [name for name in CLASS_NAMES if name not in partial]
             raise UserInputError(
@@ -226,7 +236,7 @@ def load_image_folder(root: str | Path) -> tuple[Split, Split | None]:
         return _load_split_folder(root / "train"), test
     raise UserInputError(
         f"data dir {root} has no class folders: expected {root}/cat and {root}/dog "
-        f"(or {root}/train/cat and {root}/train/dog)"
+        f"(or {root}/train/cat and {root}/train/dog; any case)"
     )
 
 

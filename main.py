@@ -20,6 +20,7 @@ from models import (
     SimpleAutoencoder,
 )
 from models.generate import iter_class_samples
+from models.vae import LATENT_LAYOUTS
 from checkpoints import (
     AUTOENCODER_FILE,
     DECODER_STATE_FILE,
@@ -32,7 +33,14 @@ from checkpoints import (
 from evaluation.diagnose import diagnose_run, format_report
 from evaluation.evaluate import evaluate_run, format_table, scored_outputs
 from evaluation.judge import get_judge, load_reference
-from training.budget import STAGES, denoiser_retime, follow_budget, follow_budget_at_denoiser, report_plan
+from training.budget import (
+    STAGES,
+    denoiser_retime,
+    follow_budget,
+    follow_budget_at_denoiser,
+    report_plan,
+    stages_to_train,
+)
 from training.config import explicit_flags, resolve_configs
 from cli import check_flags, check_option_use, parse_args, recorded_config
 from training.board import write_image
@@ -40,13 +48,15 @@ from training.decoder import latent_space_fingerprint, train_decoder
 from training.diffusion import train_diffusion
 from training.loop import interrupts_remembered
 from models.compiled import compile_mode
-from models.pipeline import load_pipeline
+from models.pipeline import load_pipeline, run_dir
 from training.run import (
     check_output_dir,
     check_recorded_data,
     check_split,
     folder_lock,
+    log_to_file,
     make_context,
+    output_folder,
     precision_note,
     prepare_output_dir,
     resolve_paths,
@@ -56,10 +66,11 @@ from training.run import (
     write_config,
     write_split,
 )
+from training.reuse import adopt_autoencoder, source_autoencoder
 from training.vae import train_vae
 from visualization import save_samples, write_diffusion_figures, write_loss_curves, write_vae_figures
 from visualization.report import figure_files
-from visualization.samples import labelled_sheet, save_arrays
+from visualization.samples import labelled_sheet, remove_sample_set, save_arrays
 
 log = logging.getLogger("main")
 STARTED = time.perf_counter()  # the command's start: --time-budget counts from here
@@ -93,12 +104,18 @@ def train(cfg: dict, fixed_steps: dict[str, int] | None = None) -> None:
         check_split(
             ctx.out_dir, split, "pass --retrain-vae to train the run anew on this data, or another --output-dir"
         )
+    if run.autoencoder_from is not None:  # a folder without one, or of another layout: refused before any work
+        source_autoencoder(run.autoencoder_from, cfg["vae"].latent_layout, ctx.out_dir)
+    ctx.records = bool(stages_to_train(cfg, ctx.out_dir)) or not (ctx.out_dir / "config.json").is_file()
+    if not ctx.records:
+        log.info("every stage of %s is trained: nothing to train, its config.json stays as it is", ctx.out_dir)
     plan = follow_budget(cfg, ctx, len(train_set), fixed_steps or {}, time.perf_counter() - STARTED)
     if ctx.is_main:
         prepare_output_dir(ctx.out_dir)
     with folder_lock(ctx.out_dir, "train", ctx.is_main):
         setup_logging(ctx.out_dir, ctx.is_main)
-        log.info("data: %d training and %d held-out images", len(train_set), len(held))
+        source = f" ({train_set.source})" if train_set.source else ""
+        log.info("data: %d training and %d held-out images%s", len(train_set), len(held), source)
         log.info(precision_note(run.amp, ctx))
         if plan is not None:
             ctx.extra["time_plan"] = plan
@@ -117,8 +134,14 @@ def run_stages(cfg: dict, ctx, train_set, held, split: dict) -> None:
     the run's config.json."""
     run = cfg["run"]
     torch.manual_seed(run.seed)  # model initialisation only; identical on every rank
-    autoencoder = SimpleAutoencoder().to(ctx.device)
-    unet = ConditionalUNet(prediction=cfg["diffusion"].prediction).to(ctx.device)
+    autoencoder = SimpleAutoencoder(**LATENT_LAYOUTS[cfg["vae"].latent_layout]).to(ctx.device)
+    unet = ConditionalUNet(latent_channels=autoencoder.latent_channels, prediction=cfg["diffusion"].prediction)
+    unet = unet.to(ctx.device)
+    if run.autoencoder_from is not None and ctx.is_main:
+        ctx.extra["autoencoder_from"] = adopt_autoencoder(cfg, ctx.out_dir, split)
+        write_split(ctx.out_dir, split)
+    if ctx.world_size > 1:
+        torch.distributed.barrier()  # the copied autoencoder is in the folder before any process reads it
     vae_trained = vae_stage(autoencoder, train_set, held, cfg, ctx, split)
     write_config(cfg, ctx)
     decoder_trained = decoder_stage(autoencoder, train_set, held, cfg, ctx, vae_trained)
@@ -185,6 +208,10 @@ def remove_stale_outputs(ctx, networks: tuple[str, ...]) -> None:
 def vae_stage(autoencoder, train_set, held, cfg: dict, ctx, split: dict) -> bool:
     """Train the VAE (recording the `split` it trains on), or load it when its checkpoint exists; return whether it
     was trained now."""
+    if cfg["run"].autoencoder_from is not None:
+        load_weights(autoencoder, ctx.out_dir / AUTOENCODER_FILE, ctx.device)
+        ctx.extra["vae_stage"] = "copied (--autoencoder-from; run_facts.autoencoder_from)"
+        return False
     if (ctx.out_dir / AUTOENCODER_FILE).is_file() and not cfg["run"].retrain_vae:
         log.info("VAE checkpoint found, skipping VAE training (--retrain-vae to train it again)")
         load_weights(autoencoder, ctx.out_dir / AUTOENCODER_FILE, ctx.device)
@@ -207,6 +234,9 @@ def decoder_stage(autoencoder, train_set, held, cfg: dict, ctx, vae_trained: boo
     the diffusion stage never needs retraining for it. A VAE trained now wrote its pixel-loss decoder into the public
     file, so the stage runs again even where the new encoder equals the old one (same seed, same fingerprint)."""
     path = ctx.out_dir / DECODER_STATE_FILE
+    if cfg["run"].autoencoder_from is not None:
+        ctx.extra["decoder_stage"] = "copied with the autoencoder (--autoencoder-from)"
+        return False
     if cfg["decoder"].steps == 0:
         ctx.extra["decoder_stage"] = "off (--decoder-steps 0): the VAE's pixel-loss decoder"
         return False
@@ -279,13 +309,18 @@ def timed(ctx, key: str):
 
 
 def sample(cfg: dict) -> None:
-    """Draw images of the chosen class(es) from trained checkpoints; trains nothing."""
+    """Draw images of the chosen class(es) from trained checkpoints (the run's, or with --pretrained the shipped
+    model's, into the output folder); trains nothing."""
     run, s = cfg["run"], cfg["sample"]
     ctx = make_context(run)
     setup_logging(None, True)
-    labels = list(range(len(CLASS_NAMES))) if s.target_class == "both" else [class_index(s.target_class)]
-    with run_folder(ctx.out_dir, "sample"):
-        autoencoder, diffusion = load_pipeline(ctx.out_dir, ctx.device)
+    both = s.target_class.strip().lower() == "both"
+    labels = list(range(len(CLASS_NAMES))) if both else [class_index(s.target_class)]
+    with output_folder(ctx.out_dir, "sample") if s.pretrained else run_folder(ctx.out_dir, "sample"):
+        source = run_dir("pretrained") if s.pretrained else ctx.out_dir
+        autoencoder, diffusion = load_pipeline(source, ctx.device)
+        if s.pretrained:
+            log.info("sampling from the shipped model in %s (trained nothing); images go to %s", source, ctx.out_dir)
         diffusion.compile(compile_mode(cfg["diffusion"].compile, ctx.device))
         draw_samples(cfg, ctx, autoencoder, diffusion, labels)
 
@@ -298,7 +333,10 @@ def draw_samples(cfg: dict, ctx, autoencoder, diffusion, labels: list[int]) -> N
     gen = torch.Generator(ctx.device).manual_seed(seed)
     for label in labels:
         name, batches = CLASS_NAMES[label], []
-        folder = ctx.out_dir / "samples" / f"{name}_seed{seed}"
+        folder = ctx.out_dir / "samples" / f"{'pretrained_' if s.pretrained else ''}{name}_seed{seed}"
+        replaced = remove_sample_set(folder, name)
+        if replaced:
+            log.info("removed the %d images, grid and arrays an earlier sample command wrote in %s", replaced, folder)
         draw = iter_class_samples(
             autoencoder, diffusion, label, s.num_samples, options=s.options(), generator=gen, batch_size=SAMPLE_BATCH
         )
@@ -375,6 +413,13 @@ INTERRUPTED = {
 }
 
 
+def fail(message: str, code: int) -> int:
+    """Print the one line a failed command ends with, write it to the run's log.txt too, and return its exit code."""
+    print(message, file=sys.stderr)
+    log_to_file(message.strip())
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
@@ -396,14 +441,11 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 diagnose(cfg)
     except UserInputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return fail(f"error: {err}", 2)
     except FloatingPointError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 3
+        return fail(f"error: {err}", 3)
     except KeyboardInterrupt:
-        print(f"\n{INTERRUPTED[args.command]}", file=sys.stderr)
-        return 130
+        return fail(f"\n{INTERRUPTED[args.command]}", 130)
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

@@ -84,7 +84,7 @@ class SamplingOptions:
 
     sampler: str = "heun"  # a key of SAMPLERS
     steps: int | None = None  # reverse steps (the sampler's timesteps, sampler_timesteps); None: DEFAULT_STEPS
-    eta: float = 1.0  # DDIM's stochasticity: 0 deterministic, 1 the DDPM posterior's variance (Heun: deterministic)
+    eta: float = 0.0  # DDIM's noise: 0 deterministic (as in the DDIM paper and diffusers), 1 the DDPM posterior's
     guidance_scale: float | None = None  # None: DEFAULT_SCALE; 1.0 = no guidance
     guidance_interval: tuple[float, float] = (0.0, 1.0)  # guide only where t / n_steps lies in [lo, hi]
 

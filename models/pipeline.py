@@ -12,6 +12,7 @@ from checkpoints import (
     DIFFUSION_FILE,
     DIFFUSION_STATE_FILE,
     VAE_STATE_FILE,
+    check_network,
     check_state_dict,
     load_file,
     require_state_dict,
@@ -20,6 +21,8 @@ from errors import UserInputError
 from models.diffusion import ConditionalDenoiseDiffusion
 from models.unet import ConditionalUNet
 from models.vae import SimpleAutoencoder
+
+PRETRAINED_DIR = Path(__file__).resolve().parents[1] / "pretrained"  # the shipped model: a run folder
 
 
 def _legacy_config(out_dir: Path, state_file: str) -> dict:
@@ -32,6 +35,7 @@ def build(cls, state: dict, path: Path, legacy_config: dict | None = None):
     """The network a state dict describes, with its weights; `legacy_config` for files that do not describe it (VAE
     files from before "_extra_state"). A recorded network this code cannot build is one line naming the fix."""
     require_state_dict(state, path)
+    check_network(cls.__name__, state, path)
     config = state.get("_extra_state", {}).get("config", legacy_config or {})
     try:
         model = cls(**config)
@@ -45,12 +49,20 @@ def build(cls, state: dict, path: Path, legacy_config: dict | None = None):
     return model
 
 
+def run_dir(name: str | Path | None) -> Path:
+    """The run folder `name` names: None, or "pretrained" where no such folder is here, is the shipped model's."""
+    if name is None or (str(name) == "pretrained" and not Path(name).is_dir()):
+        return PRETRAINED_DIR
+    return Path(name)
+
+
 def load_pipeline(
-    out_dir: str | Path, device: torch.device | str = "cpu", raw_weights: bool = False
+    out_dir: str | Path | None = None, device: torch.device | str = "cpu", raw_weights: bool = False
 ) -> tuple[SimpleAutoencoder, ConditionalDenoiseDiffusion]:
-    """The trained VAE and diffusion model of a run folder, in eval mode on `device`; `raw_weights` takes the
-    denoiser's non-EMA weights from its training state instead of the public (EMA) file."""
-    out_dir, device = Path(out_dir), torch.device(device)
+    """The trained VAE and diffusion model of a run folder (default: the shipped model in pretrained/), in eval mode on
+    `device`; `raw_weights` takes the denoiser's non-EMA weights from its training state instead of the public (EMA)
+    file."""
+    out_dir, device = run_dir(out_dir), torch.device(device)
     path = out_dir / AUTOENCODER_FILE
     autoencoder = build(SimpleAutoencoder, load_file(path, device), path, _legacy_config(out_dir, VAE_STATE_FILE))
     path = out_dir / (DIFFUSION_STATE_FILE if raw_weights else DIFFUSION_FILE)

@@ -16,6 +16,14 @@ from checkpoints import config_difference
 from models.blocks import Downsample, ResidualAttentionBlock, Upsample, group_norm
 
 
+# The latent layouts a run can choose (`--vae-latent-layout`): the encoder's channels per level (each level after the
+# first halves the 32x32 grid) and the latent's channels on the grid that is left; both hold 256 numbers.
+LATENT_LAYOUTS = {
+    "4x8x8": dict(channels=(32, 64, 128), latent_channels=4),
+    "16x4x4": dict(channels=(32, 64, 128, 128), latent_channels=16),
+}
+
+
 def _check_layout(latent_dim: int, latent_channels: int, side: int) -> None:
     if latent_dim != latent_channels * side * side:
         raise ValueError(
@@ -98,6 +106,11 @@ class SimpleAutoencoder(nn.Module):
         self.register_buffer("latent_shift", torch.zeros(latent_dim))
         self.register_buffer("latent_scale", torch.ones(latent_dim))
         self._register_load_state_dict_pre_hook(self._upgrade_old_file, with_module=True)
+
+    @property
+    def layout(self) -> str:
+        """The latent's layout, channels x grid: "4x8x8" or "16x4x4" (the keys of LATENT_LAYOUTS)."""
+        return f"{self.latent_channels}x{self.side}x{self.side}"
 
     optional_state_keys = ("_extra_state",)  # absent from files written before it existed
 

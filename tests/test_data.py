@@ -41,6 +41,29 @@ def test_corrupt_files_are_skipped_and_counted(tmp_path, caplog):
     assert "skipped 1 unreadable" in caplog.text
 
 
+def test_an_image_whose_header_claims_too_many_pixels_is_skipped_like_any_unreadable_file(tmp_path, caplog):
+    """Before: PIL's DecompressionBombError ended the run with a 41-line traceback."""
+    for name in data.CLASS_NAMES:
+        (tmp_path / name).mkdir()
+        Image.new("RGB", (32, 32)).save(tmp_path / name / "ok.png")
+    bomb = tmp_path / "cat" / "bomb.png"
+    Image.new("1", (20000, 10000)).save(bomb)  # 200 megapixels: past PIL's limit of twice 89 million
+    train, _ = data.load_image_folder(tmp_path)
+    assert len(train) == 2 and "skipped 1 unreadable" in caplog.text
+
+
+def test_class_folders_in_any_case_are_found_and_named(tmp_path):
+    """Before: Cat/ and Dog/ (as pet datasets name them) got "no class folders"."""
+    for name in ("Cat", "DOG"):
+        (tmp_path / name).mkdir()
+        for i in range(2):
+            Image.new("RGB", (32, 32)).save(tmp_path / name / f"{i}.png")
+    train, _ = data.load_image_folder(tmp_path)
+    assert len(train) == 4 and train.y.tolist() == [0, 0, 1, 1]
+    assert train.source == f"cat from {tmp_path / 'Cat'}, dog from {tmp_path / 'DOG'}"
+    assert train.subset(torch.tensor([0])).source == train.source
+
+
 @pytest.mark.parametrize(
     "layout, message",
     [

@@ -83,6 +83,7 @@ def test_second_run_skips_every_stage(trained_run, image_folder):
         name: (out / name).stat().st_mtime_ns
         for name in ("cifar_cat_dog_autoencoder.pt", "conditional_diffusion_final.pt")
     }
+    record = (out / "config.json").read_bytes()
     proc = run_main(*TINY_RUN, "--data-dir", str(image_folder), "--output-dir", str(out))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "skipping VAE training" in proc.stderr and "skipping diffusion training" in proc.stderr
@@ -90,6 +91,11 @@ def test_second_run_skips_every_stage(trained_run, image_folder):
     last = proc.stdout.strip().splitlines()[-1]  # one line naming the folder and its main files
     assert last.startswith(f"done: {out} holds cifar_cat_dog_autoencoder.pt, conditional_diffusion_final.pt")
     assert stamps == {name: (out / name).stat().st_mtime_ns for name in stamps}
+    # a command that trains nothing, even with a time budget, leaves the record of how the run was trained as it is
+    # (before: a --time-budget rewrote config.json with that budget, an empty plan and this command's seconds)
+    proc = run_main(*TINY_RUN, "--data-dir", str(image_folder), "--output-dir", str(out), "--time-budget", "5")
+    assert proc.returncode == 0 and "nothing to plan" in proc.stderr, proc.stderr[-2000:]
+    assert (out / "config.json").read_bytes() == record
 
 
 def test_sample_command_writes_images_without_training(trained_run):
@@ -106,8 +112,29 @@ def test_sample_command_writes_images_without_training(trained_run):
     assert sorted(p.name for p in folder.iterdir()) == ["dog.npz", "dog_0000.png", "dog_0001.png", "dog_0002.png"]
     assert (out / "samples" / "dog_seed7.png").is_file()
     assert f"arrays {folder / 'dog.npz'}" in proc.stdout  # before: the .npz went unmentioned
-    sample(2)  # a smaller call into the same folder leaves only its own images (before: the larger call's stayed)
-    assert sorted(p.name for p in folder.iterdir()) == ["dog_0000.png", "dog_0001.png"]
+    proc = sample(2)  # a smaller call into the same folder leaves only its own images (before: the larger call's
+    assert sorted(p.name for p in folder.iterdir()) == ["dog_0000.png", "dog_0001.png"]  # stayed), and says so
+    assert f"removed the 3 images, grid and arrays an earlier sample command wrote in {folder}" in proc.stderr
+
+
+def test_a_sample_command_interrupted_leaves_no_grid_of_an_earlier_one(trained_run, tmp_path, monkeypatch):
+    """Before: after a Ctrl-C the previous call's grid, titled for its count, stood beside the new call's images."""
+    out = tmp_path / OUT
+    shutil.copytree(trained_run / OUT, out)
+    args = ["sample", "--output-dir", str(out), "--class", "cat", "--num-samples", "3", "--sample-steps", "2"]
+    assert main.main([*args, "--device", "cpu"]) == 0
+    assert (out / "samples" / "cat_seed0.png").is_file()
+    real = main.iter_class_samples
+
+    def interrupted(*a, **kw):
+        yield next(real(*a, **kw))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(main, "iter_class_samples", interrupted)
+    monkeypatch.setattr(main, "SAMPLE_BATCH", 1)
+    assert main.main([*args, "--device", "cpu"]) == 130
+    assert not (out / "samples" / "cat_seed0.png").exists()
+    assert sorted(p.name for p in (out / "samples" / "cat_seed0").iterdir()) == ["cat_0000.png"]
 
 
 def test_sample_writes_batch_by_batch_the_images_of_one_call_and_caps_its_grid(trained_run, tmp_path, monkeypatch):

@@ -155,7 +155,7 @@ def test_nan_loss_stops_the_stage_and_keeps_the_last_good_state(tmp_path):
     saved = []
     ctx = RunContext(device=torch.device("cpu"), out_dir=tmp_path, log_every=2, checkpoint_every=4)
     losses = iter([1.0] * 5 + [float("nan")] * 10)
-    with pytest.raises(FloatingPointError, match="non-finite loss.*step 6"):
+    with pytest.raises(FloatingPointError, match="non-finite loss.*step 6; the training state of step 4 is kept"):
         run_steps(
             "VAE",
             0,
@@ -212,6 +212,8 @@ def test_nan_loss_ends_the_run_with_one_line(image_folder, tmp_path, capsys, mon
     code = main.main([*RUN, "--data-dir", str(image_folder), "--output-dir", str(tmp_path)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 3 and "vae: non-finite loss (pixel," in err[-1] and "--vae-lr" in err[-1]
+    assert "no training state was saved before it" in err[-1]  # before: "the last good training state is kept"
+    assert err[-1] in (tmp_path / "log.txt").read_text()  # before: the line ending the run was not in the log
     assert not (tmp_path / PUBLIC[0]).exists()
 
 
@@ -228,6 +230,16 @@ def test_nan_loss_ends_the_run_with_one_line(image_folder, tmp_path, capsys, mon
         (["sample", "--eta", "1.5"], "--eta must be in [0, 1]"),
         (["sample", "--guidance-scale", "-2"], "--guidance-scale must be >= 0"),
         (["sample", "--num-samples", "0"], "--num-samples must be positive"),
+        (["--vae-lr", "inf"], "--vae-lr must be a finite number, got inf"),  # before: Infinity in config.json
+        (["--diffusion-lr", "nan"], "--diffusion-lr must be a finite number, got nan"),
+        (["sample", "--sample-seed", str(2**70)], "--sample-seed must be between 0 and 2**63 - 1"),  # before: a
+        (["--seed", "-1"], "--seed must be between 0 and 2**63 - 1"),  # traceback from torch's manual_seed
+        (["evaluate", "--eval-name", "config"], "--eval-name must be a plain name"),  # before: config.json replaced
+        (["evaluate", "--eval-name", "../x"], "--eval-name must be a plain name"),
+        (["evaluate", "--eval-name", "Split"], "--eval-name must be a plain name"),
+        (["sample", "--class", "horse"], "unknown class 'horse' for --class: use cat, dog, 0, 1 or both"),
+        (["-preset", "smoke"], "unrecognized argument -preset (did you mean --preset?)"),
+        (["--out", "x"], "unrecognized argument --out (did you mean --output-dir?)"),  # before: --eta
     ],
 )
 def test_options_out_of_range(tmp_path, capsys, args, message):
@@ -248,6 +260,18 @@ def test_checkpoint_of_another_architecture_is_named_in_the_error(trained_run, t
     (out / PUBLIC[0]).write_bytes((out / PUBLIC[0]).read_bytes()[:1000])  # truncated
     assert main.main(["sample", "--output-dir", str(out), "--device", "cpu"]) == 2
     assert "cannot read checkpoint" in capsys.readouterr().err
+
+
+def test_swapped_public_files_are_named_for_what_they_are(trained_run, tmp_path, capsys):
+    """Before: the denoiser's file under the autoencoder's name got advice to retrain a stage whose file was fine."""
+    out = tmp_path / "run"
+    out.mkdir()
+    for mine, theirs in zip(PUBLIC, reversed(PUBLIC)):
+        (out / mine).write_bytes((trained_run / "cifar_cat_dog_conditional_improved" / theirs).read_bytes())
+    assert main.main(["sample", "--output-dir", str(out), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert f"{out / PUBLIC[0]} holds the weights of a ConditionalUNet, not of a SimpleAutoencoder" in err
+    assert f"belongs in a run folder as {PUBLIC[1]}" in err and "retrain" not in err and err.count("\n") == 1
 
 
 def test_generate_class_samples_refuses_bad_arguments_and_batches_large_requests(trained_run):

@@ -43,6 +43,7 @@ from checkpoints import (
 from errors import UserInputError
 from models import ConditionalDenoiseDiffusion, ConditionalUNet, SimpleAutoencoder, generate_class_samples
 from models.compiled import compile_mode
+from models.vae import LATENT_LAYOUTS
 from training.loop import Retime, clock
 from training.perceptual import load_perceptual_loss
 from training.timing import Variant, decoder_step_fn, diffusion_step_fn, vae_step_fn
@@ -167,11 +168,13 @@ def calibrate(cfg: dict, ctx, stages: tuple[str, ...], n_images: int, figures: b
     timed: at seconds a batch, the steps' warm-up and repeats would make the figures most of the calibration)."""
 
     start, device, step_s, extra = time.perf_counter(), ctx.device, {}, {}
+    layout = LATENT_LAYOUTS[cfg["vae"].latent_layout]
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # the run's RNG stays untouched
         for stage in stages:
             c = cfg[stage]
             mode = compile_mode(c.compile, device)
-            variant = Variant(compiled=mode if mode != "off" else False)
+            arch = layout if stage != "diffusion" else {"latent_channels": layout["latent_channels"]}
+            variant = Variant(compiled=mode if mode != "off" else False, **arch)
             if stage == "vae":
                 vgg = load_perceptual_loss(device) if c.perceptual_weight > 0 else None
                 step = vae_step_fn(device, c.batch_size, vgg, ctx.amp, variant)
@@ -183,13 +186,14 @@ def calibrate(cfg: dict, ctx, stages: tuple[str, ...], n_images: int, figures: b
                 step = graph_step(step)
             steady, extra[stage] = time_steps(step, device)
             step_s[stage] = LOOP_OVERHEAD * steady
-        ae = SimpleAutoencoder().to(device).eval()
+        ae = SimpleAutoencoder(**layout).to(device).eval()
         x = torch.rand(64, 3, 32, 32, device=device) * 2 - 1
         with torch.no_grad():
             encode_s = time_steps(lambda: ae.encode(x), device)[0] / 64
         sample_s = 0.0
         if figures:  # one batch, timed once after a short one of the same shapes (a batch costs seconds, a step not)
-            diffusion = ConditionalDenoiseDiffusion(ConditionalUNet().to(device).eval(), device=device)
+            unet = ConditionalUNet(latent_channels=ae.latent_channels).to(device).eval()
+            diffusion = ConditionalDenoiseDiffusion(unet, device=device)
             options = cfg["sample"].options()
             draw = lambda opts: generate_class_samples(ae, diffusion, 0, 64, options=opts, seed=0)  # noqa: E731
             draw(options.replace(steps=WARMUP_SAMPLER_STEPS))
@@ -235,10 +239,11 @@ def stages_to_train(cfg: dict, out_dir) -> tuple[str, ...]:
     a --retrain flag names, and every stage after a VAE that trains."""
 
     run = cfg["run"]
-    vae = run.retrain_vae or not (out_dir / AUTOENCODER_FILE).is_file()
+    copied = run.autoencoder_from is not None  # the VAE and decoder stage come from another run
+    vae = not copied and (run.retrain_vae or not (out_dir / AUTOENCODER_FILE).is_file())
     decoder_state = out_dir / DECODER_STATE_FILE
     decoder_done = decoder_state.is_file() and bool(load_file(decoder_state).get("done"))
-    decoder = cfg["decoder"].steps > 0 and (vae or run.retrain_decoder or not decoder_done)
+    decoder = not copied and cfg["decoder"].steps > 0 and (vae or run.retrain_decoder or not decoder_done)
     diffusion = vae or run.retrain_diffusion or not (out_dir / DIFFUSION_FILE).is_file()
     return tuple(s for s, trains in zip(STAGES, (vae, decoder, diffusion)) if trains)
 
@@ -276,6 +281,9 @@ def follow_budget(cfg: dict, ctx, n_images: int, fixed: dict[str, int], elapsed_
             "run with --time-budget records the plan in its config.json)"
         )
     stages = stages_to_train(cfg, ctx.out_dir)
+    if not stages:  # a finished run: its recorded plan stays the record of how it was trained
+        log.info("time budget: every stage is trained already, nothing to plan")
+        return None
     config = ctx.out_dir / "config.json"
     recorded = json.loads(config.read_text()).get("run_facts", {}).get("time_plan") if config.is_file() else None
     if recorded and ctx.resume and any(_interrupted(ctx.out_dir, s) for s in stages):

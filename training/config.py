@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import math
+import re
 from dataclasses import dataclass, field
 
 from errors import UserInputError
@@ -12,6 +14,7 @@ from models.compiled import COMPILE_MODES
 from models.diffusion import PROCESS_DEFAULTS, SCHEDULES, TIMESTEP_SAMPLING, SamplingOptions
 from models.samplers import SAMPLERS
 from models.unet import PREDICTIONS
+from models.vae import LATENT_LAYOUTS
 
 # The constraints a field may carry (metadata "check"): a test of the value and the words for the error message.
 CHECKS = {
@@ -20,7 +23,14 @@ CHECKS = {
     "fraction": (lambda v: 0 <= v <= 1, "must be in [0, 1]"),
     "open_fraction": (lambda v: 0 < v < 1, "must be strictly between 0 and 1"),
     "decay": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    "seed": (lambda v: 0 <= v < 2**63, "must be between 0 and 2**63 - 1"),
+    "file_stem": (
+        lambda v: re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", v) is not None and v.lower() not in RUN_FILE_STEMS,
+        "must be a plain name (letters, digits, - and _) other than the run's own files' (config, split, diagnose, "
+        "log)",
+    ),
 }
+RUN_FILE_STEMS = ("config", "split", "diagnose", "log")  # NAME.json must never overwrite what the run depends on
 SAMPLING = SamplingOptions()  # the defaults of the sampling flags
 RUN_DATA_OPTIONS = ("data_dir", "download_dir", "holdout_fraction", "max_images", "seed")  # what draws the split
 
@@ -50,7 +60,7 @@ class RunConfig:
     output_dir: str = opt("./cifar_cat_dog_conditional_improved", "folder for checkpoints, samples, plots and logs")
     download_dir: str = opt("./data", "where torchvision downloads CIFAR-10")
     device: str = opt("auto", "cpu, cuda, cuda:N, mps or auto (cuda when available, else mps, else cpu)")
-    seed: int = opt(0, "seed of the run's torch.Generator (data split, batches, noise)")
+    seed: int = opt(0, "seed of the run's torch.Generator (data split, batches, noise)", "seed")
     holdout_fraction: float = opt(
         0.1, "share of the training images held out for validation when no test/ split exists", "open_fraction"
     )
@@ -76,6 +86,11 @@ class RunConfig:
         "model stay as they are)",
     )
     retrain_diffusion: bool = opt(False, "train the diffusion model even if its checkpoint exists")
+    autoencoder_from: str | None = opt(
+        None,
+        "copy the trained autoencoder (VAE and decoder stage) of this run folder (pretrained: the shipped model) into "
+        "the run and train only the denoiser on it; its latent layout must be the run's",
+    )
     visualize_every: int = opt(
         0, "also write visualisations every N steps of each stage (0: only at the end of a stage)", "non_negative"
     )
@@ -93,6 +108,12 @@ class RunConfig:
 class VAEConfig:
     """Progressive VAE training. Phase boundaries are fractions of `steps`."""
 
+    latent_layout: str = opt(
+        "4x8x8",
+        "how the 256 latent numbers lie: channels x grid (16x4x4: one more encoder level, a quarter of the positions "
+        "for the denoiser's convolutions)",
+        choices=tuple(LATENT_LAYOUTS),
+    )
     steps: int = opt(2560, "optimizer steps (2560 x 1024 = the 2.6 million images of 20,000 x 128)", "positive")
     batch_size: int = opt(1024, "images per step (per process under torchrun)", "positive")
     lr: float = opt(
@@ -172,6 +193,12 @@ class DecoderConfig:
         "positive",
     )
     ema_decay: float = opt(0.999, "EMA decay per step of the decoder weights written to the public file", "decay")
+    latent_noise: float = opt(
+        0.0,
+        "train the decoder on latents moved towards noise, (1 - tau) z + tau eps with tau ~ U(0, this) in the "
+        "denoiser's unit-variance space (latent-denoising tokenizers, Yang et al. 2025); 0: off",
+        "fraction",
+    )
 
 
 @dataclass
@@ -245,7 +272,12 @@ class SampleConfig:
     )
     num_samples: int = opt(64, "images per class (sample command) or in total (sample grids)", "positive")
     target_class: str = opt("both", "sample command: cat, dog, 0, 1 or both", flag="--class")
-    sample_seed: int | None = opt(None, "seed for sampling (default: the run's --seed)")
+    sample_seed: int | None = opt(None, "seed for sampling (default: the run's --seed)", "seed")
+    pretrained: bool = opt(
+        False,
+        "sample command: draw from the shipped model in pretrained/ (no training, no run needed) into "
+        "OUTPUT_DIR/samples/pretrained_CLASS_seedN",
+    )
     save_npz: bool = opt(False, "sample command: also write the images as uint8 arrays in an .npz")
 
     def options(self) -> SamplingOptions:
@@ -271,7 +303,7 @@ class EvalConfig:
         "torchmetrics' download)",
         flag="--fid-weights",
     )
-    name: str = opt("evaluation", "results go to OUTPUT_DIR/NAME.json", flag="--eval-name")
+    name: str = opt("evaluation", "results go to OUTPUT_DIR/NAME.json", "file_stem", flag="--eval-name")
     diagnose_samples: int = opt(
         500,
         "diagnose command: images per class in each judge row, and training latents in the ladder",
@@ -337,6 +369,8 @@ def validate(section: str, cfg) -> None:
     prefix = SECTIONS[section][1]
     for f in dataclasses.fields(cfg):
         value, check = getattr(cfg, f.name), f.metadata.get("check")
+        if isinstance(value, float) and not math.isfinite(value):  # inf would pass "positive" and is not JSON
+            raise UserInputError(f"{_flag(f, prefix)} must be a finite number, got {value}")
         if check and value is not None and not CHECKS[check][0](value):
             raise UserInputError(f"{_flag(f, prefix)} {CHECKS[check][1]}, got {value}")
     if section == "vae" and not cfg.kl_start <= cfg.cls_start <= cfg.finetune_start:
@@ -371,10 +405,15 @@ def check_unknown_flags(parser: argparse.ArgumentParser, argv: list[str]) -> Non
     known = [flag for flag in parser._option_string_actions if flag.startswith("--")]
     for token in argv:
         flag = token.split("=", 1)[0]
-        if token.startswith("--") and flag not in known:
-            close = difflib.get_close_matches(flag, known, n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
-            raise UserInputError(f"unrecognized argument {flag}{hint}; python main.py COMMAND --help lists its options")
+        if token.startswith("-") and not token.startswith("--") and "-" + flag in known:  # -preset for --preset
+            close = ["-" + flag]
+        elif token.startswith("--") and flag not in known:
+            starting = [k for k in known if k.startswith(flag)]  # --out: --output-dir, whatever difflib thinks
+            close = difflib.get_close_matches(flag, starting or known, n=1, cutoff=0.0 if starting else 0.6)
+        else:
+            continue
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise UserInputError(f"unrecognized argument {flag}{hint}; python main.py COMMAND --help lists its options")
 
 
 def add_config_args(parser: argparse.ArgumentParser, only: dict | None = None) -> None:

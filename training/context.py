@@ -23,6 +23,7 @@ class RunContext:
     rank: int = 0
     world_size: int = 1
     extra: dict = field(default_factory=dict)  # run facts recorded with the config (e.g. perceptual loss availability)
+    records: bool = True  # whether this command writes config.json: one that trains nothing leaves the record be
 
     @property
     def is_main(self) -> bool:

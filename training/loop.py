@@ -92,14 +92,18 @@ def _step_of(line: str) -> float:
         return math.inf
 
 
-def check_finite(losses: dict[str, float], step: int, stage: str) -> None:
-    """Stop the stage with a clear message on a NaN or inf loss (the last saved state stays intact)."""
+def check_finite(losses: dict[str, float], step: int, stage: str, saved_at: int | None) -> None:
+    """Stop the stage with a clear message on a NaN or inf loss; `saved_at`: the step of the last training state saved
+    (which stays intact), None if there is none."""
     bad = [k for k, v in losses.items() if not math.isfinite(v)]
     if bad:
-        raise FloatingPointError(
-            f"{stage}: non-finite loss ({', '.join(bad)}) at step {step}; the last good training "
-            f"state is kept. Lower the learning rate (--{stage}-lr) and run again to resume."
+        kept = (
+            f"the training state of step {saved_at} is kept; lower the learning rate (--{stage}-lr) and run again "
+            "to resume from it"
+            if saved_at is not None
+            else f"no training state was saved before it; lower the learning rate (--{stage}-lr) and run again"
         )
+        raise FloatingPointError(f"{stage}: non-finite loss ({', '.join(bad)}) at step {step}; {kept}")
 
 
 def save_train_state(path: Path, *, step: int, generator: torch.Generator, done: bool = False, **parts) -> None:
@@ -179,6 +183,7 @@ def run_steps(
     from."""
     bar = tqdm(total=total, initial=step, desc=name, disable=not ctx.is_main, dynamic_ncols=True)
     mid_step, started = False, None
+    saved_at = step if step > 0 else None  # a resumed stage starts from a saved state
     if retime is not None and step >= retime.start:
         retime = None
     _in_steps.set()
@@ -198,12 +203,13 @@ def run_steps(
                 bar.refresh()
             if step % ctx.log_every == 0 or step % ctx.checkpoint_every == 0 or step == total:
                 record = {k: v.item() if v.numel() == 1 else v.tolist() for k, v in losses.items()}
-                check_finite({k: v for k, v in record.items() if isinstance(v, float)}, step, name.lower())
+                check_finite({k: v for k, v in record.items() if isinstance(v, float)}, step, name.lower(), saved_at)
                 record.update(step=step, **describe(step))
                 metrics.write(record)
                 bar.set_postfix(loss=f"{record['total']:.4f}")
             if step % ctx.checkpoint_every == 0 and step < total:
                 checkpoint_fn(step)
+                saved_at = step
             mid_step = False
             if visualize and ctx.visualize_every and step % ctx.visualize_every == 0 and step < total and ctx.is_main:
                 visualize(step)

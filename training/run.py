@@ -226,6 +226,14 @@ def run_folder(out_dir: Path, command: str):
         yield
 
 
+@contextlib.contextmanager
+def output_folder(out_dir: Path, command: str):
+    """Create `out_dir` if need be and hold its lock while `command` writes there (it needs no trained run)."""
+    check_output_dir(out_dir)
+    with folder_lock(prepare_output_dir(out_dir), command):
+        yield
+
+
 def setup_logging(out_dir: Path | None, is_main: bool) -> None:
     """Log INFO to stderr (rank 0 only) and to out_dir/log.txt."""
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)] if is_main else []
@@ -237,6 +245,14 @@ def setup_logging(out_dir: Path | None, is_main: bool) -> None:
         handlers=handlers or [logging.NullHandler()],
         force=True,
     )
+
+
+def log_to_file(message: str) -> None:
+    """Write an ERROR line to the run's log.txt, where one is open, without printing it again on stderr."""
+    record = logging.makeLogRecord({"name": "main", "levelname": "ERROR", "levelno": logging.ERROR, "msg": message})
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 def available_cpus() -> int:
@@ -292,8 +308,9 @@ def precision_note(amp_requested: bool, ctx: RunContext) -> str:
 
 
 def write_config(configs: dict, ctx: RunContext, name: str = "config.json") -> None:
-    """Save the resolved configuration and the facts of this run as JSON in the output folder."""
-    if not ctx.is_main:
+    """Save the resolved configuration and the facts of this run as JSON in the output folder (unless this command
+    trains nothing: the record of how the run was trained stays as it is)."""
+    if not ctx.is_main or not ctx.records:
         return
     record = {k: dataclasses.asdict(v) for k, v in configs.items()}
     record["run_facts"] = {

@@ -33,7 +33,7 @@ def rate(fn, items: int, repeats: int, device: torch.device) -> float:
 
 
 class Variant:
-    """One change to a benchmark step, for docs/throughput_trials.py (the defaults are the stages' own step):
+    """One change to a benchmark step, for experiments/throughput_trials.py (the defaults are the stages' own step):
     channels_last memory format, torch.compile of the trained network, the foreach AdamW instead of the fused one,
     other constructor arguments of the network."""
 

@@ -98,14 +98,23 @@ def save_samples(images: torch.Tensor, out_dir: str | Path, prefix: str, start: 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if start == 0:
-        for old in [*out_dir.glob(f"{prefix}_[0-9][0-9][0-9][0-9].png"), out_dir / f"{prefix}.npz"]:
-            old.unlink(missing_ok=True)
+        remove_sample_set(out_dir, prefix)
     arr = to_uint8(images)
     paths = []
     for i, img in enumerate(arr, start):
         paths.append(out_dir / f"{prefix}_{i:04d}.png")
         Image.fromarray(img).save(paths[-1])
     return paths
+
+
+def remove_sample_set(out_dir: str | Path, prefix: str) -> int:
+    """Remove the images `save_samples` wrote with `prefix` in `out_dir`, their `prefix.npz` and the grid beside the
+    folder (`out_dir.png`); return how many images there were."""
+    out_dir = Path(out_dir)
+    images = list(out_dir.glob(f"{prefix}_[0-9][0-9][0-9][0-9].png"))
+    for old in [*images, out_dir / f"{prefix}.npz", out_dir.with_suffix(".png")]:
+        old.unlink(missing_ok=True)
+    return len(images)
 
 
 def save_arrays(images: torch.Tensor, out_dir: str | Path, prefix: str) -> Path:

@@ -158,9 +158,11 @@ def test_warmup_cosine_schedule():
 
 
 def test_check_finite_names_the_bad_term():
-    check_finite({"total": 1.0}, 3, "vae")
-    with pytest.raises(FloatingPointError, match=r"kl.*step 7.*--vae-lr"):
-        check_finite({"total": 1.0, "kl": float("nan")}, 7, "vae")
+    check_finite({"total": 1.0}, 3, "vae", None)
+    with pytest.raises(FloatingPointError, match=r"kl.*step 7; the training state of step 4 is kept.*--vae-lr"):
+        check_finite({"total": 1.0, "kl": float("nan")}, 7, "vae", 4)
+    with pytest.raises(FloatingPointError, match=r"no training state was saved before it.*--vae-lr"):
+        check_finite({"total": 1.0, "kl": float("nan")}, 7, "vae", None)
 
 
 def test_compile_falls_back_to_eager_where_unavailable(monkeypatch, caplog):
