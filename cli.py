@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
 import logging
 import sys
@@ -18,12 +19,11 @@ from training.config import (
     PRESETS,
     RUN_DATA_OPTIONS,
     SECTIONS,
-    Parser,
     RunConfig,
-    add_config_args,
-    check_unknown_flags,
-    explicit_flags,
+    field_flag,
     flag_of,
+    validate,
+    validate_sampling,
 )
 
 log = logging.getLogger("main")
@@ -173,3 +173,94 @@ def recorded_config(args: argparse.Namespace) -> dict:
         section: {k: v for k, v in record.get(section, {}).items() if (names is None or k in names) and k not in local}
         for section, names in ALLOWED[args.command].items()
     }
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (a UserInputError, exit 2) that point to --help instead of printing the usage."""
+
+    def error(self, message: str):
+        raise UserInputError(f"{message}; python main.py COMMAND --help lists its options")
+
+
+def check_unknown_flags(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """Refuse a flag the parser does not know, before argparse takes its value for the command, naming the nearest
+    known flag."""
+    known = [flag for flag in parser._option_string_actions if flag.startswith("--")]
+    for token in argv:
+        flag = token.split("=", 1)[0]
+        if token.startswith("-") and not token.startswith("--") and "-" + flag in known:  # -preset for --preset
+            close = ["-" + flag]
+        elif token.startswith("--") and flag not in known:
+            starting = [k for k in known if k.startswith(flag)]  # --out: --output-dir, whatever difflib thinks
+            close = difflib.get_close_matches(flag, starting or known, n=1, cutoff=0.0 if starting else 0.6)
+        else:
+            continue
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise UserInputError(f"unrecognized argument {flag}{hint}; python main.py COMMAND --help lists its options")
+
+
+def add_config_args(parser: argparse.ArgumentParser, only: dict | None = None) -> None:
+    """Add one flag per config field (defaults None, so the preset's values show through); with `only`
+    ({section: field names, or None for all}), just those (one command's options, for its --help)."""
+    for section, (cls, prefix) in SECTIONS.items():
+        if only is not None and section not in only:
+            continue
+        group = parser.add_argument_group(f"{section} options", " ".join(cls.__doc__.split()))
+        for f in dataclasses.fields(cls):
+            if only is not None and only[section] is not None and f.name not in only[section]:
+                continue
+            kw = {"dest": f"{section}.{f.name}", "default": None, "help": _help(section, f)}
+            for key in ("choices", "nargs", "metavar"):
+                if f.metadata.get(key):
+                    kw[key] = f.metadata[key]
+            if f.type in ("bool", bool):
+                group.add_argument(field_flag(f, prefix), action=argparse.BooleanOptionalAction, **kw)
+            else:
+                if "choices" not in kw:  # with choices, argparse's own metavar lists them: {ddim,ddpm,heun}
+                    kw.setdefault("metavar", f.name.upper())
+                group.add_argument(field_flag(f, prefix), type=_parse_type(f), **kw)
+
+
+def _help(section: str, f: dataclasses.Field) -> str:
+    """A field's help, its default (unless the help already says it) and the presets that change it."""
+    text = f.metadata["help"]
+    changed = [
+        f"{name} preset: {values[section][f.name]}"
+        for name, values in PRESETS.items()
+        if f.name in values.get(section, {})
+    ]
+    if "default:" not in text and f.default is not None:  # a None default is described by the help itself
+        return text + f" (default: {'; '.join([str(f.default), *changed])})"
+    return text + (f" ({'; '.join(changed)})" if changed else "")
+
+
+def _parse_type(f: dataclasses.Field):
+    text = str(f.type)
+    return int if text.startswith("int") else float if text.startswith(("float", "tuple[float")) else str
+
+
+def resolve_configs(args: argparse.Namespace, preset: str | None, recorded: dict | None = None) -> dict:
+    """Build each section's dataclass: its defaults, then the preset (or, with no --preset, the values `recorded`
+    by the run being sampled or evaluated, {section: {field: value}}; with both, the run's data options stay the
+    recorded ones), then the flags given on the command line."""
+    if preset is not None and preset not in PRESETS:
+        raise UserInputError(f"unknown preset {preset!r}: use one of {', '.join(PRESETS)}")
+    base = PRESETS[preset or "default"] if preset is not None or not recorded else recorded
+    if preset is not None and recorded:  # a preset sizes the command's work; the data and its split stay the run's
+        kept = {k: v for k, v in recorded.get("run", {}).items() if k in RUN_DATA_OPTIONS}
+        base = {**base, "run": {**base.get("run", {}), **kept}}
+    out = {}
+    for section, (cls, _) in SECTIONS.items():
+        fields = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in base.get(section, {}).items() if k in fields}  # keys of other versions: ignored
+        values.update({name: getattr(args, f"{section}.{name}") for name in explicit_flags(args, section)})
+        out[section] = cls(**values)
+        validate(section, out[section])
+    validate_sampling(out)
+    return out
+
+
+def explicit_flags(args: argparse.Namespace, section: str) -> set[str]:
+    """Names of the fields of `section` that were given on the command line."""
+    cls = SECTIONS[section][0]
+    return {f.name for f in dataclasses.fields(cls) if getattr(args, f"{section}.{f.name}") is not None}

@@ -41,8 +41,7 @@ from training.budget import (
     report_plan,
     stages_to_train,
 )
-from training.config import explicit_flags, resolve_configs
-from cli import check_flags, check_option_use, parse_args, recorded_config
+from cli import check_flags, check_option_use, explicit_flags, parse_args, recorded_config, resolve_configs
 from training.board import write_image
 from training.decoder import latent_space_fingerprint, train_decoder
 from training.diffusion import train_diffusion

@@ -1,10 +1,9 @@
-"""Run and stage configuration: one dataclass per stage, presets, and CLI flags derived from them."""
+"""Run and stage configuration: one dataclass per stage, the presets, and the checks of their values (cli.py derives
+the command-line flags from them)."""
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import difflib
 import math
 import re
 from dataclasses import dataclass, field
@@ -370,9 +369,9 @@ def validate(section: str, cfg) -> None:
     for f in dataclasses.fields(cfg):
         value, check = getattr(cfg, f.name), f.metadata.get("check")
         if isinstance(value, float) and not math.isfinite(value):  # inf would pass "positive" and is not JSON
-            raise UserInputError(f"{_flag(f, prefix)} must be a finite number, got {value}")
+            raise UserInputError(f"{field_flag(f, prefix)} must be a finite number, got {value}")
         if check and value is not None and not CHECKS[check][0](value):
-            raise UserInputError(f"{_flag(f, prefix)} {CHECKS[check][1]}, got {value}")
+            raise UserInputError(f"{field_flag(f, prefix)} {CHECKS[check][1]}, got {value}")
     if section == "vae" and not cfg.kl_start <= cfg.cls_start <= cfg.finetune_start:
         raise UserInputError(
             f"VAE phases out of order: --vae-kl-start ({cfg.kl_start}) <= --vae-cls-start "
@@ -388,102 +387,12 @@ def validate_sampling(cfg: dict) -> None:
         raise UserInputError(flag_of("sample", err.option) + str(err)[len(err.option) :]) from None
 
 
-def _flag(f: dataclasses.Field, prefix: str) -> str:
+def field_flag(f: dataclasses.Field, prefix: str) -> str:
+    """The command-line flag of a config field of the section with flag prefix `prefix`."""
     return f.metadata.get("flag") or "--" + prefix + f.name.replace("_", "-")
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (a UserInputError, exit 2) that point to --help instead of printing the usage."""
-
-    def error(self, message: str):
-        raise UserInputError(f"{message}; python main.py COMMAND --help lists its options")
-
-
-def check_unknown_flags(parser: argparse.ArgumentParser, argv: list[str]) -> None:
-    """Refuse a flag the parser does not know, before argparse takes its value for the command, naming the nearest
-    known flag."""
-    known = [flag for flag in parser._option_string_actions if flag.startswith("--")]
-    for token in argv:
-        flag = token.split("=", 1)[0]
-        if token.startswith("-") and not token.startswith("--") and "-" + flag in known:  # -preset for --preset
-            close = ["-" + flag]
-        elif token.startswith("--") and flag not in known:
-            starting = [k for k in known if k.startswith(flag)]  # --out: --output-dir, whatever difflib thinks
-            close = difflib.get_close_matches(flag, starting or known, n=1, cutoff=0.0 if starting else 0.6)
-        else:
-            continue
-        hint = f" (did you mean {close[0]}?)" if close else ""
-        raise UserInputError(f"unrecognized argument {flag}{hint}; python main.py COMMAND --help lists its options")
-
-
-def add_config_args(parser: argparse.ArgumentParser, only: dict | None = None) -> None:
-    """Add one flag per config field (defaults None, so the preset's values show through); with `only`
-    ({section: field names, or None for all}), just those (one command's options, for its --help)."""
-    for section, (cls, prefix) in SECTIONS.items():
-        if only is not None and section not in only:
-            continue
-        group = parser.add_argument_group(f"{section} options", " ".join(cls.__doc__.split()))
-        for f in dataclasses.fields(cls):
-            if only is not None and only[section] is not None and f.name not in only[section]:
-                continue
-            kw = {"dest": f"{section}.{f.name}", "default": None, "help": _help(section, f)}
-            for key in ("choices", "nargs", "metavar"):
-                if f.metadata.get(key):
-                    kw[key] = f.metadata[key]
-            if f.type in ("bool", bool):
-                group.add_argument(_flag(f, prefix), action=argparse.BooleanOptionalAction, **kw)
-            else:
-                if "choices" not in kw:  # with choices, argparse's own metavar lists them: {ddim,ddpm,heun}
-                    kw.setdefault("metavar", f.name.upper())
-                group.add_argument(_flag(f, prefix), type=_parse_type(f), **kw)
-
-
-def _help(section: str, f: dataclasses.Field) -> str:
-    """A field's help, its default (unless the help already says it) and the presets that change it."""
-    text = f.metadata["help"]
-    changed = [
-        f"{name} preset: {values[section][f.name]}"
-        for name, values in PRESETS.items()
-        if f.name in values.get(section, {})
-    ]
-    if "default:" not in text and f.default is not None:  # a None default is described by the help itself
-        return text + f" (default: {'; '.join([str(f.default), *changed])})"
-    return text + (f" ({'; '.join(changed)})" if changed else "")
-
-
-def _parse_type(f: dataclasses.Field):
-    text = str(f.type)
-    return int if text.startswith("int") else float if text.startswith(("float", "tuple[float")) else str
-
-
-def resolve_configs(args: argparse.Namespace, preset: str | None, recorded: dict | None = None) -> dict:
-    """Build each section's dataclass: its defaults, then the preset (or, with no --preset, the values `recorded`
-    by the run being sampled or evaluated, {section: {field: value}}; with both, the run's data options stay the
-    recorded ones), then the flags given on the command line."""
-    if preset is not None and preset not in PRESETS:
-        raise UserInputError(f"unknown preset {preset!r}: use one of {', '.join(PRESETS)}")
-    base = PRESETS[preset or "default"] if preset is not None or not recorded else recorded
-    if preset is not None and recorded:  # a preset sizes the command's work; the data and its split stay the run's
-        kept = {k: v for k, v in recorded.get("run", {}).items() if k in RUN_DATA_OPTIONS}
-        base = {**base, "run": {**base.get("run", {}), **kept}}
-    out = {}
-    for section, (cls, _) in SECTIONS.items():
-        fields = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in base.get(section, {}).items() if k in fields}  # keys of other versions: ignored
-        values.update({name: getattr(args, f"{section}.{name}") for name in explicit_flags(args, section)})
-        out[section] = cls(**values)
-        validate(section, out[section])
-    validate_sampling(out)
-    return out
 
 
 def flag_of(section: str, name: str) -> str:
     """The command-line flag of field `name` of `section`."""
     cls, prefix = SECTIONS[section]
-    return _flag(next(f for f in dataclasses.fields(cls) if f.name == name), prefix)
-
-
-def explicit_flags(args: argparse.Namespace, section: str) -> set[str]:
-    """Names of the fields of `section` that were given on the command line."""
-    cls = SECTIONS[section][0]
-    return {f.name for f in dataclasses.fields(cls) if getattr(args, f"{section}.{f.name}") is not None}
+    return field_flag(next(f for f in dataclasses.fields(cls) if f.name == name), prefix)

@@ -13,7 +13,7 @@ from checkpoints import DIFFUSION_STATE_FILE, VAE_STATE_FILE, load_file
 from conftest import run_main, same_state
 from errors import UserInputError
 from models import ConditionalUNet, SimpleAutoencoder
-from training import budget
+from training import budget, calibration
 from training.config import DecoderConfig, DiffusionConfig, SampleConfig, VAEConfig
 from training.context import RunContext
 from training.diffusion import train_denoiser
@@ -115,13 +115,14 @@ def test_the_figures_are_calibrated_on_one_sampling_batch_after_a_short_one(monk
         drawn.append((n, options.step_count))
         time.sleep(0.001 * options.step_count)
 
-    monkeypatch.setattr(budget, "generate_class_samples", draw)
-    cfg, ctx = {"sample": SampleConfig()}, RunContext(device=torch.device("cpu"), out_dir=Path("."))
-    assert budget.calibrate(cfg, ctx, (), 100, figures=False).figures_seconds == 0 and drawn == []
-    speeds = budget.calibrate(cfg, ctx, (), 100, figures=True)
+    monkeypatch.setattr(calibration, "generate_class_samples", draw)
+    cfg = {"vae": VAEConfig(), "sample": SampleConfig()}
+    ctx = RunContext(device=torch.device("cpu"), out_dir=Path("."))
+    assert calibration.calibrate(cfg, ctx, (), 100, figures=False).figures_seconds == 0 and drawn == []
+    speeds = calibration.calibrate(cfg, ctx, (), 100, figures=True)
     full = cfg["sample"].options().step_count
-    assert drawn == [(64, budget.WARMUP_SAMPLER_STEPS), (64, full)] and budget.WARMUP_SAMPLER_STEPS < full
-    assert speeds.figures_seconds >= budget.FIGURE_BATCHES * 0.001 * full  # the full batch is what was timed
+    assert drawn == [(64, calibration.WARMUP_SAMPLER_STEPS), (64, full)] and calibration.WARMUP_SAMPLER_STEPS < full
+    assert speeds.figures_seconds >= calibration.FIGURE_BATCHES * 0.001 * full  # the full batch is what was timed
 
 
 def test_fewer_steps_than_the_preset_scale_the_warm_up_and_the_ema_half_life_alike():
