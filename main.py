@@ -20,7 +20,6 @@ from models import (
     SimpleAutoencoder,
 )
 from models.generate import iter_class_samples
-from models.vae import LATENT_LAYOUTS
 from checkpoints import (
     AUTOENCODER_FILE,
     DECODER_STATE_FILE,
@@ -104,7 +103,7 @@ def train(cfg: dict, fixed_steps: dict[str, int] | None = None) -> None:
             ctx.out_dir, split, "pass --retrain-vae to train the run anew on this data, or another --output-dir"
         )
     if run.autoencoder_from is not None:  # a folder without one, or of another layout: refused before any work
-        source_autoencoder(run.autoencoder_from, cfg["vae"].latent_layout, ctx.out_dir)
+        source_autoencoder(run.autoencoder_from, ctx.out_dir)
     ctx.records = bool(stages_to_train(cfg, ctx.out_dir)) or not (ctx.out_dir / "config.json").is_file()
     if not ctx.records:
         log.info("every stage of %s is trained: nothing to train, its config.json stays as it is", ctx.out_dir)
@@ -133,9 +132,8 @@ def run_stages(cfg: dict, ctx, train_set, held, split: dict) -> None:
     the run's config.json."""
     run = cfg["run"]
     torch.manual_seed(run.seed)  # model initialisation only; identical on every rank
-    autoencoder = SimpleAutoencoder(**LATENT_LAYOUTS[cfg["vae"].latent_layout]).to(ctx.device)
-    unet = ConditionalUNet(latent_channels=autoencoder.latent_channels, prediction=cfg["diffusion"].prediction)
-    unet = unet.to(ctx.device)
+    autoencoder = SimpleAutoencoder().to(ctx.device)
+    unet = ConditionalUNet(prediction=cfg["diffusion"].prediction).to(ctx.device)
     if run.autoencoder_from is not None and ctx.is_main:
         ctx.extra["autoencoder_from"] = adopt_autoencoder(cfg, ctx.out_dir, split)
         write_split(ctx.out_dir, split)

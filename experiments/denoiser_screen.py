@@ -2,7 +2,8 @@
 latents for a few hundred steps, then score its EMA weights on one fixed held-out set of (z_0, t, eps).
 
     python experiments/denoiser_screen.py RUN --data-dir DATA [--steps 600] [--optimizer adamw|muon] [--muon-lr 0.01]
-        [--repa-weight 0.5 --repa-layer backbone.up.5] [--tag NAME] [--log FILE]
+        [--repa-weight 0.5 --repa-layer backbone.up.5] [--layersync-weight 0.5 --layersync-layers EARLY LATE]
+        [--tag NAME] [--log FILE]
 
 RUN is a run folder with a trained VAE (its split and seed come from its config.json). The held-out set is every
 held-out latent and its mirror, four posterior draws each, with noise levels and noise drawn from a fixed generator:
@@ -11,14 +12,16 @@ The score is the held-out v-loss, Min-SNR-5-weighted (what the cpu preset trains
 timestep range. Read a variant against `--optimizer adamw` at equal wall time (the `train_s` it prints) and against
 adamw at twice the steps, which says what doubling the compute buys on this scale.
 
-Two variants that are not in the training code (both lost here, docs/shape_yardstick.md):
+Three variants that are not in the training code (all lost here, docs/shape_yardstick.md):
 - `--optimizer muon`: Muon (Jordan et al. 2024: the momentum of every hidden convolution and linear weight,
   orthogonalised by five Newton-Schulz iterations in bf16) with AdamW for the first and last convolution, the class
   embedding, biases and norms;
 - `--repa-weight W`: representation alignment (REPA, Yu et al. 2025) with a teacher trained here, since no pretrained
   encoder can be downloaded: a cat-versus-dog CNN (the judges' architecture, 10 epochs on the run's training images),
   whose last 8x8 feature map (128 channels) the denoiser's `--repa-layer` output, through a 1x1-conv MLP, is pulled
-  towards by cosine similarity, weighted W. The teacher is trained once per run folder and cached there.
+  towards by cosine similarity, weighted W. The teacher is trained once per run folder and cached there;
+- `--layersync-weight W`: LayerSync (Haghighi et al. 2026), the cosine similarity per position between an early layer's
+  output and a deeper layer's of the same grid and width (detached), weighted W; no teacher, no parameter.
 """
 
 from __future__ import annotations
@@ -121,6 +124,24 @@ class AlignedDiffusion(ConditionalDenoiseDiffusion):
         return loss - self.weight * similarity, t, per_sample
 
 
+class SyncedDiffusion(ConditionalDenoiseDiffusion):
+    """The denoising loss minus LayerSync's term (Haghighi et al. 2026): `weight` x the mean cosine similarity, per
+    grid position, between an early layer's output and a deeper layer's of the same width and grid, the deeper one
+    detached: the network's own later features guide its earlier ones, with no parameter and no teacher."""
+
+    def __init__(self, unet: ConditionalUNet, early: str, late: str, weight: float, **kwargs):
+        super().__init__(unet, **kwargs)
+        self.outputs, self.weight = {}, weight
+        modules = dict(unet.named_modules())
+        for key, layer in (("early", early), ("late", late)):
+            modules[layer].register_forward_hook(lambda m, i, out, key=key: self.outputs.__setitem__(key, out))
+
+    def loss(self, z0, y, generator=None, model=None):
+        loss, t, per_sample = super().loss(z0, y, generator, model)
+        early, late = self.outputs["early"].float(), self.outputs["late"].detach().float()
+        return loss - self.weight * F.cosine_similarity(early, late, dim=1).mean(), t, per_sample
+
+
 def muon_split(model: nn.Module) -> tuple[list, list]:
     """(hidden matrices for Muon, the rest for AdamW)."""
     outer = ("backbone.conv_in.", "backbone.out.", "class_emb.")
@@ -180,6 +201,10 @@ def main() -> None:
     p.add_argument("--muon-lr", type=float, default=0.01)
     p.add_argument("--repa-weight", type=float, default=0.0)
     p.add_argument("--repa-layer", default="backbone.up.5")
+    p.add_argument("--layersync-weight", type=float, default=0.0)
+    p.add_argument(
+        "--layersync-layers", nargs=2, default=["backbone.down.1", "backbone.up.6"], metavar=("EARLY", "LATE")
+    )
     p.add_argument("--tag", default="")
     p.add_argument("--log", type=Path, help="append the result (one JSON line) to this file")
     args = p.parse_args()
@@ -214,6 +239,8 @@ def main() -> None:
         target = teacher_features(args.run, train)
         diffusion = AlignedDiffusion(unet, args.repa_layer, target.shape[1], args.repa_weight, **process)
         extra = list(diffusion.projector.parameters())
+    elif args.layersync_weight > 0:
+        diffusion = SyncedDiffusion(unet, *args.layersync_layers, args.layersync_weight, **process)
     else:
         diffusion = ConditionalDenoiseDiffusion(unet, **process)
     ema = EMA(unet, cfg.ema_decay)
@@ -242,6 +269,7 @@ def main() -> None:
         "optimizer": args.optimizer,
         "steps": cfg.steps,
         "repa_weight": args.repa_weight,
+        "layersync_weight": args.layersync_weight,
         "train_s": round(time.perf_counter() - start),
         **held_out_loss(
             ConditionalDenoiseDiffusion(ema.model.eval(), device=CPU, timestep_sampling=cfg.timestep_sampling),

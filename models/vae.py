@@ -16,14 +16,6 @@ from checkpoints import config_difference
 from models.blocks import Downsample, ResidualAttentionBlock, Upsample, group_norm
 
 
-# The latent layouts a run can choose (`--vae-latent-layout`): the encoder's channels per level (each level after the
-# first halves the 32x32 grid) and the latent's channels on the grid that is left; both hold 256 numbers.
-LATENT_LAYOUTS = {
-    "4x8x8": dict(channels=(32, 64, 128), latent_channels=4),
-    "16x4x4": dict(channels=(32, 64, 128, 128), latent_channels=16),
-}
-
-
 def _check_layout(latent_dim: int, latent_channels: int, side: int) -> None:
     if latent_dim != latent_channels * side * side:
         raise ValueError(
@@ -109,7 +101,7 @@ class SimpleAutoencoder(nn.Module):
 
     @property
     def layout(self) -> str:
-        """The latent's layout, channels x grid: "4x8x8" or "16x4x4" (the keys of LATENT_LAYOUTS)."""
+        """The latent's layout, channels x grid side x grid side: "4x8x8" for the public defaults."""
         return f"{self.latent_channels}x{self.side}x{self.side}"
 
     optional_state_keys = ("_extra_state",)  # absent from files written before it existed

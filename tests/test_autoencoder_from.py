@@ -3,17 +3,20 @@ only the denoiser (a time budget gives the denoiser all of it), and refuses anot
 
 import json
 
+import pytest
 import torch
 
 import main
 from checkpoints import AUTOENCODER_FILE, DECODER_STATE_FILE, DIFFUSION_FILE, VAE_STATE_FILE
 from conftest import TINY_RUN, run_main
 from training.budget import stages_to_train
+from models import SimpleAutoencoder
 from training.reuse import file_sha256
 
 OUT = "cifar_cat_dog_conditional_improved"
 
 
+@pytest.mark.slow
 def test_a_run_from_another_runs_autoencoder_copies_it_and_trains_only_the_denoiser(
     trained_run, image_folder, tmp_path
 ):
@@ -44,11 +47,13 @@ def test_a_run_from_another_runs_autoencoder_copies_it_and_trains_only_the_denoi
 def test_another_latent_layout_or_another_autoencoder_in_the_folder_is_refused_in_one_line(
     trained_run, image_folder, tmp_path, capsys
 ):
-    source = trained_run / OUT
+    source, wide = trained_run / OUT, tmp_path / "wide"
+    wide.mkdir()  # an autoencoder of another layout: 16 channels on a 4x4 grid
+    torch.save(SimpleAutoencoder(channels=(32, 64, 128, 128), latent_channels=16).state_dict(), wide / AUTOENCODER_FILE)
     args = [*TINY_RUN, "--data-dir", str(image_folder), "--autoencoder-from", str(source)]
-    code = main.main([*args, "--output-dir", str(tmp_path / "a"), "--vae-latent-layout", "16x4x4"])
+    code = main.main([*args, "--output-dir", str(tmp_path / "a"), "--autoencoder-from", str(wide)])
     err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 and "its latent layout is 4x8x8, this run's is 16x4x4" in err
+    assert code == 2 and err.count("\n") == 1 and "its latent layout is 16x4x4, this run's is 4x8x8" in err
     assert not (tmp_path / "a").exists()  # refused before anything was written
     code = main.main([*args, "--output-dir", str(tmp_path / "b"), "--autoencoder-from", str(tmp_path)])
     err = capsys.readouterr().err

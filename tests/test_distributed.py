@@ -4,11 +4,13 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from conftest import ROOT, run_main, smoke_run
 
 
+@pytest.mark.slow
 def test_two_process_ddp_run_on_cpu(image_folder, tmp_path):
     out = tmp_path / "ddp"
     cmd = [

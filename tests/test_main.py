@@ -77,6 +77,7 @@ def test_readme_notebook_snippet_runs_as_written(trained_run, monkeypatch):
         assert samples.min() >= 0 and samples.max() <= 1
 
 
+@pytest.mark.slow
 def test_second_run_skips_every_stage(trained_run, image_folder):
     out = trained_run / OUT
     stamps = {
@@ -98,6 +99,7 @@ def test_second_run_skips_every_stage(trained_run, image_folder):
     assert (out / "config.json").read_bytes() == record
 
 
+@pytest.mark.slow
 def test_sample_command_writes_images_without_training(trained_run):
     out = trained_run / OUT
 
@@ -270,6 +272,7 @@ def test_ctrl_c_says_what_was_kept(command, tmp_path, capsys, monkeypatch):
     assert "interrupted" in err and ("training state saved" in err) == (command == "train")
 
 
+@pytest.mark.slow
 def test_evaluate_takes_its_defaults_from_the_runs_preset(trained_run):
     """Before: a smoke run was evaluated with the default preset's 500 samples per class and a 15-epoch judge."""
     out = trained_run / OUT
@@ -281,6 +284,7 @@ def test_evaluate_takes_its_defaults_from_the_runs_preset(trained_run):
     assert "LinAlgWarning" not in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_a_stage_never_rewrites_a_file_an_earlier_stage_owns(image_folder, tmp_path):
     """Before: --no-diffusion-normalize-latents reset the VAE's latent statistics and rewrote the VAE's file, so a
     later --retrain-diffusion trained on raw latents while config.json said normalize_latents: true."""
@@ -306,12 +310,16 @@ def test_a_stage_never_rewrites_a_file_an_earlier_stage_owns(image_folder, tmp_p
     assert (out / "cifar_cat_dog_autoencoder.pt").read_bytes() == vae_file  # the VAE stage's file, untouched
     assert process()["normalize_latents"] is True and recorded()["diffusion"]["normalize_latents"] is True
     assert first["normalize_latents"] is False  # the denoiser's file records what it was trained on
-    # a run that skips both stages records the options they were trained with, not its own flags
+    # a run that skips every stage leaves the record of the options they were trained with, not its own flags
+    before = (out / "config.json").read_bytes()
     proc = run_main(*base, "--diffusion-lr", "0.123", "--vae-lr", "0.456")
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (out / "config.json").read_bytes() == before
+    # a run that trains one stage records the options the skipped ones were trained with
+    proc = run_main(*base, "--retrain-diffusion", "--vae-lr", "0.456")
+    assert proc.returncode == 0, proc.stderr[-2000:]
     config = recorded()
-    assert config["diffusion"]["lr"] != 0.123 and config["vae"]["lr"] != 0.456
-    assert config["run_facts"]["diffusion_stage"].startswith("skipped")
+    assert config["vae"]["lr"] != 0.456 and config["run_facts"]["vae_stage"].startswith("skipped")
 
 
 @pytest.mark.parametrize(
@@ -375,6 +383,7 @@ def test_a_second_command_on_a_folder_in_use_is_refused(trained_run, capsys):
         lock.unlink()
 
 
+@pytest.mark.slow
 def test_config_records_the_data_dir_resolved_and_names_it_when_it_is_gone(image_folder, tmp_path):
     """Before: config.json kept a relative --data-dir, so evaluate from another folder failed without saying why."""
     import shutil
@@ -416,6 +425,7 @@ def test_the_project_installs_as_a_package_and_the_snippet_imports_from_anywhere
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_a_run_refuses_other_data_or_another_split_in_one_line(trained_run, image_folder, tmp_path):
     """Before: another --max-images against a trained run's checkpoints exited 0, and a later evaluate drew its
     held-out split from the new options: 54 of 60 "held-out" images were the model's own training images."""
@@ -492,6 +502,7 @@ def short_run(image_folder, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flags", [["--retrain-vae"], ["--retrain-decoder"], ["--retrain-diffusion"], []])
 def test_every_retrain_combination_leaves_the_public_files_as_the_log_says(short_run, tmp_path, flags):
     """Before: --retrain-vae on a finished run logged "decoder stage done for this VAE, skipping it" (the retrained
@@ -507,6 +518,7 @@ def test_every_retrain_combination_leaves_the_public_files_as_the_log_says(short
     assert skipped == (flags == ["--retrain-diffusion"] or flags == [])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "flag, kept",
     [("--retrain-decoder", {"judge_classifier.pt"}), ("--retrain-diffusion", {"judge_classifier.pt", "r"})],

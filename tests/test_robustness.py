@@ -68,6 +68,7 @@ def reference(image_folder, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_checkpoints(image_folder, reference, tmp_path):
     proc = run_main(*RUN, "--data-dir", str(image_folder), "--output-dir", str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -78,6 +79,7 @@ def logged_steps(path) -> list[int]:
     return [json.loads(line)["step"] for line in path.read_text().splitlines() if "total" in line]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["vae", "decoder"])
 def test_sigkill_mid_stage_then_resume_equals_an_uninterrupted_run(image_folder, reference, tmp_path, stage):
     proc = start(image_folder, tmp_path)
@@ -102,6 +104,7 @@ def test_sigkill_mid_stage_then_resume_equals_an_uninterrupted_run(image_folder,
     assert logged_steps(tmp_path / "metrics_decoder.jsonl") == list(range(4, 17, 4))
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_state_and_says_how_to_resume(image_folder, tmp_path):
     proc = start(image_folder, tmp_path)
     wait_for(tmp_path / "vae_train_state.pt", proc)
@@ -113,6 +116,7 @@ def test_ctrl_c_saves_state_and_says_how_to_resume(image_folder, tmp_path):
     assert 8 <= state["step"] < 40 and not state["done"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["vae", "decoder"])
 def test_ctrl_c_then_the_same_command_equals_an_uninterrupted_run(image_folder, reference, tmp_path, stage):
     """Before: the Ctrl-C landed inside a step (its batch drawn, its update half done) and that state was saved, so

@@ -11,7 +11,6 @@ import torch
 
 from models import ConditionalDenoiseDiffusion, ConditionalUNet, SimpleAutoencoder, generate_class_samples
 from models.compiled import compile_mode
-from models.vae import LATENT_LAYOUTS
 from training.loop import clock
 from training.perceptual import load_perceptual_loss
 from training.timing import Variant, decoder_step_fn, diffusion_step_fn, vae_step_fn
@@ -47,13 +46,11 @@ def calibrate(cfg: dict, ctx, stages: tuple[str, ...], n_images: int, figures: b
     timed: at seconds a batch, the steps' warm-up and repeats would make the figures most of the calibration)."""
 
     start, device, step_s, extra = time.perf_counter(), ctx.device, {}, {}
-    layout = LATENT_LAYOUTS[cfg["vae"].latent_layout]
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # the run's RNG stays untouched
         for stage in stages:
             c = cfg[stage]
             mode = compile_mode(c.compile, device)
-            arch = layout if stage != "diffusion" else {"latent_channels": layout["latent_channels"]}
-            variant = Variant(compiled=mode if mode != "off" else False, **arch)
+            variant = Variant(compiled=mode if mode != "off" else False)
             if stage == "vae":
                 vgg = load_perceptual_loss(device) if c.perceptual_weight > 0 else None
                 step = vae_step_fn(device, c.batch_size, vgg, ctx.amp, variant)
@@ -65,14 +62,13 @@ def calibrate(cfg: dict, ctx, stages: tuple[str, ...], n_images: int, figures: b
                 step = graph_step(step)
             steady, extra[stage] = time_steps(step, device)
             step_s[stage] = LOOP_OVERHEAD * steady
-        ae = SimpleAutoencoder(**layout).to(device).eval()
+        ae = SimpleAutoencoder().to(device).eval()
         x = torch.rand(64, 3, 32, 32, device=device) * 2 - 1
         with torch.no_grad():
             encode_s = time_steps(lambda: ae.encode(x), device)[0] / 64
         sample_s = 0.0
         if figures:  # one batch, timed once after a short one of the same shapes (a batch costs seconds, a step not)
-            unet = ConditionalUNet(latent_channels=ae.latent_channels).to(device).eval()
-            diffusion = ConditionalDenoiseDiffusion(unet, device=device)
+            diffusion = ConditionalDenoiseDiffusion(ConditionalUNet().to(device).eval(), device=device)
             options = cfg["sample"].options()
             draw = lambda opts: generate_class_samples(ae, diffusion, 0, 64, options=opts, seed=0)  # noqa: E731
             draw(options.replace(steps=WARMUP_SAMPLER_STEPS))

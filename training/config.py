@@ -13,7 +13,6 @@ from models.compiled import COMPILE_MODES
 from models.diffusion import PROCESS_DEFAULTS, SCHEDULES, TIMESTEP_SAMPLING, SamplingOptions
 from models.samplers import SAMPLERS
 from models.unet import PREDICTIONS
-from models.vae import LATENT_LAYOUTS
 
 # The constraints a field may carry (metadata "check"): a test of the value and the words for the error message.
 CHECKS = {
@@ -107,12 +106,6 @@ class RunConfig:
 class VAEConfig:
     """Progressive VAE training. Phase boundaries are fractions of `steps`."""
 
-    latent_layout: str = opt(
-        "4x8x8",
-        "how the 256 latent numbers lie: channels x grid (16x4x4: one more encoder level, a quarter of the positions "
-        "for the denoiser's convolutions)",
-        choices=tuple(LATENT_LAYOUTS),
-    )
     steps: int = opt(2560, "optimizer steps (2560 x 1024 = the 2.6 million images of 20,000 x 128)", "positive")
     batch_size: int = opt(1024, "images per step (per process under torchrun)", "positive")
     lr: float = opt(
@@ -192,12 +185,6 @@ class DecoderConfig:
         "positive",
     )
     ema_decay: float = opt(0.999, "EMA decay per step of the decoder weights written to the public file", "decay")
-    latent_noise: float = opt(
-        0.0,
-        "train the decoder on latents moved towards noise, (1 - tau) z + tau eps with tau ~ U(0, this) in the "
-        "denoiser's unit-variance space (latent-denoising tokenizers, Yang et al. 2025); 0: off",
-        "fraction",
-    )
 
 
 @dataclass

@@ -146,16 +146,6 @@ def train_step(net, decoder, optimizer, scheduler, ema, adversary, z, x, cfg, ct
     return {"total": total.detach(), "pixel": pixel.detach(), **parts, "discriminator": d_loss}
 
 
-def noised(autoencoder: SimpleAutoencoder, z: torch.Tensor, tau_max: float, generator) -> torch.Tensor:
-    """Latents (N, D) moved towards noise in the denoiser's unit-variance space, (1 - tau) z + tau eps with tau ~
-    U(0, tau_max) per latent (the latent-denoising tokenizers of Yang et al. 2025): a decoder that draws the clean
-    image from them forgives a sampled latent that lies a little off the encoder's manifold."""
-    z_n = autoencoder.normalize_latent(z)
-    tau = tau_max * torch.rand((len(z), 1), device=z.device, generator=generator)
-    eps = torch.randn(z_n.shape, device=z.device, generator=generator)
-    return autoencoder.denormalize_latent((1 - tau) * z_n + tau * eps)
-
-
 def train_decoder(
     autoencoder: SimpleAutoencoder, train: Split, held: Split, cfg: DecoderConfig, ctx: RunContext, generator
 ) -> SimpleAutoencoder:
@@ -173,10 +163,7 @@ def train_decoder(
     def make_step(net, optimizer, scheduler):
         def step_fn(step: int) -> dict[str, torch.Tensor]:
             idx = shard[torch.randint(0, len(shard), (cfg.batch_size,), device=ctx.device, generator=generator)]
-            z = autoencoder.reparameterize(mu[idx], logvar[idx], generator)  # z ~ q(z|x), as sampled
-            if cfg.latent_noise > 0:
-                z = noised(autoencoder, z, cfg.latent_noise, generator)
-            z = z.view(shape)
+            z = autoencoder.reparameterize(mu[idx], logvar[idx], generator).view(shape)  # z ~ q(z|x), as sampled
             x = to_model_range(x_all[idx])
             return train_step(net, decoder, optimizer, scheduler, ema, adversary, z, x, cfg, ctx)
 

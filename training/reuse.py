@@ -11,6 +11,8 @@ import logging
 import shutil
 from pathlib import Path
 
+import torch
+
 from checkpoints import AUTOENCODER_FILE, SPLIT_FILE, load_file
 from errors import UserInputError
 from models.pipeline import build, run_dir
@@ -28,17 +30,20 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def source_autoencoder(directory: str, layout: str, out_dir: Path) -> Path:
+def source_autoencoder(directory: str, out_dir: Path) -> Path:
     """DIR's autoencoder file; one line (a UserInputError) for a folder without one, a damaged file, a latent layout
-    other than `layout` (the run's --vae-latent-layout), or an `out_dir` that holds another autoencoder."""
+    other than the run's (its networks are built with the public defaults), or an `out_dir` that holds another
+    autoencoder."""
     path = run_dir(directory) / AUTOENCODER_FILE
     if not path.is_file():
         raise UserInputError(f"--autoencoder-from {directory}: no {AUTOENCODER_FILE} there (a trained run folder)")
-    autoencoder = build(SimpleAutoencoder, load_file(path), path)
-    if autoencoder.layout != layout:
+    theirs = build(SimpleAutoencoder, load_file(path), path).layout
+    with torch.device("meta"):  # the run's own layout, without drawing its weights (or touching the RNG)
+        ours = SimpleAutoencoder().layout
+    if theirs != ours:
         raise UserInputError(
-            f"--autoencoder-from {directory}: its latent layout is {autoencoder.layout}, this run's is {layout}; pass "
-            f"--vae-latent-layout {autoencoder.layout}, or use an autoencoder of the {layout} layout"
+            f"--autoencoder-from {directory}: its latent layout is {theirs}, this run's is {ours}; use an autoencoder "
+            f"of the {ours} layout (a run folder of this version of the code)"
         )
     target = out_dir / AUTOENCODER_FILE
     if target.is_file() and file_sha256(target) != file_sha256(path):
@@ -64,7 +69,7 @@ def adopt_autoencoder(cfg: dict, out_dir: Path, split: dict) -> dict:
     from, its SHA-256, and whether DIR's autoencoder trained on the split this run trains on (`split`, as split.json
     records it)."""
     directory = cfg["run"].autoencoder_from
-    source = source_autoencoder(directory, cfg["vae"].latent_layout, out_dir)
+    source = source_autoencoder(directory, out_dir)
     sha, target = file_sha256(source), out_dir / AUTOENCODER_FILE
     if not target.is_file():
         shutil.copyfile(source, target.with_name(f".{target.name}.tmp"))

@@ -139,6 +139,7 @@ def test_a_judge_that_cannot_see_blur_gives_no_verdict():
     assert verdict(rows((3.0, 3.0), (1.0, 1.0), (1.5, None)), SUMMARY).startswith("no verdict")
 
 
+@pytest.mark.slow
 def test_diagnose_command_prints_the_ladder_rows_and_a_verdict(trained_run, tmp_path):
     out = trained_run / "cifar_cat_dog_conditional_improved"
     make_images(tmp_path / "others" / "frog", 12, 5, color=1)

@@ -63,6 +63,7 @@ def test_missing_inception_weights_are_reported_not_raised(tmp_path):
     assert not metrics.available and metrics.reason
 
 
+@pytest.mark.slow
 def test_evaluate_command_writes_json_table_and_sheet(trained_run, tmp_path):
     out = trained_run / "cifar_cat_dog_conditional_improved"
     make_images(tmp_path / "others" / "frog", 12, 5, color=1)

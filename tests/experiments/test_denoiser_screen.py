@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from conftest import ROOT
@@ -62,6 +63,7 @@ def test_muon_takes_the_hidden_matrices_and_leaves_the_outer_layers_to_adamw():
     assert outer == {"backbone.conv_in.weight", "backbone.out.weight", "class_emb.weight"}
 
 
+@pytest.mark.slow
 def test_a_screen_of_a_run_scores_variants_on_the_same_held_out_set(trained_run, image_folder, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(trained_run / "cifar_cat_dog_conditional_improved", run)
@@ -79,8 +81,9 @@ def test_a_screen_of_a_run_scores_variants_on_the_same_held_out_set(trained_run,
     screen("--steps", "0")
     screen("--repa-weight", "0.5")
     screen("--optimizer", "muon")
+    screen("--layersync-weight", "0.5")
     rows = [json.loads(line) for line in log.read_text().splitlines()]
-    assert len(rows) == 4 and {"screen_latents.pt", "screen_teacher.pt"} <= {p.name for p in run.iterdir()}
+    assert len(rows) == 5 and {"screen_latents.pt", "screen_teacher.pt"} <= {p.name for p in run.iterdir()}
     untrained = rows[0]
     assert rows[1] == untrained  # the held-out set and the initialisation are fixed
     assert untrained["n"] == 4 * 2 * json.loads((run / "split.json").read_text())["held_out_images"]

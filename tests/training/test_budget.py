@@ -14,7 +14,7 @@ from conftest import run_main, same_state
 from errors import UserInputError
 from models import ConditionalUNet, SimpleAutoencoder
 from training import budget, calibration
-from training.config import DecoderConfig, DiffusionConfig, SampleConfig, VAEConfig
+from training.config import DecoderConfig, DiffusionConfig, RunConfig, SampleConfig, VAEConfig
 from training.context import RunContext
 from training.diffusion import train_denoiser
 from training.loop import Retime
@@ -116,8 +116,7 @@ def test_the_figures_are_calibrated_on_one_sampling_batch_after_a_short_one(monk
         time.sleep(0.001 * options.step_count)
 
     monkeypatch.setattr(calibration, "generate_class_samples", draw)
-    cfg = {"vae": VAEConfig(), "sample": SampleConfig()}
-    ctx = RunContext(device=torch.device("cpu"), out_dir=Path("."))
+    cfg, ctx = {"sample": SampleConfig()}, RunContext(device=torch.device("cpu"), out_dir=Path("."))
     assert calibration.calibrate(cfg, ctx, (), 100, figures=False).figures_seconds == 0 and drawn == []
     speeds = calibration.calibrate(cfg, ctx, (), 100, figures=True)
     full = cfg["sample"].options().step_count
@@ -145,13 +144,12 @@ def test_a_resumed_budgeted_run_follows_its_recorded_plan(tmp_path, monkeypatch)
     torch.save({"done": False, "step": 100}, tmp_path / VAE_STATE_FILE)  # the VAE stage was interrupted
     monkeypatch.setattr(budget, "calibrate", lambda *a, **k: pytest.fail("a resumed run planned again"))
     cfg = {
-        "run": type("Run", (), {"time_budget": 15, "retrain_vae": False, "retrain_decoder": False})(),
+        "run": RunConfig(time_budget=15),
         "vae": VAEConfig(steps=675, warmup_steps=50),
         "decoder": DecoderConfig(steps=700),
         "diffusion": DiffusionConfig(steps=1750, ema_decay=0.998),
         "sample": SampleConfig(),
     }
-    cfg["run"].retrain_diffusion, cfg["run"].figures = False, True
     ctx = RunContext(device=torch.device("cpu"), out_dir=Path(tmp_path), resume=True)
     plan = budget.follow_budget(cfg, ctx, 9000, {}, 5.0)
     assert plan["steps"] == recorded["steps"] and plan["denoiser_replanned"] is None  # nor planned again later
@@ -313,6 +311,7 @@ def test_under_torchrun_a_budget_is_refused_before_any_process_plans_its_own_ste
         budget.follow_budget(cfg, ctx, 9000, {}, 5.0)
 
 
+@pytest.mark.slow
 def test_a_small_budget_on_the_smoke_preset_runs_end_to_end_and_records_its_plan(image_folder, tmp_path):
     """A budget too small for this machine is refused in one line naming the smallest that works; that one runs."""
     base = ["--preset", "smoke", "--device", "cpu", "--threads", "1", "--data-dir", str(image_folder), "--no-figures"]

@@ -186,6 +186,7 @@ def test_auto_compiles_with_cuda_graphs_on_cuda_only():
     assert compile_mode("auto", torch.device("cuda", 0), distributed=True) == "default"  # DDP hooks: no graphs
 
 
+@pytest.mark.slow
 def test_compiled_training_step_matches_the_eager_step():
     """The compiled path (inductor on the CPU here; CUDA graphs on a GPU) computes the same losses and weights."""
     from models import ConditionalDenoiseDiffusion, ConditionalUNet

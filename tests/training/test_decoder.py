@@ -140,6 +140,7 @@ def test_resuming_with_another_discriminator_width_is_refused_in_one_line():
     Adversary(PatchDiscriminator(width=64), 2e-4, ctx).load_state_dict(saved)
 
 
+@pytest.mark.slow
 def test_retrain_decoder_reruns_the_stage_from_the_pixel_decoder_and_leaves_the_denoiser_alone(
     trained_run, image_folder, tmp_path
 ):
@@ -162,6 +163,7 @@ def test_retrain_decoder_reruns_the_stage_from_the_pixel_decoder_and_leaves_the_
     assert (out / "conditional_diffusion_final.pt").read_bytes() == denoiser
 
 
+@pytest.mark.slow
 def test_a_run_without_the_stage_gets_it_later_without_retraining_the_denoiser(image_folder, tmp_path):
     out = tmp_path / OUT
     base = [*TINY_RUN, "--data-dir", str(image_folder), "--output-dir", str(out), "--no-figures"]
