@@ -18,7 +18,9 @@ from models.pipeline import PRETRAINED_DIR, load_pipeline
 from test_main import readme_snippet
 from training.reuse import file_sha256
 
-pytestmark = pytest.mark.skipif(not (PRETRAINED_DIR / DIFFUSION_FILE).is_file(), reason="pretrained/ is not shipped yet")
+pytestmark = pytest.mark.skipif(
+    not (PRETRAINED_DIR / DIFFUSION_FILE).is_file(), reason="pretrained/ is not shipped yet"
+)
 
 
 def test_the_shipped_model_is_in_the_repository_within_20_mb_with_its_card():
