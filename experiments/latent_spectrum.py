@@ -25,7 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data import load_dataset, to_model_range  # noqa: E402
 from models.batched import encode_images  # noqa: E402
-from models.pipeline import load_pipeline  # noqa: E402
+from checkpoints import AUTOENCODER_FILE, load_file  # noqa: E402
+from models.pipeline import build  # noqa: E402
+from models.vae import SimpleAutoencoder  # noqa: E402
 
 HIGH = 0.25  # cycles per position: the upper half of what an S x S grid holds (its Nyquist frequency is 0.5)
 
@@ -62,7 +64,7 @@ def high_share(power: torch.Tensor) -> torch.Tensor:
 def spectra(run: Path, data_dir: str) -> dict:
     """The run's latent spectra and its images' at the latent's grid (luminance and RGB), on its training split."""
     recorded = json.loads((run / "config.json").read_text())["run"]
-    autoencoder, _ = load_pipeline(run)
+    autoencoder = build(SimpleAutoencoder, load_file(run / AUTOENCODER_FILE), run / AUTOENCODER_FILE).eval()
     train, _ = load_dataset(
         data_dir,
         download_root=run / "data",
@@ -117,7 +119,7 @@ def plot(results: list[dict], path: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("runs", type=Path, nargs="+", help="run folders with a trained VAE")
+    p.add_argument("runs", type=Path, nargs="+", help="run folders with a trained VAE (the denoiser is not needed)")
     p.add_argument("--data-dir", required=True, help="the runs' training data")
     p.add_argument("--figure", type=Path, help="write the radial profiles to this image")
     p.add_argument("--json", type=Path, help="write the spectra to this file")

@@ -1,6 +1,7 @@
 """Turn evaluation JSON files into the README's markdown tables.
 
 python experiments/make_table.py "label=run/evaluation.json" ...      one row per file: the samples' scores
+python experiments/make_table.py --shape "label=run/evaluation.json" ...  the same with both judges' numbers
 python experiments/make_table.py --calibration run/evaluation.json    the calibration rows of one file
 """
 
@@ -40,6 +41,20 @@ def row(label: str, path: str) -> str:
     return f"| {label} | {scores_cells(r['samples'])} | {r['reconstruction']['psnr']:.2f} | {sampler} |"
 
 
+SHAPE_HEADER = (
+    "| row | photo FD | photo recall | shape FD | shape recall | colour FD | copies | PSNR (dB) |\n" + "|---" * 8 + "|"
+)
+
+
+def shape_row(label: str, path: str) -> str:
+    """The samples' row as docs/shape_yardstick.md's tables give it (cat / dog)."""
+    r = json.load(open(path))
+    s = r["samples"]
+    cells = [pair(s, "fd", ".2f"), pair(s, "recall", ".2f"), pair(s, "shape_fd", ".2f"), pair(s, "shape_recall", ".2f")]
+    cells += [pair(s, "colour_fd", ".0f"), pair(s, "copies", ".2f"), f"{r['reconstruction']['psnr']:.2f}"]
+    return f"| {label} | {' | '.join(cells)} |"
+
+
 def calibration(path: str) -> list[str]:
     r = json.load(open(path))
     return [f"| {name} | {s['cat']['n']} | {scores_cells(s)} |" for name, s in r["calibration"].items()]
@@ -49,6 +64,10 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["--calibration"]:
         print(CALIBRATION_HEADER)
         print("\n".join(calibration(sys.argv[2])))
+    elif sys.argv[1:2] == ["--shape"]:
+        print(SHAPE_HEADER)
+        for arg in sys.argv[2:]:
+            print(shape_row(*arg.split("=", 1)))
     else:
         print(HEADER)
         for arg in sys.argv[1:]:
