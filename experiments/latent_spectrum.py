@@ -91,15 +91,16 @@ def spectra(run: Path, data_dir: str) -> dict:
     return out
 
 
-def plot(results: list[dict], path: Path) -> None:
-    """One panel per run: each latent channel's radial profile (thin), their mean and the images' (thick)."""
+def plot(results: list[dict], labels: list[str], path: Path) -> None:
+    """One panel per run, titled by its label: each latent channel's radial profile (thin), their mean and the images'
+    (thick)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 3.8), squeeze=False)
-    for ax, res in zip(axes[0], results):
+    for ax, res, label in zip(axes[0], results, labels):
         lat, img = res["latent"], res["image"]
         for row in lat["profile_per_channel"]:
             ax.plot(lat["radii"], row, color="tab:orange", alpha=0.35, lw=0.8)
@@ -110,7 +111,8 @@ def plot(results: list[dict], path: Path) -> None:
         ax.set_xlabel("radial frequency (cycles per latent position)")
         ax.set_ylabel("share of power")
         ax.set_title(
-            f"{res['layout']}: above {HIGH}: latent {lat['high_share_mean']:.0%}, images {img['high_share_mean']:.0%}"
+            f"{label}\nabove {HIGH} cycles: latent {lat['high_share_mean']:.0%}, images {img['high_share_mean']:.0%}",
+            fontsize=10,
         )
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -122,6 +124,7 @@ def main() -> None:
     p.add_argument("runs", type=Path, nargs="+", help="run folders with a trained VAE (the denoiser is not needed)")
     p.add_argument("--data-dir", required=True, help="the runs' training data")
     p.add_argument("--figure", type=Path, help="write the radial profiles to this image")
+    p.add_argument("--labels", nargs="+", help="the figure's title of each run (default: its folder's name)")
     p.add_argument("--json", type=Path, help="write the spectra to this file")
     args = p.parse_args()
     results = [spectra(run, args.data_dir) for run in args.runs]
@@ -131,7 +134,11 @@ def main() -> None:
             f"(per channel {res['latent']['high_share_per_channel']}), images {res['image']['high_share_mean']:.3f}"
         )
     if args.figure:
-        plot(results, args.figure)
+        plot(
+            results,
+            args.labels or [f"{run.name} ({res['layout']})" for run, res in zip(args.runs, results)],
+            args.figure,
+        )
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")
 

@@ -65,7 +65,12 @@ def train_denoiser(
     holding its EMA weights; its training state and metrics go to the run folder's diffusion files."""
     if unet.prediction != cfg.prediction:
         raise ValueError(f"the denoiser predicts {unet.prediction}, the config says {cfg.prediction}")
-    unet.process = {"n_steps": cfg.n_steps, "schedule": cfg.schedule, "normalize_latents": cfg.normalize_latents}
+    unet.process = {
+        "n_steps": cfg.n_steps,
+        "schedule": cfg.schedule,
+        "normalize_latents": cfg.normalize_latents,
+        "spectral_tilt": cfg.spectral_tilt,
+    }
     diffusion = ConditionalDenoiseDiffusion(
         unet,
         device=ctx.device,
