@@ -10,16 +10,13 @@ import sys
 import time
 
 import torch
-from tqdm import tqdm
 
-from data import CLASS_NAMES, class_index, load_dataset
 from errors import UserInputError
 from models import (
     ConditionalDenoiseDiffusion,
     ConditionalUNet,
     SimpleAutoencoder,
 )
-from models.generate import iter_class_samples
 from checkpoints import (
     AUTOENCODER_FILE,
     DECODER_STATE_FILE,
@@ -29,9 +26,7 @@ from checkpoints import (
     load_file,
     load_weights,
 )
-from evaluation.diagnose import diagnose_run, format_report
-from evaluation.evaluate import evaluate_run, format_table, scored_outputs
-from evaluation.judge import get_judge, load_reference
+from evaluation.evaluate import scored_outputs
 from training.budget import (
     STAGES,
     denoiser_retime,
@@ -41,12 +36,12 @@ from training.budget import (
     stages_to_train,
 )
 from cli import check_flags, check_option_use, explicit_flags, parse_args, recorded_config, resolve_configs
+from commands import diagnose, evaluate, load_splits, sample, sample_seed
 from training.board import write_image
 from training.decoder import latent_space_fingerprint, train_decoder
 from training.diffusion import train_diffusion
 from training.loop import interrupts_remembered
 from models.compiled import compile_mode
-from models.pipeline import load_pipeline, run_dir
 from training.run import (
     check_output_dir,
     check_recorded_data,
@@ -54,11 +49,9 @@ from training.run import (
     folder_lock,
     log_to_file,
     make_context,
-    output_folder,
     precision_note,
     prepare_output_dir,
     resolve_paths,
-    run_folder,
     setup_logging,
     split_record,
     write_config,
@@ -66,25 +59,11 @@ from training.run import (
 )
 from training.reuse import adopt_autoencoder, source_autoencoder
 from training.vae import train_vae
-from visualization import save_samples, write_diffusion_figures, write_loss_curves, write_vae_figures
+from visualization import write_diffusion_figures, write_loss_curves, write_vae_figures
 from visualization.report import figure_files
-from visualization.samples import labelled_sheet, remove_sample_set, save_arrays
 
 log = logging.getLogger("main")
 STARTED = time.perf_counter()  # the command's start: --time-budget counts from here
-SAMPLE_BATCH = 256  # the sample command draws and writes this many images at a time
-GRID_MAX = 256  # images in the sample command's grid (every image is written as a PNG)
-
-
-def load_splits(run) -> tuple:
-    """The training and held-out splits that the run options describe."""
-    return load_dataset(
-        run.data_dir,
-        download_root=run.download_dir,
-        holdout_fraction=run.holdout_fraction,
-        max_images=run.max_images,
-        generator=torch.Generator().manual_seed(run.seed),
-    )
 
 
 def train(cfg: dict, fixed_steps: dict[str, int] | None = None) -> None:
@@ -168,11 +147,6 @@ def run_stages(cfg: dict, ctx, train_set, held, split: dict) -> None:
 def stage_generator(cfg: dict, ctx, offset: int) -> torch.Generator:
     """The generator of one stage: its own seed, different on every rank (each draws its own batches)."""
     return torch.Generator(ctx.device).manual_seed(cfg["run"].seed + offset + 7919 * ctx.rank)
-
-
-def sample_seed(cfg: dict) -> int:
-    """--sample-seed, or the run's --seed."""
-    return cfg["sample"].sample_seed if cfg["sample"].sample_seed is not None else cfg["run"].seed
 
 
 def record_skipped_stage(cfg: dict, ctx, section: str, state_file: str) -> None:
@@ -303,103 +277,6 @@ def timed(ctx, key: str):
     yield
     ctx.extra[key] = round(time.perf_counter() - start, 1)
     log.info("%s: %.1f s", key, ctx.extra[key])
-
-
-def sample(cfg: dict) -> None:
-    """Draw images of the chosen class(es) from trained checkpoints (the run's, or with --pretrained the shipped
-    model's, into the output folder); trains nothing."""
-    run, s = cfg["run"], cfg["sample"]
-    ctx = make_context(run)
-    setup_logging(None, True)
-    both = s.target_class.strip().lower() == "both"
-    labels = list(range(len(CLASS_NAMES))) if both else [class_index(s.target_class)]
-    with output_folder(ctx.out_dir, "sample") if s.pretrained else run_folder(ctx.out_dir, "sample"):
-        source = run_dir("pretrained") if s.pretrained else ctx.out_dir
-        autoencoder, diffusion = load_pipeline(source, ctx.device)
-        if s.pretrained:
-            log.info("sampling from the shipped model in %s (trained nothing); images go to %s", source, ctx.out_dir)
-        diffusion.compile(compile_mode(cfg["diffusion"].compile, ctx.device))
-        draw_samples(cfg, ctx, autoencoder, diffusion, labels)
-
-
-def draw_samples(cfg: dict, ctx, autoencoder, diffusion, labels: list[int]) -> None:
-    """The sample command's images, grids (and arrays) of each class in `labels`: written batch by batch as they are
-    drawn, under a progress bar (a Ctrl-C keeps what was written)."""
-    s = cfg["sample"]
-    seed = sample_seed(cfg)
-    gen = torch.Generator(ctx.device).manual_seed(seed)
-    for label in labels:
-        name, batches = CLASS_NAMES[label], []
-        folder = ctx.out_dir / "samples" / f"{'pretrained_' if s.pretrained else ''}{name}_seed{seed}"
-        replaced = remove_sample_set(folder, name)
-        if replaced:
-            log.info("removed the %d images, grid and arrays an earlier sample command wrote in %s", replaced, folder)
-        draw = iter_class_samples(
-            autoencoder, diffusion, label, s.num_samples, options=s.options(), generator=gen, batch_size=SAMPLE_BATCH
-        )
-        with tqdm(total=s.num_samples, desc=f"sample {name}", unit="image") as bar:
-            for batch in draw:
-                save_samples(batch, folder, name, start=sum(map(len, batches)))
-                batches.append(batch)
-                bar.update(len(batch))
-        images = torch.cat(batches)
-        arrays = f", arrays {save_arrays(images, folder, name)}" if s.save_npz else ""
-        shown = images[:GRID_MAX]
-        count = f"the first {len(shown)} of {len(images)}" if len(shown) < len(images) else f"{len(images)}"
-        grid = labelled_sheet([shown], [f"{name}, seed {seed}: {count} samples"], folder.with_suffix(".png"), 8, 2)
-        print(f"{name}: {len(images)} images in {folder}/, grid {grid}{arrays}")
-
-
-def judged_run(cfg: dict) -> dict:
-    """What evaluate and diagnose start from: the run's splits, its trained pipeline, the judge's reference images and
-    the (cached) judge, as keyword arguments of evaluate_run and diagnose_run."""
-    run, s = cfg["run"], cfg["sample"]
-    ctx = make_context(run)
-    setup_logging(None, True)
-    # the run's checkpoints first: a folder without a run fails here, before any data is read or downloaded
-    autoencoder, diffusion = load_pipeline(ctx.out_dir, ctx.device, raw_weights=cfg["eval"].weights == "raw")
-    diffusion.compile(compile_mode(cfg["diffusion"].compile, ctx.device))
-    check_recorded_data(run, ctx.out_dir)
-    train_set, held = load_splits(run)
-    fix = (
-        "drop the options that change it (--max-images, --holdout-fraction, --seed), or use a run trained on this data"
-    )
-    check_split(ctx.out_dir, split_record(run, train_set, held), fix)
-    reference = load_reference(
-        cfg["eval"].reference_dirs, run.data_dir, run.download_dir, train_set, held, torch.Generator().manual_seed(0)
-    )
-    judge = get_judge(ctx.out_dir, reference, cfg["eval"], ctx.device, run.seed)
-    shape_judge = get_judge(ctx.out_dir, reference, cfg["eval"], ctx.device, run.seed, view="shape")
-    seed = s.sample_seed if s.sample_seed is not None else run.seed  # run.seed may come from the run's config.json
-    return dict(
-        autoencoder=autoencoder,
-        diffusion=diffusion,
-        train=train_set,
-        held=held,
-        reference=reference,
-        judge=judge,
-        shape_judge=shape_judge,
-        out_dir=ctx.out_dir,
-        eval_cfg=cfg["eval"],
-        options=s.options(),
-        seed=seed,
-    )
-
-
-def evaluate(cfg: dict) -> None:
-    """Score a trained run on its own held-out split (options default to those in its config.json)."""
-    with run_folder(cfg["run"].output_dir, "evaluate"):
-        parts = judged_run(cfg)
-        print(format_table(evaluate_run(**parts)))
-    print(f"written to {parts['out_dir'] / (cfg['eval'].name + '.json')}")
-
-
-def diagnose(cfg: dict) -> None:
-    """Find which part of a trained run limits its samples: the loss ladder, judge rows, one verdict line."""
-    with run_folder(cfg["run"].output_dir, "diagnose"):
-        parts = judged_run(cfg)
-        print(format_report(diagnose_run(**parts)))
-    print(f"written to {parts['out_dir'] / 'diagnose.json'}")
 
 
 INTERRUPTED = {

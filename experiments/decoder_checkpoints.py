@@ -19,7 +19,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import main  # noqa: E402
+import commands  # noqa: E402
+from cli import parse_args, recorded_config, resolve_configs  # noqa: E402
 from checkpoints import load_file  # noqa: E402
 from data import CLASS_NAMES  # noqa: E402
 from evaluation.evaluate import Features, equal_n, per_class_images, reconstruction_scores, score_set  # noqa: E402
@@ -41,9 +42,9 @@ def main_() -> None:
     parser.add_argument("--eval-reference-dir", nargs="+", required=True)
     args = parser.parse_args()
     argv = ["evaluate", "--output-dir", args.run, "--eval-reference-dir", *args.eval_reference_dir]
-    parsed = main.parse_args(argv)
-    cfg = main.resolve_configs(parsed, None, main.recorded_config(parsed))
-    parts = main.judged_run(cfg)
+    parsed = parse_args(argv)
+    cfg = resolve_configs(parsed, None, recorded_config(parsed))
+    parts = commands.judged_run(cfg)
     decoder = parts["autoencoder"].decoder
     for name in args.states or [None]:
         if name is not None:

@@ -30,7 +30,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import main as cli_main  # noqa: E402
+import commands  # noqa: E402
 from cli import parse_args, recorded_config, resolve_configs  # noqa: E402
 from evaluation.evaluate import evaluate_run, format_table  # noqa: E402
 from models.conv_unet import ConvResBlock  # noqa: E402
@@ -166,7 +166,7 @@ def main() -> None:
     argv += ["--threads", str(args.threads)] if args.threads else []
     parsed = parse_args(argv)
     cfg = resolve_configs(parsed, None, recorded_config(parsed))
-    parts = cli_main.judged_run(cfg)
+    parts = commands.judged_run(cfg)
     autoencoder, diffusion = parts["autoencoder"], parts["diffusion"]
     z_fake, y_fake = fakes(args.run, diffusion, args.fakes_per_class, parts["options"])
     mu, logvar, y_real = encode_dataset(autoencoder, parts["train"])

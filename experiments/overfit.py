@@ -25,7 +25,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from evaluation.ladder import ClassGaussian, class_ladder  # noqa: E402
-from main import load_splits  # noqa: E402
+from commands import load_splits  # noqa: E402
 from models.batched import encode_images  # noqa: E402
 from models.diffusion import TIMESTEP_SAMPLING, ConditionalDenoiseDiffusion  # noqa: E402
 from models.pipeline import build  # noqa: E402

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+import commands
 import main
 from conftest import ROOT, TINY_RUN, run_main, same_state, smoke_run
 from data import split_fingerprint
@@ -51,7 +52,7 @@ def test_training_writes_checkpoints_config_metrics_and_samples(trained_run):
         assert all(isinstance(v, torch.Tensor) for k, v in state.items() if not k.endswith("_extra_state"))
         assert set(state["_extra_state"]["config"]) >= {"latent_dim", "num_classes"}  # it describes its network
     process = torch.load(out / "conditional_diffusion_final.pt", weights_only=True)["_extra_state"]["process"]
-    assert process == {"n_steps": 1000, "schedule": "cosine", "normalize_latents": True}
+    assert process == {"n_steps": 1000, "schedule": "cosine", "normalize_latents": True, "spectral_tilt": 0.0}
     # the public diffusion file holds the EMA weights
     train_state = torch.load(out / "diffusion_train_state.pt", weights_only=True)
     public = torch.load(out / "conditional_diffusion_final.pt", weights_only=True)
@@ -126,14 +127,14 @@ def test_a_sample_command_interrupted_leaves_no_grid_of_an_earlier_one(trained_r
     args = ["sample", "--output-dir", str(out), "--class", "cat", "--num-samples", "3", "--sample-steps", "2"]
     assert main.main([*args, "--device", "cpu"]) == 0
     assert (out / "samples" / "cat_seed0.png").is_file()
-    real = main.iter_class_samples
+    real = commands.iter_class_samples
 
     def interrupted(*a, **kw):
         yield next(real(*a, **kw))
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(main, "iter_class_samples", interrupted)
-    monkeypatch.setattr(main, "SAMPLE_BATCH", 1)
+    monkeypatch.setattr(commands, "iter_class_samples", interrupted)
+    monkeypatch.setattr(commands, "SAMPLE_BATCH", 1)
     assert main.main([*args, "--device", "cpu"]) == 130
     assert not (out / "samples" / "cat_seed0.png").exists()
     assert sorted(p.name for p in (out / "samples" / "cat_seed0").iterdir()) == ["cat_0000.png"]
@@ -146,8 +147,8 @@ def test_sample_writes_batch_by_batch_the_images_of_one_call_and_caps_its_grid(t
     args = ["sample", "--output-dir", str(out), "--class", "cat", "--num-samples", "3", "--sample-steps", "4"]
     assert main.main([*args, "--device", "cpu"]) == 0
     whole = [np.asarray(Image.open(p)) for p in sorted((out / "samples" / "cat_seed0").glob("*.png"))]
-    monkeypatch.setattr(main, "SAMPLE_BATCH", 2)
-    monkeypatch.setattr(main, "GRID_MAX", 2)
+    monkeypatch.setattr(commands, "SAMPLE_BATCH", 2)
+    monkeypatch.setattr(commands, "GRID_MAX", 2)
     assert main.main([*args, "--device", "cpu"]) == 0
     batched = [np.asarray(Image.open(p)) for p in sorted((out / "samples" / "cat_seed0").glob("*.png"))]
     # the same images: the same noise in the same order; only the float rounding of another batch size may move a
