@@ -37,35 +37,7 @@ def linear_alphas_cumprod(n_steps: int, beta_start: float = 1e-4, beta_end: floa
 
 
 SCHEDULES = {"cosine": cosine_alphas_cumprod, "linear": linear_alphas_cumprod}
-PROCESS_DEFAULTS = {  # files without a record
-    "n_steps": 1000,
-    "schedule": "cosine",
-    "normalize_latents": True,
-    "spectral_tilt": 0.0,
-}
-
-
-def dct_matrix(n: int) -> torch.Tensor:
-    """The orthonormal DCT-II matrix (n, n), float64: row k is the k-th cosine, k / (2n) cycles per position."""
-    i, k = torch.arange(n, dtype=torch.float64), torch.arange(n, dtype=torch.float64)[:, None]
-    c = torch.cos(math.pi * (i + 0.5) * k / n) * math.sqrt(2 / n)
-    c[0] /= math.sqrt(2)
-    return c
-
-
-def tilt_matrices(side: int, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(T, T^-1), each (side^2, side^2) float32, acting on one channel's side x side map flattened row by row: T
-    multiplies the map's 2-D DCT coefficient at radial frequency r (cycles per position) by g(r) = (1 + r / r0)^-alpha,
-    r0 the lowest frequency the grid holds, with g scaled to a mean square of 1. With alpha > 0 a latent whose power is
-    spread evenly over the frequencies (as these latents' nearly is: experiments/latent_spectrum.py) gets the falling
-    spectrum of an image, so that noise drowns its fine detail before its layout, as it does in pixel space."""
-    c = dct_matrix(side)
-    d = torch.kron(c, c)  # the 2-D DCT of a map flattened row by row
-    k = torch.arange(side, dtype=torch.float64)
-    r = (k[:, None] ** 2 + k[None, :] ** 2).sqrt().flatten() / (2 * side)
-    g = (1 + r * 2 * side) ** -alpha
-    g = g / g.square().mean().sqrt()
-    return (d.T @ torch.diag(g) @ d).float(), (d.T @ torch.diag(1 / g) @ d).float()
+PROCESS_DEFAULTS = {"n_steps": 1000, "schedule": "cosine", "normalize_latents": True}  # files without a record
 
 
 def spaced_timesteps(n_steps: int, steps: int) -> list[int]:
@@ -200,12 +172,8 @@ class ConditionalDenoiseDiffusion:
         self.timestep_sampling = timestep_sampling
         self.net, self.graphed = model, False  # what sampling calls: the model, or its compiled form (compile())
         self.n_steps, self.schedule = process["n_steps"], process["schedule"]
-        self.normalize_latents, self.spectral_tilt = process["normalize_latents"], process["spectral_tilt"]
+        self.normalize_latents = process["normalize_latents"]
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
-        self.tilt = None  # (T, T^-1) on the model's latent grid, where the process tilts the latents' spectrum
-        if self.spectral_tilt:
-            t, t_inv = tilt_matrices(model.side, self.spectral_tilt)
-            self.tilt = (t.to(self.device), t_inv.to(self.device))
         self.alphas_cumprod = SCHEDULES[self.schedule](self.n_steps).float().to(self.device)  # (T,)
         self.log_sigmas = 0.5 * ((1 - self.alphas_cumprod) / self.alphas_cumprod).log()  # (T,), increasing
 
@@ -222,19 +190,11 @@ class ConditionalDenoiseDiffusion:
 
     def to_vae_latents(self, autoencoder, z: torch.Tensor) -> torch.Tensor:
         """Latents of this process (N, D) -> the VAE's, ready for `decode`: the one place latents are rescaled."""
-        z = self._apply_tilt(z, inverse=True) if self.tilt is not None else z
         return autoencoder.denormalize_latent(z) if self.normalize_latents else z
 
     def from_vae_latents(self, autoencoder, z: torch.Tensor) -> torch.Tensor:
-        """The VAE's latents (N, D) -> this process's data space (unit variance per dimension when normalised; with a
-        spectral tilt, each channel's map then multiplied by T: `tilt_matrices`)."""
-        z = autoencoder.normalize_latent(z) if self.normalize_latents else z
-        return self._apply_tilt(z, inverse=False) if self.tilt is not None else z
-
-    def _apply_tilt(self, z: torch.Tensor, inverse: bool) -> torch.Tensor:
-        """T (or T^-1) applied to every channel's map of latents (N, C * S * S)."""
-        matrix = self.tilt[1 if inverse else 0].to(z.dtype)
-        return (z.view(len(z), -1, matrix.shape[0]) @ matrix.T).flatten(1)
+        """The VAE's latents (N, D) -> this process's data space (unit variance per dimension when normalised)."""
+        return autoencoder.normalize_latent(z) if self.normalize_latents else z
 
     def q_sample(self, z0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """Forward noising q(z_t | z_0) = N(sqrt(a_t) z_0, (1 - a_t) I)."""

@@ -52,7 +52,7 @@ def test_training_writes_checkpoints_config_metrics_and_samples(trained_run):
         assert all(isinstance(v, torch.Tensor) for k, v in state.items() if not k.endswith("_extra_state"))
         assert set(state["_extra_state"]["config"]) >= {"latent_dim", "num_classes"}  # it describes its network
     process = torch.load(out / "conditional_diffusion_final.pt", weights_only=True)["_extra_state"]["process"]
-    assert process == {"n_steps": 1000, "schedule": "cosine", "normalize_latents": True, "spectral_tilt": 0.0}
+    assert process == {"n_steps": 1000, "schedule": "cosine", "normalize_latents": True}
     # the public diffusion file holds the EMA weights
     train_state = torch.load(out / "diffusion_train_state.pt", weights_only=True)
     public = torch.load(out / "conditional_diffusion_final.pt", weights_only=True)

@@ -229,12 +229,6 @@ class DiffusionConfig:
     posterior_sample: bool = opt(
         True, "train on z drawn from q(z|x) each step (--no-diffusion-posterior-sample: on its mean mu)"
     )
-    spectral_tilt: float = opt(
-        PROCESS_DEFAULTS["spectral_tilt"],
-        "diffuse each latent channel's map with its DCT coefficient at frequency r scaled by (1 + r / r0)^-TILT (the "
-        "falling spectrum of an image: noise drowns detail before layout; recorded in the denoiser file); 0: off",
-        "non_negative",
-    )
     normalize_latents: bool = opt(
         PROCESS_DEFAULTS["normalize_latents"],
         "diffuse latents scaled to unit variance per dimension by the VAE's statistics (recorded in the denoiser file)",

@@ -65,12 +65,7 @@ def train_denoiser(
     holding its EMA weights; its training state and metrics go to the run folder's diffusion files."""
     if unet.prediction != cfg.prediction:
         raise ValueError(f"the denoiser predicts {unet.prediction}, the config says {cfg.prediction}")
-    unet.process = {
-        "n_steps": cfg.n_steps,
-        "schedule": cfg.schedule,
-        "normalize_latents": cfg.normalize_latents,
-        "spectral_tilt": cfg.spectral_tilt,
-    }
+    unet.process = {"n_steps": cfg.n_steps, "schedule": cfg.schedule, "normalize_latents": cfg.normalize_latents}
     diffusion = ConditionalDenoiseDiffusion(
         unet,
         device=ctx.device,

@@ -325,25 +325,3 @@ def test_one_set_of_sampling_defaults_for_every_entry_point():
     direct = diffusion.sample(torch.tensor([1, 1]), generator=torch.Generator().manual_seed(3), steps=7)
     via_public = generate_class_samples(Identity(), diffusion, "dog", 2, seed=3, steps=7)
     assert torch.allclose(via_public.flatten(1), ((direct + 1) / 2).clamp(0, 1))
-
-
-def test_a_spectral_tilt_gives_white_latents_an_images_falling_spectrum_and_undoes_itself(randomize):
-    from models import SimpleAutoencoder
-    from models.diffusion import dct_matrix, tilt_matrices
-
-    t, t_inv = tilt_matrices(8, 1.0)
-    assert torch.allclose(t @ t_inv, torch.eye(64), atol=1e-5)
-    assert torch.allclose(t, t.T, atol=1e-6)  # a symmetric filter: no map is rotated, only its frequencies scaled
-    unet = ConditionalUNet()
-    unet.process = {"n_steps": 1000, "schedule": "cosine", "normalize_latents": True, "spectral_tilt": 1.0}
-    diffusion = ConditionalDenoiseDiffusion(unet, device="cpu")
-    ae = randomize(SimpleAutoencoder())
-    white = torch.randn(4000, 256, generator=torch.Generator().manual_seed(0))
-    tilted = diffusion.from_vae_latents(ae, ae.denormalize_latent(white))
-    assert torch.allclose(diffusion.to_vae_latents(ae, tilted), ae.denormalize_latent(white), atol=1e-3)
-    d = torch.kron(dct_matrix(8), dct_matrix(8)).float()
-    power = (tilted.view(-1, 4, 64) @ d.T).square().mean(dim=(0, 1)).view(8, 8)  # per DCT coefficient
-    assert power[0, 0] > 4 * power[3, 3] > 16 * power[7, 7]  # falls with frequency, as an image's does
-    assert 0.9 < power.mean() < 1.1  # the mean square of the gains is 1: the latents keep unit variance
-    untilted = ConditionalDenoiseDiffusion(ConditionalUNet(), device="cpu")
-    assert torch.equal(untilted.from_vae_latents(ae, white), ae.normalize_latent(white))  # off by default
