@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import runpy
 import subprocess
@@ -80,6 +81,14 @@ def pytest_sessionfinish(session, exitstatus):
     if problems:
         session.config.pluginmanager.get_plugin("terminalreporter").write_line("\n".join(problems), red=True)
         session.exitstatus = 1
+
+
+def load_experiment(name: str):
+    """The module of experiments/NAME.py (the experiments are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def make_images(folder: Path, n: int, seed: int, color: int) -> None:

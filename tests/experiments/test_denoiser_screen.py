@@ -1,7 +1,6 @@
 """experiments/denoiser_screen.py: its Muon orthogonalises and trains, and a screen of a run folder scores every
 variant on the same held-out set."""
 
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -10,18 +9,11 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT
-
-
-def load_screen():
-    spec = importlib.util.spec_from_file_location("denoiser_screen", ROOT / "experiments" / "denoiser_screen.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import ROOT, load_experiment
 
 
 def test_orthogonalise_gives_the_polar_factor_of_wide_and_tall_matrices():
-    screen = load_screen()
+    screen = load_experiment("denoiser_screen")
     g = torch.randn(16, 40, generator=torch.Generator().manual_seed(0))
     for m in (g, g.T):
         u, _, vh = torch.linalg.svd(m, full_matrices=False)
@@ -33,7 +25,7 @@ def test_orthogonalise_gives_the_polar_factor_of_wide_and_tall_matrices():
 
 
 def test_muon_and_adamw_together_fit_a_small_convolutional_regression():
-    screen = load_screen()
+    screen = load_experiment("denoiser_screen")
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(2, 8, 3, padding=1), torch.nn.SiLU(), torch.nn.Conv2d(8, 1, 1))
     x = torch.randn(32, 2, 6, 6)
@@ -55,7 +47,7 @@ def test_muon_takes_the_hidden_matrices_and_leaves_the_outer_layers_to_adamw():
     from models import ConditionalUNet
 
     unet = ConditionalUNet()
-    matrices, rest = load_screen().muon_split(unet)
+    matrices, rest = load_experiment("denoiser_screen").muon_split(unet)
     names = {id(p): name for name, p in unet.named_parameters()}
     assert len(matrices) + len(rest) == len(list(unet.parameters()))
     assert all(p.dim() >= 2 for p in matrices)

@@ -1,19 +1,9 @@
 """experiments/discriminator_guidance.py: the discriminator's shapes, and the correction it adds to the score."""
 
-import importlib.util
-
 import torch
 
-from conftest import ROOT
+from conftest import load_experiment
 from models import ConditionalDenoiseDiffusion, ConditionalUNet
-
-
-def load_dg():
-    path = ROOT / "experiments" / "discriminator_guidance.py"
-    spec = importlib.util.spec_from_file_location("discriminator_guidance", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 class Linear(torch.nn.Module):
@@ -28,7 +18,7 @@ class Linear(torch.nn.Module):
 
 
 def test_the_discriminator_scores_each_latent_of_a_batch_alone(randomize):
-    dg = load_dg()
+    dg = load_experiment("discriminator_guidance")
     disc = randomize(dg.LatentDiscriminator(4, 8))
     z, t, y = torch.randn(6, 256), torch.randint(0, 1000, (6,)), torch.randint(0, 2, (6,))
     logits = disc(z, t, y)
@@ -37,7 +27,7 @@ def test_the_discriminator_scores_each_latent_of_a_batch_alone(randomize):
 
 
 def test_the_correction_is_the_gradient_of_the_log_ratio_scaled_to_eps_and_only_above_min_t(randomize):
-    dg = load_dg()
+    dg = load_experiment("discriminator_guidance")
     torch.manual_seed(0)
     base = ConditionalDenoiseDiffusion(randomize(ConditionalUNet()).eval(), device="cpu")
     c = torch.randn(256)

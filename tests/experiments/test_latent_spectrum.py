@@ -1,21 +1,12 @@
 """experiments/latent_spectrum.py: the radial power profile puts smooth maps low, checkerboards high, and sums to 1."""
 
-import importlib.util
-
 import torch
 
-from conftest import ROOT
-
-
-def load_spectrum():
-    spec = importlib.util.spec_from_file_location("latent_spectrum", ROOT / "experiments" / "latent_spectrum.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_experiment
 
 
 def test_smooth_maps_hold_low_frequencies_and_checkerboards_high_ones():
-    spectrum = load_spectrum()
+    spectrum = load_experiment("latent_spectrum")
     g = torch.Generator().manual_seed(0)
     side = 8
     wave = torch.cos(2 * torch.pi * torch.arange(side) / side)  # the lowest frequency the grid holds: 1/8 cycles
@@ -32,7 +23,7 @@ def test_smooth_maps_hold_low_frequencies_and_checkerboards_high_ones():
 
 
 def test_white_noise_spreads_its_power_evenly_over_the_bins():
-    spectrum = load_spectrum()
+    spectrum = load_experiment("latent_spectrum")
     noise = torch.randn(4000, 3, 4, 4, generator=torch.Generator().manual_seed(1))
     power = spectrum.power_spectrum(spectrum.standardise(noise.flatten(1)).view_as(noise))
     assert torch.allclose(power, torch.full_like(power, 1 / 16), atol=0.01)

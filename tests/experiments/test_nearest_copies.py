@@ -1,7 +1,6 @@
 """experiments/nearest_copies.py: a copy of a training point counts as one, and a run's samples are checked in both
 spaces."""
 
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -9,19 +8,12 @@ import sys
 
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, load_experiment
 from evaluation.classifier import JudgeClassifier
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("nearest_copies", ROOT / "experiments" / "nearest_copies.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_copies_of_training_points_fall_under_the_held_out_threshold_and_new_points_do_not():
-    script = load_script()
+    script = load_experiment("nearest_copies")
     g = torch.Generator().manual_seed(0)
     train, held = torch.randn(200, 8, generator=g), torch.randn(100, 8, generator=g)
     limit = script.threshold(held, train)

@@ -1,23 +1,14 @@
 """experiments/throughput_trials.py builds every variant it times from the stages' real step functions, and each
 one trains."""
 
-import importlib.util
-
 import torch
 import torch.optim.optimizer as optimizer_hooks
 
-from conftest import ROOT
-
-
-def load_trials():
-    spec = importlib.util.spec_from_file_location("throughput_trials", ROOT / "experiments" / "throughput_trials.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_experiment
 
 
 def test_every_uncompiled_variant_runs_its_stage_step_with_an_optimizer_step(monkeypatch):
-    trials = load_trials()
+    trials = load_experiment("throughput_trials")
     monkeypatch.setattr(torch, "compile", lambda model, **kw: model)  # compilation is timed on the CPU, not tested
     steps, threads = [], torch.get_num_threads()
     hook = optimizer_hooks.register_optimizer_step_post_hook(lambda opt, args, kwargs: steps.append(opt))
@@ -53,7 +44,7 @@ def test_capacity_and_width_rows_are_ordered_by_parameter_count(monkeypatch):
     from models.discriminator import PatchDiscriminator
     from training.config import DecoderConfig
 
-    trials = load_trials()
+    trials = load_experiment("throughput_trials")
     capacity = trials.capacity(lambda **kw: trials.decoder_step(batch=2, **kw), amp=False)
     assert list(capacity)[0].startswith("32/64/128, 1 block a level (today)")
     sizes = [label for label in capacity if "PatchGAN" not in label]
@@ -75,7 +66,7 @@ def test_capacity_and_width_rows_are_ordered_by_parameter_count(monkeypatch):
 
 def test_the_matrix_multiply_forms_of_a_convolution_equal_it_in_value_and_gradient():
     """The conv trials time two rewrites of the denoiser's 3x3 convolutions: they must compute the same function."""
-    trials = load_trials()
+    trials = load_experiment("throughput_trials")
     torch.manual_seed(0)
     for side in (2, 4):
         x = torch.randn(3, 5, side, side, requires_grad=True)
@@ -93,7 +84,7 @@ def test_the_matrix_multiply_forms_of_a_convolution_equal_it_in_value_and_gradie
 
 
 def test_the_precision_trials_time_every_grid_in_every_precision(capsys):
-    trials = load_trials()
+    trials = load_experiment("throughput_trials")
     trials.precision_trials(batch=2, rounds=1, steps=1)
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "GFLOP/s" in line]
     assert [row.split("|")[1].strip() for row in rows] == ["8x8", "4x4", "2x2"]
