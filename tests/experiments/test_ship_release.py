@@ -1,5 +1,7 @@
 """experiments/ship_release.py: the shipped copy holds float16 parameters, float32 buffers, and loads as a run."""
 
+import dataclasses
+import json
 import subprocess
 import sys
 
@@ -8,6 +10,7 @@ import torch
 from checkpoints import AUTOENCODER_FILE, DIFFUSION_FILE
 from conftest import ROOT
 from models.pipeline import load_pipeline
+from training.config import SampleConfig
 
 
 def test_a_run_ships_in_half_precision_and_draws_nearly_the_same_images(trained_run, tmp_path):
@@ -24,4 +27,6 @@ def test_a_run_ships_in_half_precision_and_draws_nearly_the_same_images(trained_
     assert torch.load(out / DIFFUSION_FILE, weights_only=True)["backbone.conv_in.weight"].dtype == torch.float16
     autoencoder, diffusion = load_pipeline(out)
     assert next(autoencoder.parameters()).dtype == torch.float32  # loaded into float32 networks
-    assert (out / "config.json").read_text() == (run / "config.json").read_text()
+    shipped, trained = (json.loads((folder / "config.json").read_text()) for folder in (out, run))
+    assert shipped["diffusion"] == trained["diffusion"] and shipped["run_facts"] == trained["run_facts"]
+    assert shipped["sample"] == json.loads(json.dumps(dataclasses.asdict(SampleConfig())))  # this version's defaults
