@@ -37,8 +37,8 @@ def generate_class_samples(
 ) -> torch.Tensor:
     """Generate `num_samples` images of `target_class` (0/'cat', 1/'dog'): a float tensor (N, 3, 32, 32) in [0, 1].
 
-    Samples latents with `diffusion` as `options` (default: SamplingOptions(): Heun's deterministic solver on 18 noise
-    levels, classifier-free guidance 3) with `changes` (sampler=, steps=, eta=, guidance_scale=,
+    Samples latents with `diffusion` as `options` (default: SamplingOptions(): Heun's deterministic solver on 12 noise
+    levels, classifier-free guidance 3 from t/T = 0.1 up) with `changes` (sampler=, steps=, eta=, guidance_scale=,
     guidance_interval=) say,
     maps them back to the VAE's latents and decodes them, `batch_size` at a time. For the same options and
     generator, `diffusion.sample` draws the same latents.

@@ -306,7 +306,8 @@ def test_one_set_of_sampling_defaults_for_every_entry_point():
     from training.config import SampleConfig
 
     assert SampleConfig().options() == SamplingOptions()
-    assert SamplingOptions().resolve() == SamplingOptions(guidance_scale=3.0, steps=18)  # classifier-free, scale 3
+    resolved = SamplingOptions().resolve()  # Heun on 12 noise levels, classifier-free guidance 3 from t/T = 0.1 up
+    assert resolved == SamplingOptions(guidance_scale=3.0, steps=12, guidance_interval=(0.1, 1.0))
     assert SamplingOptions(sampler="ddim").step_count == 50
     for fn in (ConditionalDenoiseDiffusion.sample, generate_class_samples):
         names = set(inspect.signature(fn).parameters)
